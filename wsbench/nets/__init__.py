@@ -1,0 +1,1 @@
+"""Neural building blocks shared by several plugins (classifier, diffusion autoencoder)."""

@@ -1,0 +1,1 @@
+"""Synthetic spine-metastasis CT phantom: anatomy, lesions, benign mimics, scanner effects."""

@@ -1,0 +1,300 @@
+"""The contract between datasets, methods and the harness.
+
+Data flows one way: a dataset adapter yields :class:`PreparedVertebra` records; the harness
+splits them into a :class:`TrainingSet` (images, body masks, vertebra-level labels — no lesion
+masks, by construction) for ``Method.fit`` and :class:`EvaluationCase` records whose
+:class:`VertebraSample` is what ``Method.segment`` sees and whose reference lesions only the
+evaluator reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+BACKGROUND, LYTIC, BLASTIC = 0, 1, 2
+"""Lesion label values of every label map in wsbench."""
+
+N_CENTRAL_SLICES = 5
+"""Number of central sagittal slices kept per vertebra; index 2 is the mid-sagittal slice."""
+
+
+class WeakLabel(str, Enum):
+    """Vertebra-level label: the only supervision a method may learn from."""
+
+    HEALTHY = "healthy"
+    MALIGNANT = "malignant"
+
+    @classmethod
+    def parse(cls, value: object) -> WeakLabel:
+        """Read ``healthy``/``malignant`` or ``0``/``1`` (any case, str or number)."""
+        text = str(value).strip().lower()
+        if text in {"0", "0.0", "healthy"}:
+            return cls.HEALTHY
+        if text in {"1", "1.0", "malignant"}:
+            return cls.MALIGNANT
+        raise ValueError(f"label {value!r} is neither healthy/malignant nor 0/1")
+
+
+class Phenotype(str, Enum):
+    """Lesion phenotype of a malignant vertebra (patient-level hint in the paper)."""
+
+    LYTIC = "lytic"
+    BLASTIC = "blastic"
+    MIXED = "mixed"
+
+    @classmethod
+    def parse(cls, value: object) -> Phenotype | None:
+        """Read ``lytic``/``blastic``/``mixed``; empty or NaN gives ``None``."""
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return None
+        text = str(value).strip().lower()
+        if text in {"", "nan", "none"}:
+            return None
+        try:
+            return cls(text)
+        except ValueError:
+            raise ValueError(f"phenotype {value!r} is not one of lytic, blastic, mixed") from None
+
+
+class Split(str, Enum):
+    """Subject-level split."""
+
+    TRAIN = "train"
+    TEST = "test"
+
+
+@dataclass(frozen=True, order=True)
+class VertebraKey:
+    """Identifies one vertebra: dataset, subject (with optional session) and level (``L3``)."""
+
+    dataset: str
+    subject: str
+    level: str
+    session: str = ""
+
+    @property
+    def id(self) -> str:
+        """File-name-safe unique id, e.g. ``phantom_s007_L3``."""
+        parts = [self.dataset, self.subject, self.session, self.level]
+        return "_".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class VertebraSample:
+    """What ``Method.segment`` receives for one vertebra (never any lesion mask).
+
+    ``image`` is the mid-sagittal slice (float32, HU where the source is HU), ``body_mask`` the
+    vertebral-body mask on the same grid; ``stack``/``stack_body`` hold the central five sagittal
+    slices (index 2 == ``image``) for methods that use neighbouring slices.
+    """
+
+    key: VertebraKey
+    image: np.ndarray
+    body_mask: np.ndarray
+    spacing: tuple[float, float]
+    stack: np.ndarray
+    stack_body: np.ndarray
+    phenotype: Phenotype | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingVertebra:
+    """One training vertebra: its central slices, body masks and weak label — nothing else."""
+
+    key: VertebraKey
+    slices: np.ndarray
+    body: np.ndarray
+    spacing: tuple[float, float]
+    label: WeakLabel | None
+
+
+class TrainingSet(Sequence[TrainingVertebra]):
+    """The weak training view of a dataset's training split.
+
+    It is built from :class:`TrainingVertebra` records only, which have no lesion field, so no
+    lesion mask is reachable from it.
+    """
+
+    __slots__ = ("_items", "fingerprint", "name")
+
+    def __init__(self, name: str, fingerprint: str, items: Sequence[TrainingVertebra]) -> None:
+        self.name = name
+        self.fingerprint = fingerprint
+        self._items: tuple[TrainingVertebra, ...] = tuple(items)
+        for item in self._items:
+            if type(item) is not TrainingVertebra:
+                raise TypeError(f"TrainingSet accepts TrainingVertebra only, got {type(item)}")
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> TrainingVertebra:  # type: ignore[override]
+        return self._items[index]
+
+    def __iter__(self) -> Iterator[TrainingVertebra]:
+        return iter(self._items)
+
+    def labelled(self) -> TrainingSet:
+        """The subset with a known weak label."""
+        kept = [v for v in self._items if v.label is not None]
+        return TrainingSet(self.name, self.fingerprint, kept)
+
+    def where(self, label: WeakLabel) -> TrainingSet:
+        """The subset with the given weak label."""
+        return TrainingSet(self.name, self.fingerprint, [v for v in self._items if v.label == label])
+
+    def labels(self) -> np.ndarray:
+        """Weak labels as 0 (healthy) / 1 (malignant); -1 where unknown."""
+        codes = {WeakLabel.HEALTHY: 0, WeakLabel.MALIGNANT: 1, None: -1}
+        return np.array([codes[v.label] for v in self._items], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class PreparedVertebra:
+    """One preprocessed vertebra as an adapter delivers it (lesions only where known).
+
+    Arrays are ``(5, H, W)``: the central five sagittal slices of the 64³ body crop; index 2 is
+    the mid-sagittal slice. ``lesions`` is uint8 0/1/2 or ``None`` when the source has no lesion
+    masks. ``geometry`` records what is needed to write a mask back into the source volume.
+    """
+
+    key: VertebraKey
+    split: Split
+    label: WeakLabel | None
+    phenotype: Phenotype | None
+    slices: np.ndarray
+    body: np.ndarray
+    spacing: tuple[float, float]
+    lesions: np.ndarray | None = None
+    geometry: Mapping[str, Any] = field(default_factory=dict)
+
+    def sample(self, phenotype_hint: bool = True) -> VertebraSample:
+        """The method's view of the mid-sagittal slice."""
+        mid = N_CENTRAL_SLICES // 2
+        return VertebraSample(
+            key=self.key,
+            image=self.slices[mid],
+            body_mask=self.body[mid],
+            spacing=self.spacing,
+            stack=self.slices,
+            stack_body=self.body,
+            phenotype=self.phenotype if phenotype_hint else None,
+        )
+
+    def training_view(self) -> TrainingVertebra:
+        """The weak view used for training."""
+        return TrainingVertebra(self.key, self.slices, self.body, self.spacing, self.label)
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        """Reference lesion map of the mid-sagittal slice, if known."""
+        return None if self.lesions is None else self.lesions[N_CENTRAL_SLICES // 2]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A vertebra or file that could not be used, with the reason (never dropped silently)."""
+
+    where: str
+    reason: str
+
+
+@dataclass
+class PreparedDataset:
+    """Everything an adapter delivers: vertebrae, what was skipped and a content fingerprint."""
+
+    name: str
+    fingerprint: str
+    vertebrae: list[PreparedVertebra]
+    skipped: list[Skipped] = field(default_factory=list)
+    lesion_metrics: bool = True
+    root: Path | None = None
+
+    def training_set(self) -> TrainingSet:
+        """The weak training view of the training split."""
+        items = [v.training_view() for v in self.vertebrae if v.split == Split.TRAIN]
+        return TrainingSet(self.name, self.fingerprint, items)
+
+    def split(self, split: Split) -> list[PreparedVertebra]:
+        """Vertebrae of one split, in a stable order."""
+        return sorted((v for v in self.vertebrae if v.split == split), key=lambda v: v.key)
+
+
+@dataclass(frozen=True)
+class LesionScore:
+    """A candidate lesion a method considered, with its score (e.g. Hide-and-Seek Δ)."""
+
+    label: int
+    size: int
+    score: float
+    kept: bool
+    extra: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Segmentation:
+    """A method's answer: label map 0/1/2 (uint8), optional score map and candidate scores."""
+
+    labels: np.ndarray
+    scores: np.ndarray | None = None
+    lesions: list[LesionScore] = field(default_factory=list)
+    candidates: np.ndarray | None = None
+
+
+class Method:
+    """Base class of method plugins.
+
+    Subclasses set ``name``, take their parameters as constructor keyword arguments (listed by
+    :meth:`params`), optionally override :meth:`fit`, and implement :meth:`segment`.
+    ``distinguishes_phenotype = False`` declares that the method returns a binary foreground
+    (0/1) which the harness labels by the phenotype hint.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    distinguishes_phenotype: ClassVar[bool] = True
+
+    def params(self) -> dict[str, Any]:
+        """The method's parameters, for the run manifest (override when there are any)."""
+        return {}
+
+    @property
+    def learns(self) -> bool:
+        """True when the method overrides :meth:`fit`."""
+        return type(self).fit is not Method.fit
+
+    def fit(self, training: TrainingSet, workdir: Path) -> None:
+        """Learn from the weak training view; ``workdir`` is a per-dataset model cache."""
+
+    def segment(
+        self, image: np.ndarray, body_mask: np.ndarray, **context: Any
+    ) -> Segmentation | np.ndarray:
+        """Label map (0/1/2, uint8, shape of ``image``) for one mid-sagittal slice.
+
+        ``context`` holds ``spacing``, ``phenotype`` (a :class:`Phenotype` or ``None``), ``key``
+        and ``stack``/``stack_body`` (the central five slices).
+        """
+        raise NotImplementedError
+
+
+class DatasetAdapter:
+    """Base class of dataset adapters: find a source's files and deliver prepared vertebrae."""
+
+    name: ClassVar[str] = ""
+    lesion_metrics: ClassVar[bool] = True
+    needs_root: ClassVar[bool] = True
+
+    def __init__(self, root: Path | None = None, cache_dir: Path | None = None, **options: Any):
+        self.root = root
+        self.cache_dir = cache_dir
+        self.options = options
+
+    def prepare(self) -> PreparedDataset:
+        """Read, validate and preprocess the source (cached)."""
+        raise NotImplementedError

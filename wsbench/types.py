@@ -147,7 +147,8 @@ class TrainingSet(Sequence[TrainingVertebra]):
 
     def where(self, label: WeakLabel) -> TrainingSet:
         """The subset with the given weak label."""
-        return TrainingSet(self.name, self.fingerprint, [v for v in self._items if v.label == label])
+        kept = [v for v in self._items if v.label == label]
+        return TrainingSet(self.name, self.fingerprint, kept)
 
     def labels(self) -> np.ndarray:
         """Weak labels as 0 (healthy) / 1 (malignant); -1 where unknown."""

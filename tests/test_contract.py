@@ -42,15 +42,20 @@ def reachable_arrays(obj: object, seen: set[int] | None = None) -> list[np.ndarr
 def test_training_set_reaches_no_lesion_mask() -> None:
     dataset = TinyDataset().prepare()
     marker = 77
-    poisoned = [dataclasses.replace(v, lesions=np.full_like(v.lesions, marker))
-                for v in dataset.vertebrae]
+    poisoned = [
+        dataclasses.replace(v, lesions=np.full_like(v.lesions, marker)) for v in dataset.vertebrae
+    ]
     dataset.vertebrae = poisoned
     training = dataset.training_set()
     arrays = reachable_arrays(training)
     assert arrays, "the training set exposes its images"
     assert not any(a.dtype == np.uint8 and (a == marker).any() for a in arrays)
     assert {f.name for f in dataclasses.fields(TrainingVertebra)} == {
-        "key", "slices", "body", "spacing", "label"
+        "key",
+        "slices",
+        "body",
+        "spacing",
+        "label",
     }
 
 
@@ -86,8 +91,13 @@ def test_sample_is_the_mid_slice() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("healthy", WeakLabel.HEALTHY), ("1", WeakLabel.MALIGNANT), (0, WeakLabel.HEALTHY),
-     ("Malignant", WeakLabel.MALIGNANT), (1.0, WeakLabel.MALIGNANT)],
+    [
+        ("healthy", WeakLabel.HEALTHY),
+        ("1", WeakLabel.MALIGNANT),
+        (0, WeakLabel.HEALTHY),
+        ("Malignant", WeakLabel.MALIGNANT),
+        (1.0, WeakLabel.MALIGNANT),
+    ],
 )
 def test_weak_label_parse(text: object, expected: WeakLabel) -> None:
     assert WeakLabel.parse(text) == expected

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from wsbench.plugins.otsu import Otsu
+
 from wsbench.types import BLASTIC, LYTIC, Phenotype
 
 

@@ -8,7 +8,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -60,8 +60,10 @@ def user_errors() -> Iterator[None]:
     except (typer.Exit, typer.Abort, typer.BadParameter):
         raise
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/] — finished vertebrae are kept; "
-                          "run the same command with --resume to continue")
+        err_console.print(
+            "[yellow]interrupted[/] — finished vertebrae are kept; "
+            "run the same command with --resume to continue"
+        )
         raise typer.Exit(130) from None
     except Exception as exc:
         if STATE["debug"]:
@@ -83,7 +85,7 @@ def version_callback(value: bool) -> None:
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--version", callback=version_callback, is_eager=True, help="Show version."),
     ] = None,
 ) -> None:
@@ -135,18 +137,16 @@ def coerce(text: str, default: Any) -> Any:
 def run(
     method: Annotated[str, typer.Option("--method", "-m", help="Method name or module:Class.")],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name.")] = "phantom",
-    root: Annotated[Optional[Path], typer.Option(help="Dataset folder (not for phantom).")] = None,
+    root: Annotated[Path | None, typer.Option(help="Dataset folder (not for phantom).")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate: test or train.")] = "test",
-    out: Annotated[Path, typer.Option(help="Folder that receives run directories.")] = Path(
-        "runs"
-    ),
+    out: Annotated[Path, typer.Option(help="Folder that receives run directories.")] = Path("runs"),
     seed: Annotated[int, typer.Option(help="Seed: same seed, same numbers.")] = 0,
     param: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--param", "-p", help="Method parameter key=value (repeatable)."),
     ] = None,
     checkpoint: Annotated[
-        Optional[Path], typer.Option(help="Model weights for methods that take a checkpoint.")
+        Path | None, typer.Option(help="Model weights for methods that take a checkpoint.")
     ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the newest interrupted run of this configuration.")
@@ -172,6 +172,61 @@ def run(
 
             result = run_config(config, out, resume=resume, progress=advance)
         print_summary(result, console)
+
+
+@app.command("bench")
+def bench_command(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name.")] = "phantom",
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods (default: all registered).")
+    ] = None,
+    root: Annotated[Path | None, typer.Option(help="Dataset folder (not for phantom).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder that receives run directories.")] = Path("runs"),
+    seed: Annotated[int, typer.Option(help="Seed for every run.")] = 0,
+) -> None:
+    """Run every method (or --methods) on a dataset; failures are recorded, finished runs kept."""
+    from wsbench.bench import bench
+
+    with user_errors(), progress_bar() as bar:
+
+        def on_method(name: str, config: object):
+            task = bar.add_task(name, total=None)
+
+            def advance(done: int, total: int, vertebra: str) -> None:
+                bar.update(task, completed=done, total=total, description=f"{name} {vertebra}")
+
+            return advance
+
+        names = [m.strip() for m in methods.split(",")] if methods else None
+        outcomes = bench(dataset, out, names, str(root) if root else None, seed, on_method)
+    table = Table(title=f"bench on {dataset}")
+    for column in ("method", "status", "run directory or reason"):
+        table.add_column(column)
+    for name, outcome in outcomes.items():
+        ok = outcome["status"] == "ok"
+        table.add_row(name, "[green]ok[/]" if ok else "[red]not run[/]",
+                      outcome["run_dir"] if ok else outcome["reason"])  # fmt: skip
+    console.print(table)
+
+
+@app.command("leaderboard")
+def leaderboard_command(
+    runs: Annotated[Path, typer.Option(help="Folder of run directories.")] = Path("runs"),
+    out: Annotated[Path, typer.Option(help="Where the tables are published.")] = Path(
+        "leaderboard"
+    ),
+) -> None:
+    """Publish ranked tables (markdown, CSV, HTML with figures) from the newest runs."""
+    from wsbench.publish import publish
+
+    with user_errors():
+        if not runs.is_dir():
+            raise FileNotFoundError(f"runs folder {runs} does not exist; run `wsbench bench` first")
+        published = publish(runs, out)
+        if not published:
+            raise FileNotFoundError(f"no finished runs under {runs}")
+        for name in published:
+            console.print(f"published {out / name}.md, .csv, .html")
 
 
 def progress_bar() -> Progress:
@@ -227,4 +282,3 @@ def datasets(
     if ctx.invoked_subcommand is None:
         with user_errors():
             console.print(plugin_table(DATASETS_GROUP, "wsbench datasets", check_imports))
-

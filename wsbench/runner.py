@@ -100,8 +100,10 @@ def validate_output(method: Method, output: object, shape: tuple[int, ...]) -> S
     extra = set(np.unique(labels).tolist()) - allowed
     if extra:
         raise ValueError(f"returned label values {sorted(extra)}, allowed {sorted(allowed)}")
-    if seg.scores is not None and np.shape(seg.scores) != shape:
-        raise ValueError(f"returned a score map of shape {np.shape(seg.scores)}, expected {shape}")
+    for name in ("scores", "candidates"):
+        value = getattr(seg, name)
+        if value is not None and np.shape(value) != shape:
+            raise ValueError(f"returned a {name} map of shape {np.shape(value)}, expected {shape}")
     return seg
 
 
@@ -156,8 +158,9 @@ def ensure_writable(folder: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise RunError(f"output folder {folder} is not writable ({exc.strerror}); "
-                       "choose another with --out") from exc
+        raise RunError(
+            f"output folder {folder} is not writable ({exc.strerror}); choose another with --out"
+        ) from exc
 
 
 def write_json_atomic(path: Path, record: Mapping[str, Any]) -> None:
@@ -173,6 +176,12 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return str(value)
+
+
+def read_finished(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a finished run."""
+    manifest = run_dir / "manifest.json"
+    return manifest.exists() and bool(json.loads(manifest.read_text()).get("finished"))
 
 
 def find_resumable(method_dir: Path, config: RunConfig) -> Path | None:
@@ -193,8 +202,8 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - start, 3)
 
 
-def segment_vertebra(method: Method, vertebra: PreparedVertebra) -> Segmentation:
-    """Call the method on the vertebra's mid-sagittal slice and post-process its answer."""
+def segment_vertebra(method: Method, vertebra: PreparedVertebra) -> tuple[Segmentation, np.ndarray]:
+    """The method's validated answer with post-processed labels, and its raw label map."""
     sample = vertebra.sample()
     output = method.segment(
         sample.image.copy(),
@@ -210,8 +219,7 @@ def segment_vertebra(method: Method, vertebra: PreparedVertebra) -> Segmentation
     if not method.distinguishes_phenotype:
         raw = label_foreground(raw, sample.phenotype)
     seg.labels = postprocess(raw, sample.body_mask)
-    seg.candidates = raw if seg.candidates is None else seg.candidates
-    return seg
+    return seg, raw
 
 
 def case_record(
@@ -242,37 +250,59 @@ def case_record(
     return record
 
 
-def save_masks(path: Path, seg: Segmentation) -> None:
-    """Store the post-processed labels, the method's raw labels and its score map."""
-    arrays = {"labels": seg.labels, "raw": seg.candidates}
+def save_masks(path: Path, seg: Segmentation, raw: np.ndarray, vertebra: PreparedVertebra) -> None:
+    """Store post-processed and raw labels, scores, candidates, and the input for figures."""
+    sample = vertebra.sample()
+    arrays = {
+        "labels": seg.labels,
+        "raw": raw,
+        "candidates": seg.candidates,
+        "image": sample.image.astype(np.float32),
+        "body": sample.body_mask.astype(bool),
+        "reference": vertebra.reference,
+    }
     if seg.scores is not None:
         arrays["scores"] = np.asarray(seg.scores, dtype=np.float32)
     np.savez_compressed(path, **{k: v for k, v in arrays.items() if v is not None})
 
 
-def lesion_rows(vertebra_id: str, seg: Segmentation) -> list[dict[str, Any]]:
-    """Per-candidate rows (label, size, score, kept, extras) of one vertebra."""
+def lesion_rows(vertebra: PreparedVertebra, seg: Segmentation) -> list[dict[str, Any]]:
+    """Per-candidate rows (label, size, score, kept, extras) of one vertebra.
+
+    With a candidate map and a reference, ``overlaps_reference`` says whether the candidate
+    touches a reference lesion of its own label (blastic/lytic) — its true-positive status.
+    """
+    reference = vertebra.reference
     rows = []
     for index, lesion in enumerate(seg.lesions):
-        row = {"vertebra": vertebra_id, "candidate": index, **asdict(lesion)}
+        row = {"vertebra": vertebra.key.id, "candidate": index, **asdict(lesion)}
         row.update(row.pop("extra"))
+        if seg.candidates is not None and reference is not None:
+            pixels = np.asarray(seg.candidates) == index + 1
+            row["overlaps_reference"] = bool((reference[pixels] == lesion.label).any())
         rows.append(row)
     return rows
 
 
-def process_vertebra(method: Method, vertebra: PreparedVertebra, run_dir: Path, config: RunConfig,
-                     lesion_metrics: bool) -> dict[str, Any]:
+def process_vertebra(
+    method: Method,
+    vertebra: PreparedVertebra,
+    run_dir: Path,
+    config: RunConfig,
+    lesion_metrics: bool,
+) -> dict[str, Any]:
     """Segment, evaluate and store one vertebra; a method failure becomes a failed row."""
     seed_everything(vertebra_seed(config.seed, vertebra.key.id))
+    seg: Segmentation | None = None
     try:
-        seg = segment_vertebra(method, vertebra)
+        seg, raw = segment_vertebra(method, vertebra)
         error = None
     except Exception as exc:  # a method's failure is recorded, the run goes on
-        seg, error = None, f"{type(exc).__name__}: {exc}"
+        error = f"{type(exc).__name__}: {exc}"
     record = {"case": case_record(vertebra, seg, lesion_metrics, error), "lesions": []}
     if seg is not None:
-        save_masks(run_dir / "masks" / f"{vertebra.key.id}.npz", seg)
-        record["lesions"] = lesion_rows(vertebra.key.id, seg)
+        save_masks(run_dir / "masks" / f"{vertebra.key.id}.npz", seg, raw, vertebra)
+        record["lesions"] = lesion_rows(vertebra, seg)
     write_json_atomic(run_dir / "cases" / f"{vertebra.key.id}.json", record)
     return record
 
@@ -287,16 +317,22 @@ def prepare_dataset(config: RunConfig) -> tuple[DatasetAdapter, PreparedDataset]
     return adapter, adapter.prepare()
 
 
-def start_run_dir(out: Path, config: RunConfig, resume: bool) -> Path:
+def safe_name(name: str) -> str:
+    """A folder name for a method or dataset name (``module:Class`` becomes ``module-Class``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+def start_run_dir(out: Path, dataset: str, method: str, config: RunConfig, resume: bool) -> Path:
     """The run directory: the newest matching one with ``resume``, else a new one."""
-    method_name = config.method.replace(":", "-").replace("/", "-")
-    method_dir = out / config.dataset / method_name
+    method_dir = out / safe_name(dataset) / safe_name(method)
     ensure_writable(method_dir)
     if resume:
         previous = find_resumable(method_dir, config)
         if previous is None:
-            raise RunError(f"nothing to resume under {method_dir} for this configuration; "
-                           "run again without --resume")
+            raise RunError(
+                f"nothing to resume under {method_dir} for this configuration; "
+                "run again without --resume"
+            )
         return previous
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = method_dir / f"{stamp}-{config.digest}"
@@ -313,28 +349,38 @@ def run(
     """Run ``config`` and write its run directory under ``out``; see the module docstring."""
     timings: dict[str, float] = {}
     started = datetime.now(timezone.utc).isoformat()
-    run_dir = start_run_dir(out, config, resume)
-    (run_dir / "masks").mkdir(exist_ok=True)
-    (run_dir / "cases").mkdir(exist_ok=True)
+    ensure_writable(out)
     method_cls = load_method(config.method)
     method = method_cls(**config.params)
     with timed(timings, "prepare"):
         _, dataset = prepare_dataset(config)
+    run_dir = start_run_dir(out, config.dataset, config.method, config, resume)
+    (run_dir / "masks").mkdir(exist_ok=True)
+    (run_dir / "cases").mkdir(exist_ok=True)
     vertebrae = dataset.split(Split(config.split))
     if not vertebrae:
         raise RunError(f"dataset {config.dataset!r} has no vertebrae in split {config.split!r}")
     manifest = {
-        "method": {"name": config.method, "class": f"{method_cls.__module__}:{method_cls.__name__}",
-                   "version": method_cls.version, "params": method.params()},
-        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint,
-                    "root": config.root, "lesion_metrics": dataset.lesion_metrics,
-                    "n_vertebrae": len(dataset.vertebrae)},
+        "method": {
+            "name": config.method,
+            "class": f"{method_cls.__module__}:{method_cls.__name__}",
+            "version": method_cls.version,
+            "params": method.params(),
+        },
+        "dataset": {
+            "name": dataset.name,
+            "fingerprint": dataset.fingerprint,
+            "root": config.root,
+            "lesion_metrics": dataset.lesion_metrics,
+            "n_vertebrae": len(dataset.vertebrae),
+        },
         "split": config.split,
         "seed": config.seed,
         "config_digest": config.digest,
         "packages": package_versions(),
         "git_commit": git_commit(),
         "started": started,
+        "resumed": resume,
         "finished": None,
         "skipped": [asdict(s) for s in dataset.skipped],
     }
@@ -350,8 +396,9 @@ def run(
             if done.exists():
                 records.append(json.loads(done.read_text()))
             else:
-                records.append(process_vertebra(method, vertebra, run_dir, config,
-                                                dataset.lesion_metrics))
+                records.append(
+                    process_vertebra(method, vertebra, run_dir, config, dataset.lesion_metrics)
+                )
             if progress is not None:
                 progress(index + 1, len(vertebrae), vertebra.key.id)
     cases = pd.DataFrame([r["case"] for r in records]).sort_values("vertebra")

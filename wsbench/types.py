@@ -240,7 +240,12 @@ class LesionScore:
 
 @dataclass
 class Segmentation:
-    """A method's answer: label map 0/1/2 (uint8), optional score map and candidate scores."""
+    """A method's answer: label map 0/1/2 (uint8), optional score map and candidate scores.
+
+    ``candidates``, when given, is an int32 instance map on the slice grid in which value
+    ``i + 1`` marks the pixels of ``lesions[i]``; the harness uses it to tell which scored
+    candidates overlap a reference lesion.
+    """
 
     labels: np.ndarray
     scores: np.ndarray | None = None

@@ -1,0 +1,150 @@
+"""Runner: run directory, determinism, resume after a crash, recorded failures, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import fakes
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from wsbench.cli import app
+from wsbench.runner import RunConfig, RunError, label_foreground, run
+from wsbench.types import BLASTIC, LYTIC, Phenotype, TrainingSet
+
+
+def tiny(method: str, **params: object) -> RunConfig:
+    return RunConfig(method=method, dataset="fakes:TinyDataset", params=dict(params))
+
+
+def test_run_directory_contents(tmp_path: Path) -> None:
+    result = run(tiny("otsu"), tmp_path)
+    assert result.run_dir.parent == tmp_path / "fakes-TinyDataset" / "otsu"
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["method"]["name"] == "otsu"
+    assert manifest["dataset"]["fingerprint"] == "tiny-fingerprint"
+    assert manifest["split"] == "test" and manifest["seed"] == 0
+    assert manifest["finished"] and manifest["timings_s"]["segment"] >= 0
+    assert {"numpy", "torch", "panoptica", "wsbench"} <= set(manifest["packages"])
+    cases = pd.read_csv(result.run_dir / "cases.csv")
+    assert list(cases["vertebra"]) == ["tiny_s3_L1", "tiny_s3_L2", "tiny_s4_L1", "tiny_s4_L2"]
+    assert list(cases["category"]) == ["blastic", "lytic", "mixed", "healthy"]
+    assert (cases["status"] == "ok").all()
+    for vertebra in cases["vertebra"]:
+        with np.load(result.run_dir / "masks" / f"{vertebra}.npz") as masks:
+            assert masks["labels"].shape == (32, 32) and masks["labels"].dtype == np.uint8
+
+
+def test_otsu_finds_the_constructed_blastic_lesion(tmp_path: Path) -> None:
+    cases = run(tiny("otsu"), tmp_path).cases.set_index("vertebra")
+    blastic = cases.loc["tiny_s3_L1"]
+    assert blastic["tp"] == 1 and blastic["fn"] == 0
+
+
+def test_same_seed_same_numbers(tmp_path: Path) -> None:
+    first = run(tiny("fakes:NoisyMethod"), tmp_path / "a").run_dir / "cases.csv"
+    second = run(tiny("fakes:NoisyMethod"), tmp_path / "b").run_dir / "cases.csv"
+    assert first.read_bytes() == second.read_bytes()
+    other = RunConfig("fakes:NoisyMethod", "fakes:TinyDataset", seed=1)
+    third = run(other, tmp_path / "c").run_dir / "cases.csv"
+    assert third.read_bytes() != first.read_bytes()
+
+
+def test_fit_receives_the_weak_training_view(tmp_path: Path) -> None:
+    fakes.NoisyMethod.seen.clear()
+    run(tiny("fakes:NoisyMethod"), tmp_path)
+    (training,) = fakes.NoisyMethod.seen
+    assert isinstance(training, TrainingSet) and len(training) == 4
+
+
+def test_resume_after_crash_gives_identical_cases(tmp_path: Path) -> None:
+    fakes.CrashAfterTwo.calls, fakes.CrashAfterTwo.crash_at = 0, None
+    reference = run(tiny("fakes:CrashAfterTwo"), tmp_path / "ref").run_dir / "cases.csv"
+    fakes.CrashAfterTwo.calls, fakes.CrashAfterTwo.crash_at = 0, 2
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny("fakes:CrashAfterTwo"), tmp_path / "crash")
+    (run_dir,) = (tmp_path / "crash" / "fakes-TinyDataset" / "fakes-CrashAfterTwo").iterdir()
+    assert len(list((run_dir / "cases").glob("*.json"))) == 2
+    assert not (run_dir / "cases.csv").exists()
+    fakes.CrashAfterTwo.calls, fakes.CrashAfterTwo.crash_at = 0, None
+    resumed = run(tiny("fakes:CrashAfterTwo"), tmp_path / "crash", resume=True)
+    assert resumed.run_dir == run_dir
+    assert fakes.CrashAfterTwo.calls == 2, "finished vertebrae are not recomputed"
+    assert (run_dir / "cases.csv").read_bytes() == reference.read_bytes()
+
+
+def test_resume_without_previous_run_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="nothing to resume"):
+        run(tiny("otsu"), tmp_path, resume=True)
+
+
+def test_wrong_shape_marks_vertebra_failed_and_run_goes_on(tmp_path: Path) -> None:
+    cases = run(tiny("fakes:WrongShape"), tmp_path).cases.set_index("vertebra")
+    assert cases.loc["tiny_s3_L1", "status"] == "failed"
+    assert "shape (3, 3), expected (32, 32)" in cases.loc["tiny_s3_L1", "reason"]
+    assert cases.loc["tiny_s4_L1", "status"] == "ok"
+
+
+def test_wrong_labels_mark_vertebra_failed(tmp_path: Path) -> None:
+    cases = run(tiny("fakes:WrongLabels"), tmp_path).cases
+    assert (cases["status"] == "failed").all()
+    assert cases["reason"].str.contains(r"label values \[7\]").all()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_is_refused(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(RunError, match="not writable"):
+        run(tiny("otsu"), locked)
+
+
+def test_output_under_a_file_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RunError, match="not writable"):
+        run(tiny("otsu"), blocker)
+
+
+def test_label_foreground_by_hint() -> None:
+    binary = np.array([[0, 1]], np.uint8)
+    assert label_foreground(binary, Phenotype.BLASTIC).tolist() == [[0, BLASTIC]]
+    assert label_foreground(binary, Phenotype.LYTIC).tolist() == [[0, LYTIC]]
+    assert label_foreground(binary, None).tolist() == [[0, LYTIC]]
+
+
+def test_cli_run_prints_summary(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["run", "--method", "otsu", "--dataset", "fakes:TinyDataset", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Detection F1" in result.output and "blastic" in result.output
+
+
+def test_cli_unknown_method_is_one_clear_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "--method", "otsuu", "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "Did you mean 'otsu'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_unknown_param_is_named(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--method",
+            "otsu",
+            "-p",
+            "bins=3",
+            "--dataset",
+            "fakes:TinyDataset",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code != 0 and "no parameter 'bins'" in result.output

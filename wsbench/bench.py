@@ -1,0 +1,46 @@
+"""Run several methods on one dataset, one after another, surviving failures and restarts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from wsbench.registry import METHODS_GROUP, declared
+from wsbench.runner import RunConfig, find_resumable, read_finished, run, safe_name
+
+
+def bench(
+    dataset: str,
+    out: Path,
+    methods: list[str] | None = None,
+    root: str | None = None,
+    seed: int = 0,
+    on_method: Callable[[str, RunConfig], Callable[[int, int, str], None] | None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run every registered method (or ``methods``) on ``dataset``; record each outcome.
+
+    A method whose finished run of the same configuration exists is not run again; an
+    unfinished one is resumed. A failing method is recorded with its error and the bench goes
+    on. The record is written to ``<out>/<dataset>/bench.json`` after every method.
+    """
+    names = methods or list(declared(METHODS_GROUP))
+    record_path = out / safe_name(dataset) / "bench.json"
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    outcomes: dict[str, dict[str, Any]] = {}
+    for name in names:
+        config = RunConfig(method=name, dataset=dataset, seed=seed, root=root)
+        progress = on_method(name, config) if on_method else None
+        try:
+            previous = find_resumable(out / safe_name(dataset) / safe_name(name), config)
+            if previous is not None and read_finished(previous):
+                run_dir = previous
+            else:
+                run_dir = run(config, out, resume=previous is not None, progress=progress).run_dir
+            outcomes[name] = {"status": "ok", "reason": "", "run_dir": str(run_dir)}
+        except Exception as exc:  # one failing method must not stop the bench
+            outcomes[name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                              "run_dir": ""}  # fmt: skip
+        record_path.write_text(json.dumps({"dataset": dataset, "methods": outcomes}, indent=2))
+    return outcomes

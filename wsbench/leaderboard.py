@@ -160,6 +160,7 @@ def leaderboard_stats(runs: dict[str, MethodRun], seed: int = 0) -> pd.DataFrame
     categories = sorted({c for r in runs.values() for c in r.cases["category"].dropna()})
     for category in categories:
         for metric in METRICS:
-            frames.append(metric_stats(runs, category, metric, seed))
+            if METRICS[metric].applies_to(category):
+                frames.append(metric_stats(runs, category, metric, seed))
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

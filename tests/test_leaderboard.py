@@ -1,0 +1,117 @@
+"""Leaderboard statistics: directions, ties, NaN, bootstrap determinism, Wilcoxon, publishing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import wilcoxon
+
+from wsbench.leaderboard import (
+    MethodRun,
+    bootstrap,
+    leaderboard_stats,
+    metric_stats,
+    paired_p,
+    ranks,
+)
+from wsbench.publish import publish, regenerate_markdown
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_ranks_follow_direction_with_ties_and_nan() -> None:
+    values = np.array([0.5, 0.9, 0.5, np.nan])
+    assert ranks(values, "higher").tolist() == [2, 1, 2, 4]
+    assert ranks(values, "lower").tolist() == [1, 3, 1, 4]
+    assert ranks(np.array([-0.3, 0.1, 0.2]), "zero").tolist() == [3, 1, 2]
+
+
+def test_bootstrap_is_deterministic_under_a_seed() -> None:
+    matrix = pd.DataFrame({"a": np.linspace(0, 1, 20), "b": np.linspace(0.2, 0.9, 20)})
+    first, second = bootstrap(matrix, "higher", seed=3), bootstrap(matrix, "higher", seed=3)
+    assert np.array_equal(first["mean_ci"], second["mean_ci"])
+    assert np.array_equal(first["rank_ci"], second["rank_ci"])
+    other = bootstrap(matrix, "higher", seed=4)
+    assert not np.array_equal(first["mean_ci"], other["mean_ci"])
+    low, high = first["mean_ci"][:, 0]
+    assert low < 0.5 < high
+
+
+def test_paired_p_matches_scipy_and_ignores_nan() -> None:
+    rng = np.random.default_rng(0)
+    a = pd.Series(rng.normal(0.6, 0.1, 30))
+    b = pd.Series(a + rng.normal(0.05, 0.05, 30))
+    a_with_nan = a.copy()
+    a_with_nan.iloc[:5] = np.nan
+    expected = wilcoxon(a.iloc[5:], b.iloc[5:]).pvalue
+    assert paired_p(a_with_nan, b, "higher") == pytest.approx(expected)
+    assert paired_p(a, a, "higher") == 1.0
+
+
+def test_paired_p_on_zero_direction_compares_magnitudes() -> None:
+    a = pd.Series([0.1, -0.2, 0.3, -0.1, 0.2, -0.3, 0.15, -0.25])
+    assert paired_p(a, -a, "zero") == 1.0
+
+
+def run_of(method: str, f1: list[float], categories: list[str]) -> MethodRun:
+    cases = pd.DataFrame({
+        "vertebra": [f"v{i}" for i in range(len(f1))], "category": categories,
+        "status": "ok", "f1": f1,
+    })  # fmt: skip
+    manifest = {"dataset": {"fingerprint": "fp"}, "packages": {"wsbench": "0"}, "split": "test",
+                "git_commit": "abc"}  # fmt: skip
+    return MethodRun(method, Path("."), manifest, cases)
+
+
+def test_metric_stats_best_and_significance() -> None:
+    n = 12
+    good = run_of("good", [0.9] * n, ["blastic"] * n)
+    bad = run_of("bad", [0.2 + 0.01 * i for i in range(n)], ["blastic"] * n)
+    stats = metric_stats({"good": good, "bad": bad}, "blastic", "f1", seed=0).set_index("method")
+    assert stats.loc["good", "best"] and not stats.loc["bad", "best"]
+    assert stats.loc["good", "rank"] == 1 and stats.loc["bad", "rank"] == 2
+    assert stats.loc["bad", "worse_than_best"]
+    assert stats.loc["bad", "p_vs_best"] == pytest.approx(
+        wilcoxon([0.2 + 0.01 * i for i in range(n)], [0.9] * n).pvalue
+    )
+    assert stats.loc["bad", "mean"] == pytest.approx(np.mean([0.2 + 0.01 * i for i in range(n)]))
+
+
+def test_all_nan_metric_gives_no_rows() -> None:
+    runs = {"a": run_of("a", [np.nan, np.nan], ["healthy", "healthy"])}
+    assert metric_stats(runs, "healthy", "f1", seed=0).empty
+    assert leaderboard_stats(runs).empty
+
+
+def test_published_leaderboard_is_what_the_command_produces() -> None:
+    folder = PROJECT / "leaderboard"
+    pages = [p for p in folder.glob("*.md") if p.name != "README.md"] if folder.is_dir() else []
+    if not pages:
+        pytest.skip("no leaderboard published yet")
+    for page in pages:
+        assert regenerate_markdown(folder, page.stem) == page.read_text(), page.name
+
+
+def test_publish_from_run_directories(tmp_path: Path) -> None:
+    from wsbench.runner import RunConfig, run
+
+    runs_root = tmp_path / "runs"
+    for method in ("otsu", "fakes:NoisyMethod"):
+        run(RunConfig(method, "fakes:TinyDataset"), runs_root)
+    bench_record = {"methods": {"medsam": {"status": "failed", "reason": "weights not supplied"}}}
+    (runs_root / "fakes-TinyDataset" / "bench.json").write_text(json.dumps(bench_record))
+    out = tmp_path / "leaderboard"
+    assert publish(runs_root, out) == ["fakes-TinyDataset"]
+    md = (out / "fakes-TinyDataset.md").read_text()
+    assert "| Metric | fakes-NoisyMethod | otsu |" in md
+    assert "**medsam**: not run — weights not supplied" in md
+    assert regenerate_markdown(out, "fakes-TinyDataset") == md
+    tidy = pd.read_csv(out / "fakes-TinyDataset.csv")
+    assert {"category", "method", "metric", "mean", "ci_low", "rank_ci_high"} <= set(tidy)
+    page = (out / "fakes-TinyDataset.html").read_text()
+    assert "<table>" in page and "data:image/png;base64," in page
+    assert "fakes-TinyDataset" in (out / "README.md").read_text()

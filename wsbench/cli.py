@@ -22,7 +22,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from wsbench import __version__
+from wsbench import __version__, cli_train
+from wsbench.cli_datasets import check as check_datasets
 from wsbench.registry import DATASETS_GROUP, METHODS_GROUP, declared, import_target
 
 console = Console()
@@ -48,6 +49,8 @@ app = typer.Typer(
 )
 datasets_app = typer.Typer(help="List dataset adapters, or check a dataset.", no_args_is_help=False)
 app.add_typer(datasets_app, name="datasets")
+datasets_app.command("check")(check_datasets)
+app.add_typer(cli_train.app, name="train")
 
 STATE = {"debug": False}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -174,6 +175,9 @@ def test_external_plugin_installed_from_a_package(tmp_path: Path) -> None:
 
 
 def test_wheel_contains_plugins_and_datasets(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns(".git", "build", "*.egg-info", "runs", ".*cache", "__pycache__")
+    shutil.copytree(PROJECT, source, ignore=skip)
     subprocess.run(
         [
             sys.executable,
@@ -185,7 +189,7 @@ def test_wheel_contains_plugins_and_datasets(tmp_path: Path) -> None:
             "--no-build-isolation",
             "-w",
             str(tmp_path),
-            str(PROJECT),
+            str(source),
         ],
         check=True,
         capture_output=True,

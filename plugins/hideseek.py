@@ -1,0 +1,236 @@
+"""Hide-and-Seek Attribution (Atad et al., §4 and Algorithm 1).
+
+1. Encode the slice, ``z``; edit it to ``z_healthy`` with ``c(z_healthy) = p_target`` (Eq. 1);
+   decode the original's stochastic code with ``z_healthy``: ``I_healthy``.
+2. Lytic candidates where ``I_healthy > I``, blastic where ``I > I_healthy``; each polarity
+   binarised at its body mean, split into 8-connected components.
+3. For each candidate ``M``: keep ``I`` on ``M``, put ``I_healthy`` on every other candidate
+   (Eq. 2), project through the DAE, re-encode, and score ``Δ(M)`` (Eq. 3); keep ``Δ ≥ τ``.
+
+All candidates of a vertebra go through one batched DDIM pass (``faithful=True``: one pass per
+candidate and the paper's step counts). See docs/hideseek.md for every choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsbench import attribution as hs
+from wsbench.intensity import hu_to_unit
+from wsbench.latent_classifier import LatentClassifier, classifier_for
+from wsbench.modelstore import SHIPPED_DIR, cache_root
+from wsbench.types import (
+    BLASTIC,
+    LYTIC,
+    N_CENTRAL_SLICES,
+    LesionScore,
+    Method,
+    Phenotype,
+    Segmentation,
+    TrainingSet,
+)
+
+FAITHFUL_STEPS = (250, 100)
+"""(stochastic encoding, decoding) DDIM steps of the paper (T_semantic, T_stochastic)."""
+DEFAULT_STEPS = (20, 20)
+BOTH = (LYTIC, BLASTIC)
+HINTED = {Phenotype.LYTIC: (LYTIC,), Phenotype.BLASTIC: (BLASTIC,), Phenotype.MIXED: BOTH}
+
+
+def dae_checkpoint(training: TrainingSet) -> Path:
+    """The newest ``dae-*.pt`` (shipped weights, then the cache) whose card names this dataset."""
+    for folder in (SHIPPED_DIR, cache_root() / "models"):
+        for path in sorted(folder.glob("dae-*.pt"), key=lambda p: -p.stat().st_mtime):
+            card = path.with_suffix(".json")
+            if (
+                card.exists()
+                and json.loads(card.read_text()).get("dataset_fingerprint") == training.fingerprint
+            ):
+                return path
+    raise FileNotFoundError(
+        f"no trained DAE for dataset {training.name!r} (fingerprint {training.fingerprint}) in "
+        f"{SHIPPED_DIR} or {cache_root() / 'models'}; train one or pass --checkpoint"
+    )
+
+
+def checkpoint_identity(path: Path) -> str:
+    """``<stem>-<sha256 of the file>``: names one exact set of DAE weights."""
+    return f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
+@dataclass
+class Attribution:
+    """Everything Hide-and-Seek computed for the mid slice of one vertebra."""
+
+    p_orig: float
+    p_healthy: float = float("nan")
+    image: np.ndarray | None = None
+    healthy: np.ndarray | None = None
+    candidates: tuple[hs.Candidate, ...] = ()
+    deltas: tuple[float, ...] = ()
+    p_hide: tuple[float, ...] = ()
+    polarities: tuple[int, ...] = ()
+    tau: float = hs.TAU
+
+    def kept(self, index: int) -> bool:
+        """Whether candidate ``index`` is in the result."""
+        return self.candidates[index].label in self.polarities and self.deltas[index] >= self.tau
+
+    def segmentation(self, shape: tuple[int, ...]) -> Segmentation:
+        """Label map, Δ map, candidate map and one :class:`LesionScore` per scored candidate."""
+        labels, scores = np.zeros(shape, np.uint8), np.zeros(shape, np.float32)
+        instances, lesions = np.zeros(shape, np.int32), []
+        for i, (candidate, delta) in enumerate(zip(self.candidates, self.deltas, strict=True)):
+            kept = self.kept(i)
+            labels[candidate.mask & kept] = candidate.label
+            scores[candidate.mask], instances[candidate.mask] = delta, i + 1
+            extra = {"c_z": self.p_orig, "c_hide": self.p_hide[i], "c_healthy": self.p_healthy}
+            lesions.append(LesionScore(candidate.label, candidate.size, delta, kept, extra))
+        return Segmentation(labels, scores, lesions, instances)
+
+
+class HideAndSeek(Method):
+    """Weakly supervised lytic/blastic segmentation by Hide-and-Seek Attribution."""
+
+    name = "hideseek"
+    version = "1"
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        faithful: bool = False,
+        steps_stochastic: int | None = None,
+        steps_decode: int | None = None,
+        batch_size: int = 8,
+        p_target: float = hs.P_TARGET,
+        tau: float = hs.TAU,
+        binarisation: hs.Binarisation = "mean",
+        reference: str = "input",
+        edit_direction: str = "normal",
+        phenotype: str = "hint",
+        slices: int = 1,
+        only_malignant: bool = True,
+        min_candidate_px: int = 5,
+        invert_hidden: bool = True,
+    ) -> None:
+        steps = FAITHFUL_STEPS if faithful else DEFAULT_STEPS
+        self.checkpoint, self.faithful = checkpoint, faithful
+        self.steps_stochastic = int(steps_stochastic or steps[0])
+        self.steps_decode = int(steps_decode or steps[1])
+        self.batch_size = 1 if faithful else int(batch_size)
+        self.p_target, self.tau, self.binarisation = p_target, tau, binarisation
+        self.reference, self.edit_direction, self.phenotype = reference, edit_direction, phenotype
+        self.slices, self.only_malignant = int(slices), only_malignant
+        self.min_candidate_px = int(min_candidate_px)
+        self.invert_hidden = True if faithful else bool(invert_hidden)
+        for value, allowed, what in [
+            (reference, ("input", "reconstruction"), "reference"),
+            (edit_direction, ("normal", "standardised"), "edit_direction"),
+            (phenotype, ("hint", "auto"), "phenotype"),
+            (self.slices, (1, N_CENTRAL_SLICES), "slices"),
+        ]:
+            if value not in allowed:
+                raise ValueError(f"{what}={value!r} is not one of {allowed}")
+        self.dae: hs.Autoencoder | None = None
+        self.classifier: LatentClassifier | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k not in ("dae", "classifier")}
+
+    @classmethod
+    def from_parts(cls, dae: hs.Autoencoder, classifier: LatentClassifier, **params: Any):
+        """A ready method around an already loaded DAE and classifier."""
+        method = cls(**params)
+        method.dae, method.classifier = dae, classifier
+        return method
+
+    def fit(self, training: TrainingSet, workdir: Path) -> None:
+        """Load the dataset's DAE; fit (or reload) the latent classifier on its latents."""
+        from wsbench.nets.dae import DiffusionAutoencoder
+
+        path = Path(self.checkpoint) if self.checkpoint else dae_checkpoint(training)
+        self.dae = DiffusionAutoencoder.load(path).eval()
+        self.classifier = classifier_for(self.dae, checkpoint_identity(path), training)
+
+    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> Segmentation:
+        """Hide-and-Seek on the mid slice (or the central five, fused into the mid slice)."""
+        if self.slices == 1:
+            stack, bodies = image[None], body_mask[None]
+        else:
+            stack, bodies = context["stack"], context["stack_body"]
+        return self.attribute(stack, bodies, context.get("phenotype")).segmentation(image.shape)
+
+    def attribute(
+        self, stack: np.ndarray, bodies: np.ndarray, phenotype: Phenotype | None
+    ) -> Attribution:
+        """Run Hide-and-Seek on ``S`` slices (HU); the result describes the mid slice."""
+        if self.dae is None or self.classifier is None:
+            raise RuntimeError("hideseek has no DAE/classifier yet: call fit() or from_parts()")
+        dae, plane, mid = self.dae, self.classifier.plane, len(stack) // 2
+        bodies = np.asarray(bodies, dtype=bool)
+        with torch.inference_mode():
+            x = hs.to_tensor(hu_to_unit(stack))
+            z = dae.encode(x)
+            p_orig = plane.probability(z.double().numpy())
+            if self.only_malignant and p_orig.mean() < 0.5:
+                return Attribution(p_orig=float(p_orig[mid]))
+            direction = None
+            if self.edit_direction == "standardised":
+                direction = self.classifier.standardised_direction()
+            z_healthy = hs.healthy_latent(z.double().numpy(), plane, self.p_target, direction)
+            x_t = dae.stochastic_encode(x, z, self.steps_stochastic)
+            healthy = dae.decode(x_t, torch.as_tensor(z_healthy, dtype=z.dtype), self.steps_decode)
+            base = x if self.reference == "input" else dae.decode(x_t, z, self.steps_decode)
+        healthy, base = healthy[:, 0].double().numpy(), base[:, 0].double().numpy()
+        image = base[mid]
+        p_healthy = plane.probability(z_healthy)
+        wanted = BOTH if self.phenotype == "auto" else HINTED.get(phenotype, BOTH)
+
+        auto = self.phenotype == "auto"
+        jobs = [hs.slice_jobs(base[s], healthy[s], bodies[s], wanted, self.min_candidate_px,
+                              self.binarisation, auto) for s in range(len(stack))]  # fmt: skip
+        tests = [
+            (s, label, im) for s, j in enumerate(jobs) for label, im in j.polarity_images.items()
+        ]
+        images = [im for j in jobs for im in j.images] + [t[2] for t in tests]
+        counts = [len(j.scored) for j in jobs]
+        slice_of = np.repeat(np.arange(len(jobs)), counts)
+        codes = x_t[np.concatenate([slice_of, [t[0] for t in tests]]).astype(int)]
+        p_all = hs.hidden_probabilities(dae, plane, np.asarray(images), self.steps_stochastic,
+                                        self.steps_decode, self.batch_size,
+                                        None if self.invert_hidden else codes)  # fmt: skip
+        p_hide, p_tests = p_all[: len(slice_of)], p_all[len(slice_of) :]
+        deltas = hs.delta_score(p_hide, p_orig[slice_of], p_healthy[slice_of])
+        per_slice = np.split(deltas, np.cumsum(counts)[:-1])
+        p_hide = np.split(p_hide, np.cumsum(counts)[:-1])[mid]
+
+        polarities = wanted
+        if auto:  # median over slices of each polarity's revealed-together Δ
+            by_label = {label: [] for label in BOTH}
+            for (s, label, _), p in zip(tests, p_tests, strict=True):
+                by_label[label].append(hs.delta_score(p, p_orig[s], p_healthy[s]))
+            fused = {k: float(np.median(v)) if v else -np.inf for k, v in by_label.items()}
+            polarities = hs.choose_polarities(fused, self.tau)
+        deltas = per_slice[mid]
+        if len(stack) > 1:  # 2.5D: median over slices of each mid-slice candidate's mean Δ
+            maps = {lab: [hs.delta_map(image.shape, j.scored, d, lab) for j, d in
+                          zip(jobs, per_slice, strict=True)] for lab in BOTH}  # fmt: skip
+            deltas = [hs.fused_delta(c.mask, maps[c.label]) for c in jobs[mid].scored]
+        return Attribution(
+            p_orig=float(p_orig[mid]),
+            p_healthy=float(p_healthy[mid]),
+            image=image,
+            healthy=healthy[mid],
+            candidates=tuple(jobs[mid].scored),
+            deltas=tuple(float(d) for d in deltas),
+            p_hide=tuple(float(p) for p in p_hide),
+            polarities=polarities,
+            tau=self.tau,
+        )

@@ -1,0 +1,247 @@
+"""Hide-and-Seek maths on constructed inputs: Eq. 1–3, candidates, scoring, latent classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import expit
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from wsbench.attribution import (
+    Candidate,
+    Hyperplane,
+    binarise,
+    choose_polarities,
+    delta_score,
+    extract_candidates,
+    healthy_latent,
+    hidden_probabilities,
+    hide_others,
+    hyperplane_from_standardised,
+    polarity_maps,
+    probability_logit,
+)
+from wsbench.latent_classifier import LatentClassifier, classifier_key, fit_latent_classifier
+from wsbench.types import BLASTIC, LYTIC
+
+
+class LinearAutoencoder:
+    """A 'DAE' whose encoder is a fixed linear map with orthonormal rows ``W``.
+
+    ``stochastic_encode`` is the identity and ``decode(x, z) = x + Wᵀ(z − W x)``, so
+    ``encode(decode(x, z)) == z``, a reconstruction is exact and the projection of Algorithm 1
+    gives ``z_hide = W · I_hide``: every quantity of Eq. 1–3 is computable by hand.
+    """
+
+    def __init__(self, size: int = 8, latent: int = 4, seed: int = 0, rows=None) -> None:
+        if rows is None:
+            q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(size * size, latent)))
+            rows = q.T
+        self.W = torch.as_tensor(np.asarray(rows), dtype=torch.float64)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.reshape(len(x), -1).double() @ self.W.T).float()
+
+    def stochastic_encode(self, x: torch.Tensor, z_sem: torch.Tensor, steps: int) -> torch.Tensor:
+        return x.clone()
+
+    def decode(self, x_t: torch.Tensor, z_sem: torch.Tensor, steps: int) -> torch.Tensor:
+        flat = x_t.reshape(len(x_t), -1).double()
+        flat = flat + (z_sem.double() - flat @ self.W.T) @ self.W
+        return flat.reshape(x_t.shape).float()
+
+
+# Eq. (1) and the standardisation algebra ---------------------------------------------------
+
+
+def test_standardised_hyperplane_matches_the_standardised_logit():
+    rng = np.random.default_rng(1)
+    w, b = rng.normal(size=5), 0.7
+    mean, scale = rng.normal(size=5), rng.uniform(0.5, 2.0, size=5)
+    plane = hyperplane_from_standardised(w, b, mean, scale)
+    z = rng.normal(size=(10, 5))
+    np.testing.assert_allclose(plane.logit(z), ((z - mean) / scale) @ w + b, rtol=1e-12)
+    np.testing.assert_allclose(plane.normal, w / scale)
+    assert plane.bias == pytest.approx(b - np.sum(w * mean / scale))
+
+
+def test_healthy_edit_moves_the_logit_exactly_to_the_target_by_hand():
+    plane = Hyperplane(normal=np.array([3.0, 4.0]), bias=1.0)
+    z = np.array([1.0, 1.0])  # logit 8, ‖n‖ = 5
+    d_target = np.log(1e-4 / (1 - 1e-4))
+    z_healthy = healthy_latent(z, plane, p_target=1e-4)
+    # Eq. (1) written literally, with the distance target d_target / ‖n‖:
+    expected = z - (8.0 / 5.0 - d_target / 5.0) * np.array([3.0, 4.0]) / 5.0
+    np.testing.assert_allclose(z_healthy, expected, rtol=1e-12)
+    assert plane.logit(z_healthy) == pytest.approx(d_target, abs=1e-12)
+    assert plane.probability(z_healthy) == pytest.approx(1e-4, rel=1e-9)
+    assert plane.distance(z_healthy) == pytest.approx(d_target / 5.0, abs=1e-12)
+
+
+def test_healthy_edit_through_a_fitted_standardised_classifier():
+    rng = np.random.default_rng(2)
+    z = np.concatenate([rng.normal(0, 1, (40, 6)), rng.normal(0.8, 2, (40, 6))]) * 3 + 5
+    labels = np.repeat([0, 1], 40)
+    clf = fit_latent_classifier(z, labels, groups=np.arange(80))
+    reference = LogisticRegression(C=clf.C, class_weight="balanced", max_iter=5000)
+    scaler = StandardScaler().fit(z)
+    reference.fit(scaler.transform(z), labels)
+    np.testing.assert_allclose(
+        clf.probability(z), reference.predict_proba(scaler.transform(z))[:, 1], rtol=1e-6
+    )
+    for direction in (None, clf.standardised_direction()):
+        edited = healthy_latent(z, clf.plane, p_target=1e-4, direction=direction)
+        np.testing.assert_allclose(clf.probability(edited), 1e-4, rtol=1e-8)
+        np.testing.assert_allclose(
+            reference.predict_proba(scaler.transform(edited))[:, 1], 1e-4, rtol=1e-5
+        )
+
+
+def test_standardised_direction_is_a_step_along_w_in_standardised_space():
+    rng = np.random.default_rng(3)
+    clf = LatentClassifier(rng.normal(size=4), 0.3, rng.normal(size=4), rng.uniform(1, 3, 4),
+                           C=1.0, cv_log_loss=0.0)  # fmt: skip
+    z = rng.normal(size=4)
+    moved = healthy_latent(z, clf.plane, direction=clf.standardised_direction())
+    step = (moved - clf.mean) / clf.scale - (z - clf.mean) / clf.scale
+    assert abs(np.dot(step / np.linalg.norm(step), clf.weights / np.linalg.norm(clf.weights))) \
+        == pytest.approx(1.0)  # fmt: skip
+
+
+def test_probability_logit_rejects_impossible_targets():
+    with pytest.raises(ValueError, match="strictly between"):
+        probability_logit(0.0)
+
+
+# candidates ----------------------------------------------------------------------------------
+
+
+def test_polarity_maps_use_the_physical_sign():
+    image = np.array([[0.0, 5.0, 2.0]])
+    healthy = np.array([[3.0, 1.0, 2.0]])
+    maps = polarity_maps(image, healthy)
+    np.testing.assert_array_equal(maps[LYTIC], [[3.0, 0.0, 0.0]])  # healthy brighter: lytic
+    np.testing.assert_array_equal(maps[BLASTIC], [[0.0, 4.0, 0.0]])  # image brighter: blastic
+
+
+def test_binarise_at_the_mean_over_all_body_pixels():
+    diff = np.array([[0.0, 1.0, 2.0, 9.0], [0.0, 0.0, 3.0, 6.0]])
+    body = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
+    # body values 0,1,2,0,0,3,6: mean 12/7 ≈ 1.714 → 2, 3, 6 pass; 9 lies outside the body
+    expected = np.array([[0, 0, 1, 0], [0, 0, 1, 1]], bool)
+    np.testing.assert_array_equal(binarise(diff, body, "mean"), expected)
+    # median of the positive body values (1, 2, 3, 6) is 2.5 → only 3 and 6 pass
+    np.testing.assert_array_equal(
+        binarise(diff, body, "median"), np.array([[0, 0, 0, 0], [0, 0, 1, 1]], bool)
+    )
+    assert not binarise(np.zeros((2, 4)), body, "mean").any()
+    assert not binarise(np.zeros((2, 4)), body, "median").any()
+
+
+def test_extract_candidates_exact_on_a_constructed_difference_map():
+    healthy = np.zeros((8, 8))
+    image = np.zeros((8, 8))
+    image[1:3, 1:3] = -4.0  # lytic square
+    image[3, 3] = -4.0  # diagonal neighbour: same 8-connected lytic component
+    image[6, 6] = -4.0  # a separate lytic pixel
+    image[1:3, 5:7] = 5.0  # blastic square
+    image[5, 1] = 0.1  # tiny blastic deviation, below the blastic mean
+    body = np.ones((8, 8), bool)
+    found = extract_candidates(image, healthy, body)
+    assert [c.label for c in found] == [LYTIC, LYTIC, BLASTIC]
+    first = np.zeros((8, 8), bool)
+    first[1:3, 1:3] = True
+    first[3, 3] = True
+    np.testing.assert_array_equal(found[0].mask, first)
+    assert found[0].size == 5
+    assert found[1].mask[6, 6] and found[1].size == 1
+    square = np.zeros((8, 8), bool)
+    square[1:3, 5:7] = True
+    np.testing.assert_array_equal(found[2].mask, square)
+
+
+# Eq. (2) and Eq. (3) ---------------------------------------------------------------------------
+
+
+def test_hide_others_composes_eq2():
+    image = np.arange(6.0).reshape(2, 3)
+    healthy = -np.ones((2, 3))
+    keep = np.array([[1, 0, 0], [0, 0, 0]], bool)
+    suspects = np.array([[1, 1, 0], [0, 1, 0]], bool)
+    expected = np.array([[0.0, -1.0, 2.0], [3.0, -1.0, 5.0]])
+    np.testing.assert_array_equal(hide_others(image, healthy, keep, suspects), expected)
+
+
+def test_delta_score_and_the_epsilon_case():
+    assert delta_score(0.6, 0.9, 0.1) == pytest.approx(0.625, rel=1e-6)
+    assert delta_score(0.1, 0.9, 0.1) == pytest.approx(0.0)
+    np.testing.assert_allclose(delta_score(np.array([0.9, 0.5]), 0.9, 0.1), [1.0, 0.5], rtol=1e-6)
+    # c(z) == c(z_healthy): ε keeps Δ finite; equal probabilities give 0
+    assert delta_score(0.3, 0.3, 0.3) == 0.0
+    assert delta_score(0.3 + 1e-9, 0.3, 0.3, eps=1e-8) == pytest.approx(0.1, rel=1e-4)
+
+
+def test_choose_polarities_rule():
+    assert choose_polarities({LYTIC: 0.7, BLASTIC: 0.9}) == (LYTIC, BLASTIC)
+    assert choose_polarities({LYTIC: 0.2, BLASTIC: 0.9}) == (BLASTIC,)
+    assert choose_polarities({LYTIC: 0.3, BLASTIC: 0.1}) == (LYTIC,)
+    assert choose_polarities({LYTIC: -np.inf, BLASTIC: 0.1}) == (BLASTIC,)
+    assert choose_polarities({LYTIC: -np.inf, BLASTIC: -np.inf}) == ()
+
+
+# DAE round trip ------------------------------------------------------------------------------
+
+
+def test_hidden_probabilities_by_hand_and_independent_of_batching():
+    dae = LinearAutoencoder()
+    rng = np.random.default_rng(4)
+    plane = Hyperplane(normal=rng.normal(size=4), bias=-0.2)
+    images = rng.normal(size=(5, 8, 8))
+    expected = expit(images.reshape(5, -1) @ dae.W.numpy().T @ plane.normal + plane.bias)
+    for batch in (1, 2, 5):
+        got = hidden_probabilities(dae, plane, images, 3, 3, batch_size=batch)
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+# classifier persistence ----------------------------------------------------------------------
+
+
+def test_classifier_round_trip_and_key_check(tmp_path):
+    clf = LatentClassifier(np.array([1.0, -2.0]), 0.5, np.array([0.1, 0.2]), np.array([1.5, 2.0]),
+                           C=0.1, cv_log_loss=0.4)  # fmt: skip
+    key = classifier_key("dae-abc", "fp1")
+    path = tmp_path / "clf.pt"
+    clf.save(path, key, {"n_train": 2})
+    back = LatentClassifier.load(path, key)
+    np.testing.assert_array_equal(back.weights, clf.weights)
+    assert (back.bias, back.C) == (clf.bias, clf.C)
+    assert path.with_suffix(".md").exists()
+    with pytest.raises(ValueError, match="dataset_fingerprint"):
+        LatentClassifier.load(path, classifier_key("dae-abc", "other"))
+
+
+def test_classifier_needs_two_vertebrae_per_class():
+    with pytest.raises(ValueError, match="at least two"):
+        fit_latent_classifier(np.zeros((4, 2)), np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]))
+
+
+def test_candidate_size():
+    assert Candidate(np.eye(3, dtype=bool), LYTIC).size == 3
+
+
+def test_classifier_for_fits_once_then_reloads_from_the_model_store():
+    from fakes import TinyDataset
+
+    from wsbench.latent_classifier import classifier_for, classifier_key
+    from wsbench.modelstore import find_model
+
+    training = TinyDataset().prepare().training_set()
+    dae = LinearAutoencoder(size=32, latent=4)
+    first = classifier_for(dae, "dae-test", training)
+    stored = find_model(classifier_key("dae-test", training.fingerprint))
+    assert stored is not None and stored.with_suffix(".json").exists()
+    again = classifier_for(dae, "dae-test", training)
+    np.testing.assert_array_equal(again.weights, first.weights)
+    assert again.C in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)

@@ -1,0 +1,231 @@
+"""The hideseek plugin on a hand-computable linear 'DAE' (and on the real tiny DAE)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import expit, logit
+from test_attribution import LinearAutoencoder
+from wsbench.plugins.hideseek import HideAndSeek
+
+from wsbench.intensity import hu_to_unit
+from wsbench.latent_classifier import LatentClassifier
+from wsbench.types import BLASTIC, LYTIC, Phenotype
+
+SIZE = 16
+BLAST = (slice(2, 6), slice(2, 6))  # 16 px, 1000 HU
+LYSIS = (slice(9, 13), slice(9, 13))  # 16 px, -100 HU
+NORMAL = np.array([2.0, -0.5])  # the classifier weighs the blastic region most
+BIAS = -3.0
+
+
+def region_rows() -> np.ndarray:
+    """Encoder rows: the normalised indicators of the blastic and the lytic region."""
+    rows = np.zeros((2, SIZE, SIZE))
+    rows[0][BLAST] = 0.25
+    rows[1][LYSIS] = 0.25
+    return rows.reshape(2, -1)
+
+
+def vertebra(blastic: float = 1000.0) -> tuple[np.ndarray, np.ndarray]:
+    image = np.full((SIZE, SIZE), 300.0, np.float32)
+    image[BLAST], image[LYSIS] = blastic, -100.0
+    return image, np.ones((SIZE, SIZE), bool)
+
+
+def classifier() -> LatentClassifier:
+    """Raw-space hyperplane (NORMAL, BIAS), written as a standardised classifier."""
+    mean, scale = np.array([0.5, -0.2]), np.array([2.0, 0.5])
+    return LatentClassifier(NORMAL * scale, BIAS + NORMAL @ mean, mean, scale, 1.0, 0.0)
+
+
+def method(**params):
+    return HideAndSeek.from_parts(LinearAutoencoder(rows=region_rows()), classifier(), **params)
+
+
+def expected_deltas(image: np.ndarray) -> tuple[float, float]:
+    """Δ of the blastic and of the lytic region, computed by hand from Eq. 1–3."""
+    z = region_rows() @ hu_to_unit(image).ravel().astype(np.float64)
+    p = expit(NORMAL @ z + BIAS)
+    z_h = z - (NORMAL @ z + BIAS - logit(1e-4)) / (NORMAL @ NORMAL) * NORMAL
+    p_blast = expit(NORMAL @ [z[0], z_h[1]] + BIAS)  # blastic revealed, lytic hidden
+    p_lysis = expit(NORMAL @ [z_h[0], z[1]] + BIAS)
+    return (p_blast - 1e-4) / (p - 1e-4 + 1e-8), (p_lysis - 1e-4) / (p - 1e-4 + 1e-8)
+
+
+def test_blastic_hint_scores_and_keeps_the_blastic_region_exactly():
+    image, body = vertebra()
+    seg = method().segment(image, body, phenotype=Phenotype.BLASTIC)
+    d_blast, _ = expected_deltas(image)
+    assert d_blast > 0.9
+    assert [lesion.label for lesion in seg.lesions] == [BLASTIC]
+    assert seg.lesions[0].score == pytest.approx(d_blast, rel=1e-4)
+    assert seg.lesions[0].kept and seg.lesions[0].size == 16
+    assert seg.lesions[0].extra["c_healthy"] == pytest.approx(1e-4, rel=1e-4)
+    expected = np.zeros((SIZE, SIZE), np.uint8)
+    expected[BLAST] = BLASTIC
+    np.testing.assert_array_equal(seg.labels, expected)
+    np.testing.assert_allclose(seg.scores[BLAST], d_blast, rtol=1e-4)
+    assert seg.labels.dtype == np.uint8 and seg.candidates.dtype == np.int32
+
+
+def test_mixed_scores_both_polarities_and_keeps_only_the_explaining_one():
+    image, body = vertebra()
+    seg = method().segment(image, body, phenotype=None)
+    d_blast, d_lysis = expected_deltas(image)
+    assert [lesion.label for lesion in seg.lesions] == [LYTIC, BLASTIC]
+    assert [lesion.score for lesion in seg.lesions] == pytest.approx([d_lysis, d_blast], rel=1e-4)
+    assert [lesion.kept for lesion in seg.lesions] == [False, True]
+    assert set(np.unique(seg.candidates)) == {0, 1, 2}
+    assert (seg.candidates[LYSIS] == 1).all() and (seg.candidates[BLAST] == 2).all()
+
+
+def test_lytic_hint_keeps_nothing_here():
+    image, body = vertebra()
+    seg = method().segment(image, body, phenotype=Phenotype.LYTIC)
+    assert [lesion.label for lesion in seg.lesions] == [LYTIC]
+    assert not seg.labels.any()
+
+
+def test_only_malignant_vertebrae_are_segmented():
+    image, body = vertebra(blastic=300.0)  # c(z) < 0.5
+    assert not method().segment(image, body, phenotype=None).lesions
+    seg = method(only_malignant=False).segment(image, body, phenotype=None)
+    assert [lesion.label for lesion in seg.lesions] == [LYTIC, BLASTIC]
+
+
+def test_auto_phenotype_picks_the_explaining_polarity():
+    image, body = vertebra()
+    seg = method(phenotype="auto").segment(image, body, phenotype=Phenotype.LYTIC)
+    assert [(lesion.label, lesion.kept) for lesion in seg.lesions] == [
+        (LYTIC, False),
+        (BLASTIC, True),
+    ]
+
+
+def test_faithful_and_batched_paths_agree():
+    image, body = vertebra()
+    fast = method(batch_size=8).segment(image, body, phenotype=None)
+    slow = method(faithful=True).segment(image, body, phenotype=None)
+    assert [x.score for x in fast.lesions] == pytest.approx([x.score for x in slow.lesions])
+
+
+def test_two_and_a_half_d_on_identical_slices_equals_2d():
+    image, body = vertebra()
+    stack, bodies = np.repeat(image[None], 5, 0), np.repeat(body[None], 5, 0)
+    flat = method().segment(image, body, phenotype=None)
+    fused = method(slices=5).segment(image, body, phenotype=None, stack=stack, stack_body=bodies)
+    assert [x.score for x in fused.lesions] == pytest.approx([x.score for x in flat.lesions])
+    np.testing.assert_array_equal(fused.labels, flat.labels)
+
+
+def test_reconstruction_reference_equals_input_for_an_exact_autoencoder():
+    image, body = vertebra()
+    a = method(reference="reconstruction").segment(image, body, phenotype=None)
+    b = method().segment(image, body, phenotype=None)
+    assert [x.score for x in a.lesions] == pytest.approx([x.score for x in b.lesions], rel=1e-5)
+
+
+def test_bad_parameters_are_named():
+    with pytest.raises(ValueError, match="phenotype='sometimes'"):
+        HideAndSeek(phenotype="sometimes")
+    with pytest.raises(RuntimeError, match="fit"):
+        HideAndSeek().segment(*vertebra(), phenotype=None)
+
+
+def test_shared_noise_path_equals_inversion_for_an_exact_autoencoder():
+    image, body = vertebra()
+    a = method(invert_hidden=False).segment(image, body, phenotype=None)
+    b = method().segment(image, body, phenotype=None)
+    assert [x.score for x in a.lesions] == pytest.approx([x.score for x in b.lesions], rel=1e-5)
+
+
+class StandInDDIM(torch.nn.Module):
+    """A small nonlinear conv DDIM autoencoder with the DAE's API (GroupNorm, deterministic
+    inversion), used only while ``wsbench/nets/dae.py`` does not exist."""
+
+    def __init__(self, ch: int = 8, latent: int = 6, T: int = 100) -> None:
+        super().__init__()
+        conv = torch.nn.Conv2d
+        self.enc = torch.nn.Sequential(conv(1, ch, 3, 2, 1), torch.nn.GroupNorm(2, ch),
+                                       torch.nn.SiLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                       torch.nn.Flatten(), torch.nn.Linear(ch, latent))  # fmt: skip
+        self.inp, self.cond = conv(1, ch, 3, 1, 1), torch.nn.Linear(latent + 1, ch)
+        self.out = torch.nn.Sequential(torch.nn.GroupNorm(2, ch), torch.nn.SiLU(),
+                                       conv(ch, 1, 3, 1, 1))  # fmt: skip
+        self.register_buffer("abar", torch.cumprod(1 - torch.linspace(1e-4, 0.02, T), 0))
+        self.T = T
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.enc(x)
+
+    def _step(self, x, z, a, b):
+        t = torch.full((len(x), 1), a / self.T)
+        eps = self.out(self.inp(x) + self.cond(torch.cat([z, t], 1))[:, :, None, None])
+        x0 = (x - (1 - self.abar[a]).sqrt() * eps) / self.abar[a].sqrt()
+        return self.abar[b].sqrt() * x0 + (1 - self.abar[b]).sqrt() * eps
+
+    def stochastic_encode(self, x: torch.Tensor, z_sem: torch.Tensor, steps: int) -> torch.Tensor:
+        ts = torch.linspace(0, self.T - 1, steps + 1).long().tolist()
+        for a, b in itertools.pairwise(ts):
+            x = self._step(x, z_sem, a, b)
+        return x
+
+    def decode(self, x_t: torch.Tensor, z_sem: torch.Tensor, steps: int) -> torch.Tensor:
+        ts = torch.linspace(0, self.T - 1, steps + 1).long().tolist()[::-1]
+        for a, b in itertools.pairwise(ts):
+            x_t = self._step(x_t, z_sem, a, b)
+        return x_t
+
+
+def tiny_dae():
+    """The DAE's tiny config once ``wsbench/nets/dae.py`` exists, else the stand-in."""
+    torch.manual_seed(0)
+    if (Path(__file__).parents[1] / "wsbench" / "nets" / "dae.py").exists():
+        from wsbench.nets.dae import DiffusionAutoencoder
+
+        return DiffusionAutoencoder.tiny().eval()
+    return StandInDDIM().eval()
+
+
+def test_batched_and_unbatched_paths_give_the_same_delta_on_a_tiny_dae():
+    dae = tiny_dae()
+    image, body = vertebra()
+    with torch.inference_mode():
+        latent = dae.encode(torch.zeros(1, 1, SIZE, SIZE)).shape[1]
+    rng = np.random.default_rng(5)
+    clf = LatentClassifier(rng.normal(size=latent), 3.0, np.zeros(latent), np.ones(latent), 1, 0)
+    params = {"only_malignant": False, "steps_stochastic": 3, "steps_decode": 3, "tau": -1.0}
+    batched = HideAndSeek.from_parts(dae, clf, batch_size=16, **params)
+    looped = HideAndSeek.from_parts(dae, clf, batch_size=1, **params)
+    a = batched.segment(image, body, phenotype=None)
+    b = looped.segment(image, body, phenotype=None)
+    assert len(a.lesions) >= 2
+    assert [x.score for x in a.lesions] == pytest.approx([x.score for x in b.lesions], abs=1e-5)
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_dae_checkpoint_is_found_by_its_card_and_identified_by_content(tmp_path):
+    from fakes import TinyDataset
+    from wsbench.plugins.hideseek import checkpoint_identity, dae_checkpoint
+
+    from wsbench.modelstore import cache_root
+
+    training = TinyDataset().prepare().training_set()
+    with pytest.raises(FileNotFoundError, match="--checkpoint"):
+        dae_checkpoint(training)
+    folder = cache_root() / "models"
+    folder.mkdir(parents=True)
+    for stem, fingerprint in [("dae-other", "x"), ("dae-mine", training.fingerprint)]:
+        (folder / f"{stem}.pt").write_bytes(stem.encode())
+        (folder / f"{stem}.json").write_text(json.dumps({"dataset_fingerprint": fingerprint}))
+    found = dae_checkpoint(training)
+    assert found.name == "dae-mine.pt"
+    assert checkpoint_identity(found).startswith("dae-mine-")
+    (folder / "dae-mine.pt").write_bytes(b"retrained")
+    assert checkpoint_identity(found) != checkpoint_identity(folder / "dae-other.pt")

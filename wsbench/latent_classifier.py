@@ -1,0 +1,170 @@
+"""The latent malignancy classifier ``c(·)``: standardised ``z_sem`` + logistic regression.
+
+``C`` is chosen by a grid search with cross-validation grouped by vertebra (the five central
+slices of one vertebra never sit on both sides of a fold) on the log-loss, because Hide-and-Seek
+reads the classifier's probabilities, not only its ranking. Classes are weighted ``balanced`` so
+that the 0.5 gate of the paper means the same on imbalanced training sets. A fitted classifier
+is stored in the model store beside the diffusion autoencoder it belongs to, keyed by that
+checkpoint's identity and the dataset fingerprint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from wsbench.attribution import Autoencoder, Hyperplane, hyperplane_from_standardised, to_tensor
+from wsbench.intensity import hu_to_unit
+from wsbench.modelstore import ModelKey, check_key, find_model, new_model_path, write_card
+from wsbench.types import TrainingSet
+
+KIND = "hideseek-classifier"
+C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+MAX_FOLDS = 5
+
+
+@dataclass(frozen=True)
+class LatentClassifier:
+    """A logistic regression on standardised latents, with its raw-space hyperplane."""
+
+    weights: np.ndarray
+    bias: float
+    mean: np.ndarray
+    scale: np.ndarray
+    C: float
+    cv_log_loss: float
+
+    @property
+    def plane(self) -> Hyperplane:
+        """The decision hyperplane in raw ``z_sem`` coordinates."""
+        return hyperplane_from_standardised(self.weights, self.bias, self.mean, self.scale)
+
+    def probability(self, z: np.ndarray) -> np.ndarray:
+        """Malignancy probability ``c(z)`` of raw latents ``(..., d)``."""
+        return self.plane.probability(z)
+
+    def standardised_direction(self) -> np.ndarray:
+        """``σ ⊙ w``: the raw-space image of a step along ``w`` in standardised coordinates."""
+        return self.scale * self.weights
+
+    def save(self, path: Path, key: ModelKey, facts: dict[str, Any]) -> None:
+        """Write the classifier (tensors only) and its model card."""
+        state = {
+            "key": key.as_dict(),
+            "weights": torch.as_tensor(self.weights),
+            "bias": float(self.bias),
+            "mean": torch.as_tensor(self.mean),
+            "scale": torch.as_tensor(self.scale),
+            "C": float(self.C),
+            "cv_log_loss": float(self.cv_log_loss),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+        write_card(path, key, "Hide-and-Seek latent classifier", {"C": self.C, **facts})
+
+    @classmethod
+    def load(cls, path: Path, key: ModelKey) -> LatentClassifier:
+        """Read a classifier written by :meth:`save`, refusing one made for another setting."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        check_key(state["key"], key, path)
+        return cls(
+            weights=state["weights"].numpy(),
+            bias=state["bias"],
+            mean=state["mean"].numpy(),
+            scale=state["scale"].numpy(),
+            C=state["C"],
+            cv_log_loss=state["cv_log_loss"],
+        )
+
+
+def classifier_key(dae_identity: str, dataset_fingerprint: str, **config: Any) -> ModelKey:
+    """Model-store key of the classifier belonging to one DAE checkpoint and one dataset."""
+    return ModelKey(KIND, dataset_fingerprint, {"dae": dae_identity, **config})
+
+
+def fit_latent_classifier(
+    z: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    c_grid: Sequence[float] = C_GRID,
+    seed: int = 0,
+) -> LatentClassifier:
+    """Standardise, then fit a balanced logistic regression with ``C`` from grouped CV.
+
+    ``labels`` are 0 (healthy) / 1 (malignant); ``groups`` name the vertebra of each row.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    labels = np.asarray(labels)
+    groups = np.asarray(groups)
+    if set(np.unique(labels).tolist()) != {0, 1}:
+        raise ValueError("the latent classifier needs healthy (0) and malignant (1) examples")
+    folds = min(MAX_FOLDS, *(len(np.unique(groups[labels == c])) for c in (0, 1)))
+    if folds < 2:
+        raise ValueError(
+            "the latent classifier needs at least two healthy and two malignant vertebrae "
+            "in the training split to choose C by cross-validation"
+        )
+    pipeline = make_pipeline(
+        StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000)
+    )
+    search = GridSearchCV(
+        pipeline,
+        {"logisticregression__C": list(c_grid)},
+        scoring="neg_log_loss",
+        cv=StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed),
+    )
+    search.fit(z, labels, groups=groups)
+    scaler, regression = search.best_estimator_[0], search.best_estimator_[1]
+    return LatentClassifier(
+        weights=regression.coef_.ravel().copy(),
+        bias=float(regression.intercept_[0]),
+        mean=scaler.mean_.copy(),
+        scale=scaler.scale_.copy(),
+        C=float(search.best_params_["logisticregression__C"]),
+        cv_log_loss=float(-search.best_score_),
+    )
+
+
+def encode_slices(dae: Autoencoder, slices_hu: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Semantic latents ``(N, d)`` of ``(N, H, W)`` HU slices."""
+    x = to_tensor(hu_to_unit(slices_hu))
+    with torch.inference_mode():
+        return torch.cat([dae.encode(part) for part in x.split(batch_size)]).double().numpy()
+
+
+def classifier_for(dae: Autoencoder, dae_identity: str, training: TrainingSet) -> LatentClassifier:
+    """The stored classifier of this DAE and training set, or a new one fitted and stored.
+
+    Every labelled training vertebra contributes its central slices (all with its label), so
+    cross-validation groups them by vertebra.
+    """
+    key = classifier_key(dae_identity, training.fingerprint)
+    stored = find_model(key)
+    if stored is not None:
+        return LatentClassifier.load(stored, key)
+    labelled = training.labelled()
+    if not len(labelled):
+        raise ValueError(f"training split of {training.name!r} has no labelled vertebra")
+    z = encode_slices(dae, np.concatenate([v.slices for v in labelled]))
+    per_vertebra = len(labelled[0].slices)
+    labels = np.repeat(labelled.labels(), per_vertebra)
+    groups = np.repeat(np.arange(len(labelled)), per_vertebra)
+    classifier = fit_latent_classifier(z, labels, groups)
+    facts = {
+        "dae": dae_identity,
+        "vertebrae": len(labelled),
+        "malignant": int(labelled.labels().sum()),
+        "slices_per_vertebra": per_vertebra,
+        "cv_log_loss": classifier.cv_log_loss,
+    }
+    classifier.save(new_model_path(key), key, facts)
+    return classifier

@@ -177,6 +177,27 @@ def run(
         print_summary(result, console)
 
 
+@app.command("export")
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory: runs/<dataset>/<method>/<id>.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: <run_dir>/export).")
+    ] = None,
+) -> None:
+    """Write a run's predicted lesion masks into each source CT's grid as NIfTI, for viewers."""
+    from wsbench.export import export_nifti
+
+    with user_errors():
+        target = out or run_dir / "export"
+        written = export_nifti(run_dir, target)
+        table = Table(title=f"exported to {target}")
+        for column in ("file", "vertebrae"):
+            table.add_column(column)
+        for item in written:
+            table.add_row(item.path.name, ", ".join(item.vertebrae))
+        console.print(table)
+
+
 @app.command("bench")
 def bench_command(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name.")] = "phantom",

@@ -377,6 +377,7 @@ def run(
         "split": config.split,
         "seed": config.seed,
         "config_digest": config.digest,
+        "config": asdict(config),
         "packages": package_versions(),
         "git_commit": git_commit(),
         "started": started,

@@ -38,7 +38,7 @@ from segment_anything.modeling import (
 from skimage.transform import resize
 
 from wsbench.intensity import HU_WINDOW
-from wsbench.types import Method
+from wsbench.types import Method, WeightsNotSuppliedError
 
 ENV_VAR = "WSBENCH_MEDSAM_CHECKPOINT"
 BOX_MARGIN_MM = 4.0
@@ -56,10 +56,6 @@ HOW_TO_GET_WEIGHTS = (
     "and is not accepted. Then pass it with `wsbench run --method medsam --checkpoint "
     f"/path/to/medsam_vit_b.pth` or set {ENV_VAR}=/path/to/medsam_vit_b.pth."
 )
-
-
-class WeightsNotSuppliedError(FileNotFoundError):
-    """No MedSAM checkpoint was given (wsbench never downloads weights)."""
 
 
 class CheckpointError(ValueError):

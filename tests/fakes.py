@@ -18,6 +18,7 @@ from wsbench.types import (
     TrainingSet,
     VertebraKey,
     WeakLabel,
+    WeightsNotSuppliedError,
 )
 
 SIZE = 32
@@ -126,3 +127,27 @@ class CrashAfterTwo(Method):
         CrashAfterTwo.calls += 1
         noise = np.random.random(image.shape) > 0.9
         return ((image > 600) | (noise & body_mask)).astype(np.uint8) * BLASTIC
+
+
+class NeedsWeights(Method):
+    """A method whose external weights were not supplied."""
+
+    name = "needsweights"
+
+    def fit(self, training: TrainingSet, workdir: Any) -> None:
+        raise WeightsNotSuppliedError("pass --checkpoint with the official weights")
+
+    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
+        raise AssertionError("never reached")
+
+
+class BrokenFit(Method):
+    """A method whose training crashes."""
+
+    name = "brokenfit"
+
+    def fit(self, training: TrainingSet, workdir: Any) -> None:
+        raise RuntimeError("diverged at step 3")
+
+    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
+        raise AssertionError("never reached")

@@ -9,6 +9,7 @@ from typing import Any
 
 from wsbench.registry import METHODS_GROUP, declared
 from wsbench.runner import RunConfig, find_resumable, read_finished, run, safe_name
+from wsbench.types import WeightsNotSuppliedError
 
 
 def bench(
@@ -23,7 +24,8 @@ def bench(
 
     A method whose finished run of the same configuration exists is not run again; an
     unfinished one is resumed. A failing method is recorded with its error and the bench goes
-    on. The record is written to ``<out>/<dataset>/bench.json`` after every method.
+    on; one whose weights are not supplied is recorded as not run. The record is written to
+    ``<out>/<dataset>/bench.json`` after every method.
     """
     names = methods or list(declared(METHODS_GROUP))
     record_path = out / safe_name(dataset) / "bench.json"
@@ -39,6 +41,9 @@ def bench(
             else:
                 run_dir = run(config, out, resume=previous is not None, progress=progress).run_dir
             outcomes[name] = {"status": "ok", "reason": "", "run_dir": str(run_dir)}
+        except WeightsNotSuppliedError as exc:
+            outcomes[name] = {"status": "not run", "reason": "weights not supplied",
+                              "detail": str(exc), "run_dir": ""}  # fmt: skip
         except Exception as exc:  # one failing method must not stop the bench
             outcomes[name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
                               "run_dir": ""}  # fmt: skip

@@ -253,6 +253,13 @@ class Segmentation:
     candidates: np.ndarray | None = None
 
 
+class WeightsNotSuppliedError(FileNotFoundError):
+    """A method needs external weights the user has not supplied (wsbench never downloads any).
+
+    The bench records such a method as "not run: weights not supplied" instead of failed.
+    """
+
+
 class Method:
     """Base class of method plugins.
 

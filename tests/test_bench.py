@@ -1,0 +1,34 @@
+"""`wsbench bench`: every method in turn, failures recorded, missing weights marked not run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from wsbench.bench import bench
+from wsbench.leaderboard import not_run
+
+METHODS = ["fakes:NoisyMethod", "fakes:NeedsWeights", "fakes:BrokenFit", "fakes:WrongShape"]
+
+
+def test_bench_goes_on_past_failures_and_reuses_finished_runs(tmp_path: Path):
+    outcomes = bench("fakes:TinyDataset", tmp_path, methods=METHODS)
+    status = {name: outcome["status"] for name, outcome in outcomes.items()}
+    assert status == {
+        "fakes:NoisyMethod": "ok",
+        "fakes:NeedsWeights": "not run",
+        "fakes:BrokenFit": "failed",
+        "fakes:WrongShape": "ok",  # its bad vertebra is a failed case inside an ok run
+    }
+    assert outcomes["fakes:BrokenFit"]["reason"] == "RuntimeError: diverged at step 3"
+    assert "--checkpoint" in outcomes["fakes:NeedsWeights"]["detail"]
+    dataset_dir = tmp_path / "fakes-TinyDataset"
+    assert json.loads((dataset_dir / "bench.json").read_text())["methods"] == outcomes
+    assert not_run(dataset_dir) == {
+        "fakes:NeedsWeights": "weights not supplied",
+        "fakes:BrokenFit": "RuntimeError: diverged at step 3",
+    }
+
+    again = bench("fakes:TinyDataset", tmp_path, methods=METHODS[:1])
+    assert again["fakes:NoisyMethod"]["run_dir"] == outcomes["fakes:NoisyMethod"]["run_dir"]
+    assert len(list((dataset_dir / "fakes-NoisyMethod").iterdir())) == 1

@@ -8,7 +8,7 @@ docs/datasets.md) or the authors' manifest file (``.xlsx``/``.csv`` with columns
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,8 +16,6 @@ from typing import Any, ClassVar
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from rich.console import Console
-from rich.progress import Progress
 
 from wsbench.modelstore import cache_root
 from wsbench.preprocess import (
@@ -29,6 +27,7 @@ from wsbench.preprocess import (
     preprocess_subject,
     sha256_file,
 )
+from wsbench.splits import DEFAULT_SEED, DEFAULT_TEST_FRACTION, progress_over, seeded_split
 from wsbench.types import (
     DatasetAdapter,
     Phenotype,
@@ -50,9 +49,6 @@ HIDESEEK_HU = (2000.0, -1000.0)
 """HU ≈ a·x + b for the authors' normalised crops, i.e. x = (HU + 1000) / 2000. On the real sample
 this puts the soft-tissue mode (x ≈ 0.53) at +60 HU, the low mode (x ≈ 0.13, lung) at −740 HU,
 the body median (0.65) at +305 HU and the maximum (1.18) at +1360 HU."""
-
-DEFAULT_SEED = 0
-DEFAULT_TEST_FRACTION = 0.3
 
 
 @dataclass(frozen=True)
@@ -217,28 +213,6 @@ def parse_labels(path: Path) -> tuple[list[LabelRow], list[Skipped]]:
         seen.add(key)
         rows.append(row)
     return rows, skipped
-
-
-def seeded_split(subjects: Iterable[str], seed: int, test_fraction: float) -> dict[str, Split]:
-    """Subject → split: a seeded permutation of the sorted subjects, the first ``round(f·n)``
-    (at least one when there are two or more) to test."""
-    ordered = sorted(set(subjects))
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    n_test = round(test_fraction * len(ordered))
-    if len(ordered) >= 2:
-        n_test = min(max(n_test, 1), len(ordered) - 1)
-    test = {ordered[i] for i in order[:n_test]}
-    return {s: Split.TEST if s in test else Split.TRAIN for s in ordered}
-
-
-def progress_over(items: Sequence[Any], description: str) -> Iterable[Any]:
-    """Iterate with a rich progress bar on a terminal, silently otherwise."""
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield from items
-        return
-    with Progress(console=console, transient=True) as progress:
-        yield from progress.track(items, description=description)
 
 
 class InHouseDataset(DatasetAdapter):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from wsbench.cli import app
 from wsbench.formats import write_inhouse
 from wsbench.runner import RunConfig, RunError, run
-from wsbench.types import Split
+from wsbench.types import Phenotype, Split, WeakLabel
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,7 +46,32 @@ def test_otsu_masks_land_on_the_source_lesions(tmp_path: Path):
 
 
 def test_export_refuses_a_folder_that_is_not_a_run(tmp_path: Path):
-    from wsbench.export import export_nifti
+    from wsbench.export import export_run
 
     with pytest.raises(RunError, match=r"no manifest\.json"):
-        export_nifti(tmp_path, tmp_path / "out")
+        export_run(tmp_path, tmp_path / "out")
+
+
+def test_dicom_seg_export_matches_the_nifti_export(tmp_path: Path):
+    from test_dicomio import box_spine
+
+    from wsbench.dicomio import read_ct_series, scan_series, write_tcia
+    from wsbench.export import export_run
+
+    labels = {"L1": (WeakLabel.MALIGNANT, Phenotype.BLASTIC), "L2": (WeakLabel.HEALTHY, None)}
+    write_tcia(tmp_path / "tcia", [box_spine("s01", labels), box_spine("s02", labels)])
+    result = run(RunConfig("otsu", "tcia", root=str(tmp_path / "tcia")), tmp_path / "runs")
+    [nifti] = export_run(result.run_dir, tmp_path / "nii", "nifti")
+    [seg] = export_run(result.run_dir, tmp_path / "seg", "dicom-seg")
+    assert seg.path.name == f"sub-{seg.subject}_desc-otsu_seg-lesion.dcm"
+    expected = np.asarray(nib.load(nifti.path).dataobj)
+    assert (expected == 2).any()  # Otsu's blastic branch marks the bright half of L1's body
+
+    ct_series = [s for s in scan_series(tmp_path / "tcia")[0] if s.modality == "CT"]
+    ct = read_ct_series(next(s for s in ct_series if s.patient_id == seg.subject).files)
+    volume = hd.seg.segread(seg.path).get_volume(combine_segments=True)
+    decoded = np.asarray(volume.match_geometry(ct.geometry()).array).transpose(2, 1, 0)
+    np.testing.assert_array_equal(decoded, expected)
+
+    with pytest.raises(RunError, match="not one of"):
+        export_run(result.run_dir, tmp_path / "x", "png")  # type: ignore[arg-type]

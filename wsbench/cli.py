@@ -183,13 +183,16 @@ def export_command(
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default: <run_dir>/export).")
     ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="nifti, or dicom-seg for DICOM datasets (tcia).")
+    ] = "nifti",
 ) -> None:
-    """Write a run's predicted lesion masks into each source CT's grid as NIfTI, for viewers."""
-    from wsbench.export import export_nifti
+    """Write a run's predicted lesion masks into each source CT's grid, for viewers."""
+    from wsbench.export import export_run
 
     with user_errors():
         target = out or run_dir / "export"
-        written = export_nifti(run_dir, target)
+        written = export_run(run_dir, target, fmt)  # type: ignore[arg-type]
         table = Table(title=f"exported to {target}")
         for column in ("file", "vertebrae"):
             table.add_column(column)

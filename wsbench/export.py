@@ -3,9 +3,9 @@
 Every method segments the mid-sagittal slice of a resampled 64³ body crop; the crop's geometry
 (recorded by :mod:`wsbench.preprocess`) maps that slice back onto the source plane nearest to
 it. All vertebrae of one source CT go into one label volume (0 background, 1 lytic, 2 blastic)
-with the source affine, named after the source file (``sub-001_ct.nii.gz`` →
-``sub-001_desc-<method>_seg-lesion_msk.nii.gz``), plus a JSON sidecar naming the run and the
-vertebrae it holds.
+with the source affine: NIfTI named after the source file (``sub-001_ct.nii.gz`` →
+``sub-001_desc-<method>_seg-lesion_msk.nii.gz``) or, for DICOM datasets, a DICOM-SEG that
+references the CT series; each with a JSON sidecar naming the run and the vertebrae it holds.
 """
 
 from __future__ import annotations
@@ -14,14 +14,22 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-from wsbench.formats import write_nifti_gz
+from wsbench.dicomio import CtVolume, read_ct_series, scan_series, write_prediction_seg
+from wsbench.formats import bids_stem, write_nifti_gz
 from wsbench.preprocess import mask_to_source
 from wsbench.runner import RunConfig, RunError, prepare_dataset, safe_name
 from wsbench.types import PreparedVertebra
+
+ExportFormat = Literal["nifti", "dicom-seg"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+
+
+Group = list[tuple[PreparedVertebra, np.ndarray]]
+"""The vertebrae of one source CT with their post-processed slice label maps."""
 
 
 @dataclass(frozen=True)
@@ -58,13 +66,15 @@ def source_vertebrae(manifest: dict[str, Any]) -> dict[str, PreparedVertebra]:
     return {v.key.id: v for v in dataset.vertebrae}
 
 
-def source_stem(source: str) -> str:
-    """``sub-001_ct.nii.gz`` → ``sub-001``; other names lose their extension."""
+def stem_of(source: str, members: Group) -> str:
+    """Output name stem: the NIfTI source's name (``sub-001_ct.nii.gz`` → ``sub-001``), or
+    ``sub-<patient>[_ses-<session>]`` for a DICOM series."""
     name = Path(source).name
-    for ending in ("_ct.nii.gz", "_ct.nii", ".nii.gz", ".nii", ".dcm"):
+    for ending in ("_ct.nii.gz", "_ct.nii", ".nii.gz", ".nii"):
         if name.endswith(ending):
             return name[: -len(ending)]
-    return name
+    key = members[0][0].key
+    return bids_stem(key.subject, key.session)
 
 
 def volume_of(vertebrae: list[tuple[PreparedVertebra, np.ndarray]]) -> tuple[np.ndarray, Any]:
@@ -81,36 +91,69 @@ def volume_of(vertebrae: list[tuple[PreparedVertebra, np.ndarray]]) -> tuple[np.
     return volume, affine
 
 
-def export_nifti(run_dir: Path, out: Path) -> list[ExportedVolume]:
-    """Write the run's post-processed label maps into source space as NIfTI under ``out``."""
-    manifest = read_manifest(run_dir)
+def groups_of(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Group]:
+    """The run's masks grouped by source CT (the ``source`` of each crop's geometry)."""
     known = source_vertebrae(manifest)
-    method = safe_name(manifest["config"]["method"]).replace("_", "").replace("-", "")
-    groups: dict[tuple[str, str, str], list[tuple[PreparedVertebra, np.ndarray]]] = defaultdict(
-        list
-    )
+    groups: dict[str, Group] = defaultdict(list)
     for npz in sorted((run_dir / "masks").glob("*.npz")):
         vertebra = known.get(npz.stem)
         if vertebra is None:
             raise RunError(f"{npz} names a vertebra the dataset no longer has")
         if "source_affine" not in vertebra.geometry:
             raise RunError(f"{npz.stem}: the dataset recorded no source geometry to export into")
-        source = str(vertebra.geometry.get("source", vertebra.key.subject))
         with np.load(npz) as arrays:
-            groups[(vertebra.key.subject, vertebra.key.session, source)].append(
-                (vertebra, arrays["labels"])
-            )
+            groups[str(vertebra.geometry["source"])].append((vertebra, arrays["labels"]))
     if not groups:
         raise RunError(f"{run_dir / 'masks'} holds no predicted masks")
+    return dict(sorted(groups.items()))
+
+
+def source_ct(source: str, members: Group) -> CtVolume:
+    """The DICOM CT series a DICOM-sourced group was cut from."""
+    uid = members[0][0].geometry.get("source_series_uid")
+    if uid is None:
+        raise RunError(
+            f"{source} is not a DICOM series: DICOM-SEG export needs a DICOM dataset such as "
+            "tcia; use --format nifti"
+        )
+    series, _ = scan_series(Path(source))
+    match = [s for s in series if s.uid == uid and s.modality == "CT"]
+    if not match:
+        raise RunError(f"CT series {uid} is no longer under {source}")
+    return read_ct_series(match[0].files)
+
+
+def export_run(run_dir: Path, out: Path, fmt: ExportFormat = "nifti") -> list[ExportedVolume]:
+    """Write the run's post-processed label maps into source space under ``out``.
+
+    ``nifti``: one ``.nii.gz`` (and a JSON sidecar) per source CT. ``dicom-seg``: one DICOM-SEG
+    per source CT series that references it, for DICOM datasets.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise RunError(f"export format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    manifest = read_manifest(run_dir)
+    method = manifest["method"]
+    tag = "".join(c for c in safe_name(manifest["config"]["method"]) if c.isalnum())
     written = []
-    for (subject, session, source), members in sorted(groups.items()):
+    for source, members in groups_of(run_dir, manifest).items():
         volume, affine = volume_of(members)
-        stem = f"{source_stem(source)}_desc-{method}_seg-lesion_msk"
-        path = out / f"{stem}.nii.gz"
-        write_nifti_gz(path, volume, affine)
+        stem = f"{stem_of(source, members)}_desc-{tag}_seg-lesion"
+        if fmt == "nifti":
+            path = out / f"{stem}_msk.nii.gz"
+            write_nifti_gz(path, volume, affine)
+        else:
+            ct = source_ct(source, members)
+            if not np.allclose(ct.affine, affine, atol=1e-3):
+                raise RunError(f"{source}: the CT grid differs from the one the run read")
+            out.mkdir(parents=True, exist_ok=True)
+            path = write_prediction_seg(
+                out / f"{stem}.dcm", volume, ct, method=method["name"], version=method["version"]
+            )
         ids = tuple(v.key.id for v, _ in members)
-        sidecar = {"run": str(run_dir), "method": manifest["method"], "vertebrae": list(ids)}
+        sidecar = {"run": str(run_dir), "method": method, "vertebrae": list(ids)}
         sidecar["labels"] = {"0": "background", "1": "lytic", "2": "blastic"}
-        (out / f"{stem}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
-        written.append(ExportedVolume(path, subject, session, ids))
+        sidecar_path = path.parent / (path.name.removesuffix(".gz").rsplit(".", 1)[0] + ".json")
+        sidecar_path.write_text(json.dumps(sidecar, indent=2) + "\n")
+        vertebra = members[0][0]
+        written.append(ExportedVolume(path, vertebra.key.subject, vertebra.key.session, ids))
     return written

@@ -139,8 +139,9 @@ def test_bids_names_with_extra_entities():
 
 
 def test_bad_inputs_are_reported(tmp_path: Path):
-    write_inhouse(tmp_path, [subject("001"), subject("002"), subject("003")])
-    # 002: lesion mask on another grid; 003: CT with NaN voxels
+    write_inhouse(tmp_path, [subject(f"00{i}") for i in (1, 2, 3, 6, 7)])
+    # 002: lesion mask on another grid; 003: CT with NaN voxels; 006: lesion mask with NaN;
+    # 007: lesion mask with a label 5
     lesion = tmp_path / "derivatives/sub-002/sub-002_seg-lesion_msk.nii.gz"
     shifted = PSR_0P8.copy()
     shifted[2, 3] += 5
@@ -148,6 +149,11 @@ def test_bad_inputs_are_reported(tmp_path: Path):
     ct = anatomy(PSR_0P8, PSR_SHAPE)["ct"].astype(np.float32)
     ct[1, 1, 1] = np.nan
     nib.save(nib.Nifti1Image(ct, PSR_0P8), tmp_path / "rawdata/sub-003/sub-003_ct.nii.gz")
+    for name, value in (("006", np.nan), ("007", 5)):
+        mask = anatomy(PSR_0P8, PSR_SHAPE)["lesion"].astype(np.float32)
+        mask[2, 2, 2] = value
+        path = tmp_path / f"derivatives/sub-{name}/sub-{name}_seg-lesion_msk.nii.gz"
+        nib.save(nib.Nifti1Image(mask, PSR_0P8), path)
     # a mask without CT, a subject without vertebra mask, bad table rows
     orphan = tmp_path / "derivatives/sub-009/sub-009_seg-vert_msk.nii.gz"
     orphan.parent.mkdir(parents=True)
@@ -172,6 +178,8 @@ def test_bad_inputs_are_reported(tmp_path: Path):
         "sub-001 T12": "in labels.csv but no voxels",
         "sub-002": "lesion mask affine differs",
         "sub-003": "CT has 1 NaN voxels",
+        "sub-006": "lesion mask has 1 NaN or infinite voxels",
+        "sub-007": "lesion mask values [0, 1, 2, 5] are not within 0/1/2",
     }
     for where, fragment in expected_fragments.items():
         assert any(w == where and fragment in r for w, r in found), (where, fragment, found)

@@ -269,6 +269,23 @@ def _check_inputs(
     return problems
 
 
+def _mask_problem(name: str, image: Any | None, where: str) -> Skipped | None:
+    """A label mask with NaN, negative or fractional voxels, or a lesion value outside 0/1/2."""
+    if image is None:
+        return None
+    data = np.asanyarray(image.dataobj)
+    if np.issubdtype(data.dtype, np.floating):
+        n_bad = int((~np.isfinite(data)).sum())
+        if n_bad:
+            return Skipped(where, f"{name} mask has {n_bad} NaN or infinite voxels")
+        if (data != np.round(data)).any() or (data < 0).any():
+            return Skipped(where, f"{name} mask has negative or fractional values")
+    if name == "lesion" and (data.max() > 2 or data.min() < 0):
+        values = sorted(np.unique(data).astype(int).tolist())
+        return Skipped(where, f"lesion mask values {values} are not within 0/1/2")
+    return None
+
+
 def preprocess_subject(
     ct: nib.spatialimages.SpatialImage,
     vert: nib.spatialimages.SpatialImage,
@@ -295,6 +312,10 @@ def preprocess_subject(
         n_nan = int(np.isnan(ct_data).sum())
         if n_nan:
             return SubjectResult([], [Skipped(where, f"CT has {n_nan} NaN voxels")], [])
+    masks = {"vertebra": vert, "subregion": subreg, "lesion": lesion}
+    problems = [p for name, image in masks.items() if (p := _mask_problem(name, image, where))]
+    if problems:
+        return SubjectResult([], problems, [])
     vert_data = np.asanyarray(vert.dataobj).astype(np.int32, copy=False)
     subreg_data = None if subreg is None else np.asanyarray(subreg.dataobj).astype(np.uint8)
     lesion_data = None if lesion is None else np.asanyarray(lesion.dataobj).astype(np.uint8)

@@ -151,3 +151,13 @@ class BrokenFit(Method):
 
     def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
         raise AssertionError("never reached")
+
+
+class OptionsDataset(TinyDataset):
+    """:class:`TinyDataset` that records the options it was given."""
+
+    seen: ClassVar[list[dict[str, Any]]] = []
+
+    def prepare(self) -> PreparedDataset:
+        OptionsDataset.seen.append(dict(self.options))
+        return super().prepare()

@@ -148,3 +148,17 @@ def test_cli_unknown_param_is_named(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code != 0 and "no parameter 'bins'" in result.output
+
+
+def test_cli_dataset_options_reach_the_adapter_and_the_manifest(tmp_path: Path) -> None:
+    from fakes import OptionsDataset
+
+    args = ["run", "-m", "otsu", "-d", "fakes:OptionsDataset", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "-o", "colour=blue", "-o", "size=3"])
+    assert result.exit_code == 0, result.output
+    assert OptionsDataset.seen[-1] == {"colour": "blue", "size": "3"}
+    [manifest] = tmp_path.glob("*/*/*/manifest.json")
+    assert json.loads(manifest.read_text())["dataset"]["options"] == {"colour": "blue", "size": "3"}
+
+    bad = CliRunner().invoke(app, [*args, "-o", "colour"])
+    assert bad.exit_code != 0 and "'colour' is not of the form key=value" in bad.output

@@ -19,6 +19,7 @@ def bench(
     root: str | None = None,
     seed: int = 0,
     on_method: Callable[[str, RunConfig], Callable[[int, int, str], None] | None] | None = None,
+    dataset_options: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every registered method (or ``methods``) on ``dataset``; record each outcome.
 
@@ -32,7 +33,8 @@ def bench(
     record_path.parent.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, dict[str, Any]] = {}
     for name in names:
-        config = RunConfig(method=name, dataset=dataset, seed=seed, root=root)
+        config = RunConfig(name, dataset, seed=seed, root=root,
+                           dataset_options=dict(dataset_options or {}))  # fmt: skip
         progress = on_method(name, config) if on_method else None
         try:
             previous = find_resumable(out / safe_name(dataset) / safe_name(name), config)

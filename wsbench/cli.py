@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from wsbench import __version__, cli_train
+from wsbench.cli_datasets import DatasetOptions, parse_options
 from wsbench.cli_datasets import check as check_datasets
 from wsbench.registry import DATASETS_GROUP, METHODS_GROUP, declared, import_target
 
@@ -154,6 +155,7 @@ def run(
     resume: Annotated[
         bool, typer.Option(help="Continue the newest interrupted run of this configuration.")
     ] = False,
+    dataset_option: DatasetOptions = None,
 ) -> None:
     """Run a method on a dataset split, evaluate every vertebra and print the summary."""
     from wsbench.report import print_summary
@@ -166,7 +168,10 @@ def run(
         params = parse_params(param or [], method)
         if checkpoint is not None:
             params["checkpoint"] = str(checkpoint)
-        config = RunConfig(method, dataset, split, seed, str(root) if root else None, params)
+        options = parse_options(dataset_option or [])
+        config = RunConfig(
+            method, dataset, split, seed, str(root) if root else None, params, options
+        )
         with progress_bar() as bar:
             task = bar.add_task(f"{method} on {dataset}", total=None)
 
@@ -210,6 +215,7 @@ def bench_command(
     root: Annotated[Path | None, typer.Option(help="Dataset folder (not for phantom).")] = None,
     out: Annotated[Path, typer.Option(help="Folder that receives run directories.")] = Path("runs"),
     seed: Annotated[int, typer.Option(help="Seed for every run.")] = 0,
+    dataset_option: DatasetOptions = None,
 ) -> None:
     """Run every method (or --methods) on a dataset; failures are recorded, finished runs kept."""
     from wsbench.bench import bench
@@ -225,14 +231,17 @@ def bench_command(
             return advance
 
         names = [m.strip() for m in methods.split(",")] if methods else None
-        outcomes = bench(dataset, out, names, str(root) if root else None, seed, on_method)
+        options = parse_options(dataset_option or [])
+        root_text = str(root) if root else None
+        outcomes = bench(dataset, out, names, root_text, seed, on_method, options)
     table = Table(title=f"bench on {dataset}")
     for column in ("method", "status", "run directory or reason"):
         table.add_column(column)
+    colours = {"ok": "green", "not run": "yellow", "failed": "red"}
     for name, outcome in outcomes.items():
-        ok = outcome["status"] == "ok"
-        table.add_row(name, "[green]ok[/]" if ok else "[red]not run[/]",
-                      outcome["run_dir"] if ok else outcome["reason"])  # fmt: skip
+        status = outcome["status"]
+        detail = outcome["run_dir"] if status == "ok" else outcome["reason"]
+        table.add_row(name, f"[{colours[status]}]{status}[/]", detail)
     console.print(table)
 
 

@@ -19,6 +19,29 @@ app = typer.Typer(help="Check dataset sources.", no_args_is_help=True)
 console = Console()
 
 
+def parse_options(items: list[str]) -> dict[str, str]:
+    """Dataset adapter options from ``key=value`` pairs (the adapter converts the values)."""
+    options = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            message = f"{item!r} is not of the form key=value"
+            raise typer.BadParameter(message, param_hint="--dataset-option")
+        options[name] = text
+    return options
+
+
+DatasetOptions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dataset-option",
+        "-o",
+        help="Dataset adapter option key=value (repeatable), e.g. -o subjects=40 for the "
+        "phantom, -o lesions=DIR for tcia.",
+    ),
+]
+
+
 @app.callback()
 def main() -> None:
     """Check dataset sources."""
@@ -82,6 +105,7 @@ def check(
     root: Annotated[
         Path | None, typer.Option("--root", "-r", help="Dataset folder or manifest file.")
     ] = None,
+    dataset_option: DatasetOptions = None,
 ) -> None:
     """Prepare a dataset (cached) and print its contents and every skipped problem."""
     try:
@@ -91,7 +115,8 @@ def check(
     if adapter_cls.needs_root and root is None:
         raise typer.BadParameter(f"dataset {dataset!r} needs --root", param_hint="--root")
     try:
-        data = adapter_cls(root=root, cache_dir=cache_root() / "prepared").prepare()
+        options = parse_options(dataset_option or [])
+        data = adapter_cls(root=root, cache_dir=cache_root() / "prepared", **options).prepare()
     except (FileNotFoundError, ValueError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -60,6 +60,7 @@ class RunConfig:
     seed: int = 0
     root: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
@@ -313,7 +314,7 @@ def prepare_dataset(config: RunConfig) -> tuple[DatasetAdapter, PreparedDataset]
     if adapter_cls.needs_root and config.root is None:
         raise RunError(f"dataset {config.dataset!r} needs --root pointing at its files")
     root = Path(config.root).expanduser() if config.root else None
-    adapter = adapter_cls(root=root, cache_dir=cache_root() / "prepared")
+    adapter = adapter_cls(root=root, cache_dir=cache_root() / "prepared", **config.dataset_options)
     return adapter, adapter.prepare()
 
 
@@ -371,6 +372,7 @@ def run(
             "name": dataset.name,
             "fingerprint": dataset.fingerprint,
             "root": config.root,
+            "options": config.dataset_options,
             "lesion_metrics": dataset.lesion_metrics,
             "n_vertebrae": len(dataset.vertebrae),
         },

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from wsbench.formats import SubjectFiles, find_subjects
 from wsbench.modelstore import cache_root
 from wsbench.preprocess import (
     CROP_AXES,
@@ -40,118 +41,12 @@ from wsbench.types import (
 )
 from wsbench.volumes import level_name
 
-MASK_KINDS = {"vert": "vert", "subreg": "subreg", "spine": "subreg", "lesion": "lesion"}
-"""``seg-<x>`` entity → mask role (SPINEPS writes subregions as ``seg-spine``)."""
-
 MANIFEST_SUFFIXES = (".csv", ".xlsx", ".xls")
 
 HIDESEEK_HU = (2000.0, -1000.0)
 """HU ≈ a·x + b for the authors' normalised crops, i.e. x = (HU + 1000) / 2000. On the real sample
 this puts the soft-tissue mode (x ≈ 0.53) at +60 HU, the low mode (x ≈ 0.13, lung) at −740 HU,
 the body median (0.65) at +305 HU and the maximum (1.18) at +1360 HU."""
-
-
-@dataclass(frozen=True)
-class BidsName:
-    """A parsed BIDS-like file name: subject, session, other entities and suffix."""
-
-    path: Path
-    subject: str
-    session: str
-    entities: tuple[tuple[str, str], ...]
-    suffix: str
-
-    def entity(self, key: str) -> str:
-        """Value of one entity (empty when absent)."""
-        return dict(self.entities).get(key, "")
-
-    def others(self) -> frozenset[tuple[str, str]]:
-        """Entities other than subject, session and seg (used to pair CT with its masks)."""
-        return frozenset((k, v) for k, v in self.entities if k not in {"sub", "ses", "seg"})
-
-
-def parse_bids_name(path: Path) -> BidsName | None:
-    """Parse ``sub-<S>[_ses-<E>][_key-value...]_<suffix>.nii[.gz]``; ``None`` if not such a name."""
-    name = path.name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            stem = name[: -len(ext)]
-            break
-    else:
-        return None
-    *pairs, suffix = stem.split("_")
-    entities = tuple(tuple(p.split("-", 1)) for p in pairs if "-" in p)
-    found = dict(entities)
-    if "sub" not in found or len(entities) != len(pairs):
-        return None
-    return BidsName(path, found["sub"], found.get("ses", ""), entities, suffix)  # type: ignore[arg-type]
-
-
-@dataclass
-class SubjectFiles:
-    """The files of one subject/session: CT and masks by role."""
-
-    subject: str
-    session: str
-    ct: Path
-    masks: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def where(self) -> str:
-        """``sub-<S>[_ses-<E>]``."""
-        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
-
-    def files(self) -> list[tuple[str, Path]]:
-        """(role, path) of every file, in a fixed order."""
-        roles = [r for r in ("vert", "subreg", "lesion") if r in self.masks]
-        return [("ct", self.ct)] + [(r, self.masks[r]) for r in roles]
-
-
-def find_subjects(root: Path) -> tuple[list[SubjectFiles], list[Skipped]]:
-    """Pair every ``rawdata`` CT with its ``derivatives`` masks by subject, session and suffix."""
-    cts: dict[tuple[str, str], list[BidsName]] = defaultdict(list)
-    masks: dict[tuple[str, str], list[BidsName]] = defaultdict(list)
-    for path in sorted((root / "rawdata").rglob("*.nii*")):
-        parsed = parse_bids_name(path)
-        if parsed is not None and parsed.suffix == "ct":
-            cts[(parsed.subject, parsed.session)].append(parsed)
-    for path in sorted((root / "derivatives").rglob("*.nii*")):
-        parsed = parse_bids_name(path)
-        if parsed is not None and parsed.suffix == "msk" and parsed.entity("seg") in MASK_KINDS:
-            masks[(parsed.subject, parsed.session)].append(parsed)
-    found, skipped = [], []
-    for key in sorted(set(masks) - set(cts)):
-        names = ", ".join(str(m.path) for m in masks[key])
-        skipped.append(Skipped(names, "mask without a CT in rawdata/ for this subject/session"))
-    for key in sorted(cts):
-        if len(cts[key]) > 1:
-            names = ", ".join(str(c.path.name) for c in cts[key])
-            skipped.append(Skipped(f"sub-{key[0]}", f"several CT files ({names}); keep one"))
-            continue
-        ct = cts[key][0]
-        subject = SubjectFiles(key[0], key[1], ct.path)
-        problem = None
-        for role in ("vert", "subreg", "lesion"):
-            candidates = [m for m in masks[key] if MASK_KINDS[m.entity("seg")] == role]
-            if len(candidates) > 1:
-                candidates = [m for m in candidates if m.others() == ct.others()]
-            if len(candidates) > 1:
-                problem = f"several {role} masks match {ct.path.name}: " + ", ".join(
-                    m.path.name for m in candidates
-                )
-            elif candidates:
-                subject.masks[role] = candidates[0].path
-        if problem is None and "vert" not in subject.masks:
-            problem = f"no seg-vert mask for {ct.path.name} in derivatives/"
-        if problem:
-            skipped.append(Skipped(str(ct.path), problem))
-        else:
-            found.append(subject)
-    if not cts:
-        raise FileNotFoundError(
-            f"no CT files (sub-*_ct.nii.gz) under {root / 'rawdata'}; is --root the BIDS folder?"
-        )
-    return found, skipped
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import pytest
 import typer
 from test_preprocess import PSR_0P8, PSR_SHAPE, anatomy
 from typer.testing import CliRunner
-from wsbench.datasets.inhouse import HIDESEEK_HU, InHouseDataset, parse_bids_name
+from wsbench.datasets.inhouse import HIDESEEK_HU, InHouseDataset
 
-from wsbench.formats import write_inhouse
+from wsbench.formats import parse_bids_name, write_inhouse
 from wsbench.preprocess import mask_to_source, preprocess_volumes
 from wsbench.splits import seeded_split
 from wsbench.types import Phenotype, Split, WeakLabel

@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from wsbench import __version__, cli_train
+from wsbench import __version__, cli_phantom, cli_train
 from wsbench.cli_datasets import DatasetOptions, parse_options
 from wsbench.cli_datasets import check as check_datasets
 from wsbench.registry import DATASETS_GROUP, METHODS_GROUP, declared, import_target
@@ -52,6 +52,7 @@ datasets_app = typer.Typer(help="List dataset adapters, or check a dataset.", no
 app.add_typer(datasets_app, name="datasets")
 datasets_app.command("check")(check_datasets)
 app.add_typer(cli_train.app, name="train")
+app.add_typer(cli_phantom.app, name="phantom")
 
 STATE = {"debug": False}
 

@@ -45,13 +45,14 @@ HINTED = {Phenotype.LYTIC: (LYTIC,), Phenotype.BLASTIC: (BLASTIC,), Phenotype.MI
 
 
 def dae_checkpoint(training: TrainingSet) -> Path:
-    """The newest ``dae-*.pt`` (shipped weights, then the cache) whose card names this dataset."""
+    """The newest ``dae-*.pt`` (shipped weights, then the cache) whose card names this dataset
+    and the kind ``dae`` (trained on all vertebrae, not the AD baseline's ``dae-healthy``)."""
     for folder in (SHIPPED_DIR, cache_root() / "models"):
         for path in sorted(folder.glob("dae-*.pt"), key=lambda p: -p.stat().st_mtime):
             card = path.with_suffix(".json")
-            if (
-                card.exists()
-                and json.loads(card.read_text()).get("dataset_fingerprint") == training.fingerprint
+            record = json.loads(card.read_text()) if card.exists() else {}
+            if record.get("kind") == "dae" and record.get("dataset_fingerprint") == (
+                training.fingerprint
             ):
                 return path
     raise FileNotFoundError(

@@ -221,9 +221,15 @@ def test_dae_checkpoint_is_found_by_its_card_and_identified_by_content(tmp_path)
         dae_checkpoint(training)
     folder = cache_root() / "models"
     folder.mkdir(parents=True)
-    for stem, fingerprint in [("dae-other", "x"), ("dae-mine", training.fingerprint)]:
+    cards = [
+        ("dae-other", "dae", "x"),
+        ("dae-mine", "dae", training.fingerprint),
+        ("dae-healthy-mine", "dae-healthy", training.fingerprint),  # newest, but AD's model
+    ]
+    for stem, kind, fingerprint in cards:
         (folder / f"{stem}.pt").write_bytes(stem.encode())
-        (folder / f"{stem}.json").write_text(json.dumps({"dataset_fingerprint": fingerprint}))
+        card = {"kind": kind, "dataset_fingerprint": fingerprint}
+        (folder / f"{stem}.json").write_text(json.dumps(card))
     found = dae_checkpoint(training)
     assert found.name == "dae-mine.pt"
     assert checkpoint_identity(found).startswith("dae-mine-")

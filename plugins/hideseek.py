@@ -14,7 +14,6 @@ candidate and the paper's step counts). See docs/hideseek.md for every choice.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,20 +44,18 @@ HINTED = {Phenotype.LYTIC: (LYTIC,), Phenotype.BLASTIC: (BLASTIC,), Phenotype.MI
 
 
 def dae_checkpoint(training: TrainingSet) -> Path:
-    """The newest ``dae-*.pt`` (shipped weights, then the cache) whose card names this dataset
-    and the kind ``dae`` (trained on all vertebrae, not the AD baseline's ``dae-healthy``)."""
-    for folder in (SHIPPED_DIR, cache_root() / "models"):
-        for path in sorted(folder.glob("dae-*.pt"), key=lambda p: -p.stat().st_mtime):
-            card = path.with_suffix(".json")
-            record = json.loads(card.read_text()) if card.exists() else {}
-            if record.get("kind") == "dae" and record.get("dataset_fingerprint") == (
-                training.fingerprint
-            ):
-                return path
-    raise FileNotFoundError(
-        f"no trained DAE for dataset {training.name!r} (fingerprint {training.fingerprint}) in "
-        f"{SHIPPED_DIR} or {cache_root() / 'models'}; train one or pass --checkpoint"
-    )
+    """The newest DAE of kind ``dae`` (shipped, then cached) trained on this dataset — never the
+    AD baseline's healthy-only ``dae-healthy`` model."""
+    from wsbench.nets.dae import find_dae
+
+    path = find_dae(training.fingerprint, "dae")
+    if path is None:
+        raise FileNotFoundError(
+            f"no trained DAE for dataset {training.name!r} (fingerprint {training.fingerprint}) in "
+            f"{SHIPPED_DIR} or {cache_root() / 'models'}; train one with `wsbench train --model "
+            "dae` or pass --checkpoint"
+        )
+    return path
 
 
 def checkpoint_identity(path: Path) -> str:

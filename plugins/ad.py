@@ -1,0 +1,104 @@
+"""Pseudo-healthy anomaly detection (AD) baseline (paper A.1.3).
+
+A diffusion autoencoder trained on healthy vertebrae only (``wsbench train --model dae
+--healthy-only``) reconstructs each slice: ``x̂ = decode(stochastic_encode(x, z), z)`` with
+``z = encode(x)``. As it has never seen a lesion, ``x̂`` is a pseudo-healthy version of ``x``.
+Candidates come from the residual exactly as in Hide-and-Seek (:mod:`wsbench.attribution`): lytic
+where the reconstruction is brighter than the image, blastic where it is darker, each polarity
+binarised at its per-image mean inside the body and split into 8-connected components. Every
+component is kept (no attribution step); the phenotype hint selects the polarities (none/mixed:
+both). The score map is ``|x − x̂|`` (network units).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsbench import attribution as hs
+from wsbench.modelstore import SHIPPED_DIR, cache_root
+from wsbench.nets.dae import DiffusionAutoencoder, find_dae
+from wsbench.types import BLASTIC, LYTIC, LesionScore, Method, Phenotype, Segmentation, TrainingSet
+
+KIND = "dae-healthy"
+HINTED = {Phenotype.LYTIC: (LYTIC,), Phenotype.BLASTIC: (BLASTIC,)}
+
+
+def healthy_dae_checkpoint(training: TrainingSet) -> Path:
+    """The newest healthy-only DAE stored for ``training``'s fingerprint, else a clear error."""
+    path = find_dae(training.fingerprint, KIND)
+    if path is None:
+        raise FileNotFoundError(
+            f"no healthy-only DAE for dataset {training.name!r} (fingerprint "
+            f"{training.fingerprint}) in {SHIPPED_DIR} or {cache_root() / 'models'}; train it "
+            f"with `wsbench train --model dae --dataset {training.name} --healthy-only` "
+            "or pass -p checkpoint=PATH"
+        )
+    return path
+
+
+class AnomalyDetection(Method):
+    """Residuals of a healthy-only DAE reconstruction, split by polarity."""
+
+    name = "ad"
+    version = "1"
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        steps_stochastic: int = 20,
+        steps_decode: int = 20,
+        binarisation: hs.Binarisation = "mean",
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.steps_stochastic, self.steps_decode = int(steps_stochastic), int(steps_decode)
+        self.binarisation = binarisation
+        self.dae: DiffusionAutoencoder | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "dae"}
+
+    @classmethod
+    def from_dae(cls, dae: DiffusionAutoencoder, **params: Any) -> AnomalyDetection:
+        """A ready method around a loaded DAE (or any object with its ``to_unit``, ``encode``,
+        ``stochastic_encode`` and ``decode``)."""
+        method = cls(**params)
+        method.dae = dae
+        return method
+
+    def fit(self, training: TrainingSet, workdir: Path) -> None:
+        """Load the healthy-only DAE of this dataset (``checkpoint`` overrides the search)."""
+        path = Path(self.checkpoint) if self.checkpoint else healthy_dae_checkpoint(training)
+        self.dae = DiffusionAutoencoder.load(path).eval()
+
+    def pseudo_healthy(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, x̂)``: the HU slice in network units and its healthy-DAE reconstruction."""
+        if self.dae is None:
+            raise RuntimeError("ad has no DAE yet: call fit() or from_dae()")
+        x = hs.to_tensor(self.dae.to_unit(image)[None])
+        with torch.inference_mode():
+            z = self.dae.encode(x)
+            x_t = self.dae.stochastic_encode(x, z, self.steps_stochastic)
+            recon = self.dae.decode(x_t, z, self.steps_decode)
+        return x[0, 0].double().numpy(), recon[0, 0].double().numpy()
+
+    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> Segmentation:
+        """Lytic/blastic residual components of the hinted polarities; score ``|x − x̂|``."""
+        x, healthy = self.pseudo_healthy(image)
+        body = np.asarray(body_mask, dtype=bool)
+        wanted = HINTED.get(context.get("phenotype"), (LYTIC, BLASTIC))
+        residual = {k: v for k, v in hs.polarity_maps(x, healthy).items() if k in wanted}
+        labels = np.zeros(image.shape, np.uint8)
+        instances, lesions = np.zeros(image.shape, np.int32), []
+        for candidate in hs.extract_candidates(x, healthy, body, self.binarisation):
+            if candidate.label not in wanted:
+                continue
+            labels[candidate.mask] = candidate.label
+            instances[candidate.mask] = len(lesions) + 1
+            strength = float(residual[candidate.label][candidate.mask].mean())
+            lesions.append(LesionScore(candidate.label, candidate.size, strength, True))
+        scores = np.abs(x - healthy).astype(np.float32)
+        return Segmentation(labels, scores, lesions, instances)

@@ -1,0 +1,241 @@
+"""The diffusion autoencoder (tiny config): DDIM maths, API, checkpoints, training, quality."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from fakes import make_vertebra
+from torch import nn
+
+from wsbench.dae_train import (
+    advance,
+    ensure_dae,
+    load_session,
+    model_key,
+    new_session,
+    run_training,
+    save_session,
+    train_config,
+    training_batch,
+    training_vertebrae,
+)
+from wsbench.modelstore import find_model
+from wsbench.nets.dae import DiffusionAutoencoder, config_named, find_dae
+from wsbench.types import Phenotype, PreparedDataset, Split, WeakLabel
+
+SIZE = 16
+
+
+class ConstantNoise(nn.Module):
+    """A noise predictor that always answers ``eps``."""
+
+    def __init__(self, eps: torch.Tensor) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x, t, z):
+        return self.eps.expand_as(x)
+
+
+class PointMassNoise(nn.Module):
+    """The exact ε of a data distribution concentrated on one image ``x_star``."""
+
+    def __init__(self, x_star: torch.Tensor, abar: torch.Tensor) -> None:
+        super().__init__()
+        self.x_star, self.abar = x_star, abar
+
+    def forward(self, x, t, z):
+        a = self.abar[t].view(-1, 1, 1, 1)
+        return (x - a.sqrt() * self.x_star) / (1 - a).sqrt()
+
+
+def images(n: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)) * 1.6 - 0.8
+
+
+def tiny() -> DiffusionAutoencoder:
+    torch.manual_seed(0)
+    return DiffusionAutoencoder.tiny().eval()
+
+
+def test_shapes_and_range():
+    dae, x = tiny(), images(3)
+    with torch.inference_mode():
+        z = dae.encode(x)
+        x_t = dae.stochastic_encode(x, z, 4)
+        out = dae.decode(x_t, z, 4)
+    assert z.shape == (3, config_named("tiny").z_dim)
+    assert x_t.shape == out.shape == x.shape
+    assert out.min() >= -1 and out.max() <= 1
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        dae.encode(torch.zeros(1, 1, 15, 16))
+    with pytest.raises(ValueError, match="DDIM steps"):
+        dae.decode(x_t, z, 0)
+
+
+@pytest.mark.parametrize("steps", [1, 7, 50])
+def test_ddim_inversion_of_a_constant_noise_predictor_is_exact(steps):
+    dae, x = tiny(), images(2).double()  # float64: exact up to the float32 ᾱ
+    eps = torch.randn(1, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1)).double()
+    dae.unet = ConstantNoise(eps)
+    z = torch.zeros(2, config_named("tiny").z_dim)
+    x_t = dae.stochastic_encode(x, z, steps)
+    top = (steps - 1) * (1000 // steps)  # last grid timestep
+    abar = dae.scheduler.alphas_cumprod[top]
+    torch.testing.assert_close(x_t, abar.sqrt() * x + (1 - abar).sqrt() * eps)
+    torch.testing.assert_close(dae.decode(x_t, z, steps), x, atol=1e-7, rtol=0)
+
+
+def test_ddim_decode_of_a_point_mass_predictor_returns_that_point_from_any_noise():
+    dae, x_star = tiny(), images(1)
+    dae.unet = PointMassNoise(x_star, dae.scheduler.alphas_cumprod)
+    z = torch.zeros(4, config_named("tiny").z_dim)
+    start = torch.randn(4, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(dae.decode(start, z, 10), x_star.expand(4, -1, -1, -1))
+    round_trip = dae.decode(dae.stochastic_encode(x_star.expand(4, -1, -1, -1), z, 10), z, 10)
+    torch.testing.assert_close(round_trip, x_star.expand(4, -1, -1, -1))
+
+
+def test_encode_and_decode_are_deterministic_and_batch_independent():
+    dae, x = tiny(), images(3)
+    with torch.inference_mode():
+        a = dae.reconstruct(x, 3, 3)
+        b = dae.reconstruct(x, 3, 3)
+        single = torch.cat([dae.reconstruct(x[i : i + 1], 3, 3) for i in range(3)])
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a, single, atol=1e-4, rtol=0)  # float32 kernels
+
+
+def test_checkpoint_round_trip_keeps_outputs_and_intensity_window(tmp_path):
+    dae = tiny()
+    dae.hu_window = (-100.0, 900.0)
+    dae.save(tmp_path / "dae-x.pt")
+    loaded = DiffusionAutoencoder.load(tmp_path / "dae-x.pt", config="tiny")
+    assert loaded.hu_window == (-100.0, 900.0)
+    np.testing.assert_allclose(loaded.to_unit(np.array([-100.0, 400.0, 900.0])), [-1, 0, 1])
+    x = images(2)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.reconstruct(x, 3, 3), dae.reconstruct(x, 3, 3))
+
+
+def test_a_checkpoint_of_another_config_is_refused_with_the_fix(tmp_path):
+    tiny().save(tmp_path / "dae-x.pt")
+    with pytest.raises(ValueError, match=r"config 'tiny'.*--config cpu"):
+        DiffusionAutoencoder.load(tmp_path / "dae-x.pt", config="cpu")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a wsbench DAE checkpoint"):
+        DiffusionAutoencoder.load(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        DiffusionAutoencoder.load(tmp_path / "missing.pt")
+
+
+def dataset(train_subjects: int = 6) -> PreparedDataset:
+    """Each training subject: one healthy and one malignant vertebra (32×32); two test subjects."""
+    vertebrae, seed = [], 0
+    phenotypes = [Phenotype.BLASTIC, Phenotype.LYTIC, Phenotype.MIXED]
+    for s in range(train_subjects + 2):
+        split = Split.TRAIN if s < train_subjects else Split.TEST
+        for level, phenotype in [("L1", None), ("L2", phenotypes[s % 3])]:
+            vertebrae.append(make_vertebra(f"s{s}", level, split, phenotype, seed))
+            seed += 1
+    return PreparedDataset("tiny", "tiny-fingerprint", vertebrae)
+
+
+def test_training_batches_are_seeded_and_healthy_only_keeps_healthy():
+    training = dataset().training_set()
+    a = training_batch(list(training), 4, seed=3)
+    assert a.shape == (4, 1, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, training_batch(list(training), 4, seed=3))
+    assert not torch.equal(a, training_batch(list(training), 4, seed=4))
+    healthy = training_vertebrae(training, train_config("tiny", healthy_only=True))
+    assert {v.label for v in healthy} == {WeakLabel.HEALTHY} and len(healthy) == 6
+
+
+def test_resume_continues_at_the_right_step_and_matches_an_uninterrupted_run(tmp_path):
+    vertebrae = list(dataset().training_set())
+    train = train_config("tiny", steps=4)
+    key = model_key("tiny-fingerprint", train)
+    straight = new_session(key, train)
+    advance(straight, vertebrae, 4)
+    first = new_session(key, train)
+    advance(first, vertebrae, 2)
+    save_session(first, tmp_path / "state.resume")
+    resumed = load_session(tmp_path / "state.resume", key, train)
+    assert resumed.step == 2
+    advance(resumed, vertebrae, 4)
+    assert resumed.step == 4
+    for name, tensor in straight.ema.state_dict().items():
+        assert torch.equal(tensor, resumed.ema.state_dict()[name]), name
+    other = model_key("tiny-fingerprint", train_config("tiny", steps=4, seed=1))
+    with pytest.raises(ValueError, match="seed"):
+        load_session(tmp_path / "state.resume", other, train)
+
+
+def test_a_terminated_run_saves_its_state_resumes_and_needs_resume_flag(monkeypatch):
+    training = dataset().training_set()
+    train = train_config("tiny", steps=3)
+    import wsbench.dae_train as module
+
+    real_step, calls = module.train_step, []
+
+    def crash_on_third(session, vertebrae):
+        calls.append(session.step)
+        if len(calls) == 3:  # `kill <pid>` of a background run
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(session, vertebrae)
+
+    monkeypatch.setattr(module, "train_step", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(training, train, progress=False)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    monkeypatch.setattr(module, "train_step", real_step)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_training(training, train, progress=False)
+    path, session = run_training(training, train, resume=True, progress=False)
+    assert session.step == 3 and path.exists() and not path.with_suffix(".resume").exists()
+    assert "resume" in path.with_suffix(".log").read_text()
+    with pytest.raises(FileNotFoundError, match="no interrupted run"):
+        run_training(training, train_config("tiny", steps=5), resume=True, progress=False)
+
+
+def test_ensure_dae_trains_cards_evaluates_and_then_reuses():
+    prepared = dataset()
+    train = train_config("tiny", steps=2)
+    path, trained = ensure_dae(prepared, train, evaluate_steps=(2, 2), progress=False)
+    assert (
+        trained
+        and path.name.startswith("dae-")
+        and path == find_model(model_key("tiny-fingerprint", train))
+    )
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["kind"] == "dae" and card["dataset_fingerprint"] == "tiny-fingerprint"
+    assert card["seed"] == 0 and card["steps"] == 2 and card["test_n"] == 4
+    assert 0 <= card["latent_auc"] <= 1 and -1 <= card["ssim_mean"] <= 1
+    assert card["eval_steps_stochastic_decode"] == [2, 2] and "command" in card
+    assert path.with_suffix(".png").exists()
+    assert ensure_dae(prepared, train, evaluate_steps=(2, 2), progress=False) == (path, False)
+    assert find_dae("tiny-fingerprint") == path
+    assert find_dae("tiny-fingerprint", "dae-healthy") is None
+    assert find_dae("another") is None
+
+
+def test_train_command_trains_the_tiny_dae_and_checks_its_options():
+    from typer.testing import CliRunner
+
+    from wsbench.cli_train import app
+
+    runner = CliRunner()
+    base = ["--dataset", "fakes:TinyDataset", "--config", "tiny"]
+    result = runner.invoke(app, [*base, "--model", "dae", "--steps", "1", "--eval-steps", "1", "1"])
+    assert result.exit_code == 0, result.output
+    card = json.loads(next(find_dae("tiny-fingerprint").parent.glob("dae-*.json")).read_text())
+    assert card["steps"] == 1 and card["latent_auc"] is None and "two" in card["latent_auc_error"]
+    both = runner.invoke(app, [*base, "--model", "dae", "--method", "gradcam"])
+    assert both.exit_code != 0 and "exactly one" in both.output
+    unknown = runner.invoke(app, [*base, "--model", "vae"])
+    assert unknown.exit_code != 0 and "unknown model" in unknown.output

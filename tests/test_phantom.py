@@ -159,3 +159,31 @@ def test_insert_into_real_vertebrae(real_data: Path, tmp_path: Path) -> None:
     prepared = InHouseDataset(root=out, cache_dir=tmp_path / "cache").prepare()
     assert {v.key.level for v in prepared.vertebrae} == {"L2", "L3", "L4"}
     assert any(v.label == WeakLabel.MALIGNANT for v in prepared.vertebrae)
+
+
+def test_phantom_in_tcia_and_inhouse_layouts_gives_the_same_slices(tmp_path: Path) -> None:
+    from wsbench.datasets.inhouse import InHouseDataset
+    from wsbench.datasets.tcia import TciaDataset
+
+    from wsbench.dicomio import write_tcia
+    from wsbench.formats import write_inhouse
+
+    subjects = [render_subject(plan_subject(TINY, i)) for i in range(2)]
+    write_inhouse(tmp_path / "inhouse", subjects)
+    write_tcia(tmp_path / "tcia", subjects)
+    inhouse = InHouseDataset(root=tmp_path / "inhouse").prepare()
+    tcia = TciaDataset(root=tmp_path / "tcia").prepare()
+    assert tcia.skipped == [] and inhouse.skipped == []
+
+    def by_level(data):
+        return {(v.key.subject, v.key.level): v for v in data.vertebrae}
+
+    a, b = by_level(inhouse), by_level(tcia)
+    assert a.keys() == b.keys() and len(a) >= 2
+    for key, vertebra in a.items():
+        other = b[key]
+        assert (other.label, other.phenotype) == (vertebra.label, vertebra.phenotype)
+        np.testing.assert_allclose(other.slices, vertebra.slices, atol=0.5)
+        # TCIA has whole-vertebra masks only: its body is derived, not the phantom's corpus
+        overlap = (other.body & vertebra.body).sum() / vertebra.body.sum()
+        assert overlap > 0.85, key

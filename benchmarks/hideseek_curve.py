@@ -1,0 +1,381 @@
+"""Hide-and-Seek speed/accuracy curve (issue 7, item 2): DDIM steps × Instance Dice × seconds.
+
+    python benchmarks/hideseek_curve.py measure --settings 5/5,10/10,20/20,50/50 --vertebrae 12
+    python benchmarks/hideseek_curve.py measure --settings faithful --vertebrae 3
+    python benchmarks/hideseek_curve.py report
+    python benchmarks/hideseek_curve.py edit        # how large the Eq. (1) edit is, per steps
+
+The default step counts are chosen from this curve, so it is measured on the **training**
+split, never the test split: a fixed, seeded subset of malignant training vertebrae with a
+lesion on the mid slice (the phantom's training vertebrae have lesion masks on disk; they are
+read here only for this measurement, never by the method). ``--vertebrae k`` takes the first
+``k`` of one seeded order (after ``--offset``, which extends a measured subset without
+repeating it), so a smaller faithful run uses the same vertebrae as the first ``k`` of a
+batched run.
+
+Every vertebra goes through the harness's own code: ``wsbench.runner.segment_vertebra``
+(method, output validation, post-processing) under the runner's per-vertebra seed, scored by
+``wsbench.runner.case_record`` (``wsbench.evaluation.evaluate_case``: Detection F1 ``f1``,
+Instance Dice ``sq``). The gate (``c(z) ≥ 0.5``) is turned off so that every vertebra is
+segmented and timed; ``*_gated`` columns give what the default gate would have scored (an
+empty prediction when ``c(z) < 0.5``). ``measure`` merges its rows into the CSV (one row per
+setting × vertebra); ``report`` prints the table and draws the figure from the CSV. One torch
+thread throughout; wall and CPU seconds are both recorded (CPU time of the one-thread process
+is the figure that other jobs on a shared machine disturb least).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import torch
+import typer
+from wsbench.plugins.hideseek import DEFAULT_STEPS, FAITHFUL_STEPS, HideAndSeek
+
+from wsbench.attribution import healthy_latent, to_tensor
+from wsbench.intensity import hu_to_unit, unit_to_hu
+from wsbench.latent_classifier import encode_slices
+from wsbench.modelstore import cache_root
+from wsbench.runner import (
+    RunConfig,
+    case_record,
+    prepare_dataset,
+    seed_everything,
+    segment_vertebra,
+    vertebra_seed,
+)
+from wsbench.types import PreparedVertebra, Split, WeakLabel
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ROOT / "docs" / "figures"
+FAITHFUL = "faithful"
+KEY = ["setting", "vertebra"]
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def parse_setting(text: str) -> dict[str, Any]:
+    """``faithful`` or ``S/D`` (stochastic-encoding / decoding DDIM steps) as method params."""
+    text = text.strip()
+    if text == FAITHFUL:
+        return {"faithful": True}
+    try:
+        stochastic, decode = (int(part) for part in text.split("/"))
+    except ValueError as exc:
+        raise typer.BadParameter(f"setting {text!r} is neither 'faithful' nor 'S/D'") from exc
+    return {"steps_stochastic": stochastic, "steps_decode": decode}
+
+
+def chosen_vertebrae(
+    data_split: list[PreparedVertebra], count: int, seed: int
+) -> list[PreparedVertebra]:
+    """The first ``count`` malignant vertebrae with a mid-slice lesion, in a seeded order."""
+    eligible = sorted(
+        (v for v in data_split if v.label == WeakLabel.MALIGNANT and v.reference is not None
+         and v.reference.any()),
+        key=lambda v: v.key.id,
+    )  # fmt: skip
+    if not eligible:
+        raise typer.BadParameter("the training split has no malignant vertebra with lesions")
+    order = np.random.default_rng(seed).permutation(len(eligible))
+    return [eligible[i] for i in order[:count]]
+
+
+def seg_input(vertebra: PreparedVertebra) -> np.ndarray:
+    """The mid slice the method sees, as a batch of one (HU)."""
+    return vertebra.sample().image[None]
+
+
+def measure_one(method: HideAndSeek, vertebra: PreparedVertebra, seed: int) -> dict[str, Any]:
+    """Seconds, candidates and lesion metrics of one vertebra, as the harness computes them."""
+    seed_everything(vertebra_seed(seed, vertebra.key.id))
+    start, start_cpu = time.perf_counter(), time.process_time()
+    seg, _ = segment_vertebra(method, vertebra)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+    record = case_record(vertebra, seg, True, None)
+    c_z = float(method.classifier.probability(encode_slices(method.dae, seg_input(vertebra)))[0])
+    seg.labels = np.zeros_like(seg.labels)
+    empty = case_record(vertebra, seg, True, None)
+    gated = record if c_z >= 0.5 else empty
+    return {
+        "vertebra": vertebra.key.id,
+        "category": record["category"],
+        "c_z": c_z,
+        "candidates": len(seg.lesions),
+        "kept": sum(lesion.kept for lesion in seg.lesions),
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "load1": os.getloadavg()[0],
+        "f1": record["f1"],
+        "sq": record["sq"],
+        "global_dice": record["global_dice"],
+        "f1_gated": gated["f1"],
+        "sq_gated": gated["sq"],
+    }
+
+
+def merge_rows(csv: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The CSV's rows with ``rows`` added, replacing earlier rows of the same setting × vertebra."""
+    new = pd.DataFrame(rows)
+    if csv.exists():
+        old = pd.read_csv(csv)
+        old = old[~old.set_index(KEY).index.isin(new.set_index(KEY).index)]
+        new = pd.concat([old, new], ignore_index=True)
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    new.to_csv(csv, index=False)
+    return new
+
+
+@app.command()
+def measure(
+    settings: Annotated[str, typer.Option(help="comma list of S/D step pairs or 'faithful'")] = (
+        "5/5,10/10,20/20,50/50"
+    ),
+    vertebrae: Annotated[int, typer.Option(help="vertebrae of the seeded subset")] = 12,
+    offset: Annotated[int, typer.Option(help="skip this many of the seeded order first")] = 0,
+    seed: Annotated[int, typer.Option(help="subset order and runner seed")] = 0,
+    dataset: Annotated[str, typer.Option(help="registered dataset")] = "phantom",
+    checkpoint: Annotated[Path | None, typer.Option(help="DAE (default: the dataset's)")] = None,
+    batch_size: Annotated[int, typer.Option(help="images per batched DDIM pass")] = 8,
+    csv: Annotated[Path, typer.Option(help="per-vertebra results")] = FIGURES
+    / "hideseek_curve.csv",
+) -> None:
+    """Time and score each setting on the seeded training subset; merge rows into ``csv``."""
+    torch.set_num_threads(1)
+    _, data = prepare_dataset(RunConfig("hideseek", dataset))
+    loaded = HideAndSeek(checkpoint=str(checkpoint) if checkpoint else None)
+    loaded.fit(data.training_set(), cache_root() / "work" / HideAndSeek.name)
+    chosen = chosen_vertebrae(data.split(Split.TRAIN), offset + vertebrae, seed)[offset:]
+    rows = []
+    for text in settings.split(","):
+        params = parse_setting(text) | {"only_malignant": False}
+        if not params.get("faithful"):
+            params["batch_size"] = batch_size
+        method = HideAndSeek.from_parts(loaded.dae, loaded.classifier, **params)
+        name = FAITHFUL if method.faithful else f"{method.steps_stochastic}/{method.steps_decode}"
+        for v in chosen:
+            row = {"setting": name, "steps_stochastic": method.steps_stochastic,
+                   "steps_decode": method.steps_decode, "batch_size": method.batch_size,
+                   **measure_one(method, v, seed)}  # fmt: skip
+            print(f"{name:>9} {row['vertebra']:<28} {row['seconds']:7.2f} s  "
+                  f"{row['candidates']:3d} candidates  F1 {row['f1']:.3f}  SQ {row['sq']:.3f}",
+                  flush=True)  # fmt: skip
+            rows.append(row)
+            merge_rows(csv, rows)
+    print(f"wrote {csv}")
+
+
+def edit_diagnostics(
+    method: HideAndSeek, vertebra: PreparedVertebra, steps: tuple[int, int]
+) -> dict[str, Any]:
+    """How far Eq. (1) moves ``z`` and the image, and what ``D = I − I_healthy`` holds (HU)."""
+    sample = vertebra.sample()
+    body, lesion = sample.body_mask, vertebra.reference > 0
+    plane = method.classifier.plane
+    with torch.inference_mode():
+        x = to_tensor(hu_to_unit(sample.image[None]))
+        z = method.dae.encode(x)
+        z_healthy = healthy_latent(z.double().numpy(), plane, method.p_target)
+        x_t = method.dae.stochastic_encode(x, z, steps[0])
+        recon = method.dae.decode(x_t, z, steps[1])[0, 0].double().numpy()
+        edit = method.dae.decode(x_t, torch.as_tensor(z_healthy, dtype=z.dtype), steps[1])
+    image, healthy = unit_to_hu(x[0, 0].double().numpy()), unit_to_hu(edit[0, 0].double().numpy())
+    difference = image - healthy
+    return {
+        "vertebra": vertebra.key.id,
+        "steps": f"{steps[0]}/{steps[1]}",
+        "c_z": float(plane.probability(z.double().numpy())[0]),
+        "edit_norm_z": float(np.linalg.norm(z_healthy - z.double().numpy())),
+        "edit_hu": float(np.abs(healthy - unit_to_hu(recon))[body].mean()),
+        "mean_abs_D_hu": float(np.abs(difference)[body].mean()),
+        "D_lesion_hu": float(difference[lesion & body].mean()),
+        "D_rest_hu": float(difference[~lesion & body].mean()),
+    }
+
+
+@app.command()
+def edit(
+    vertebrae: Annotated[int, typer.Option(help="first vertebrae of the seeded subset")] = 3,
+    settings: Annotated[str, typer.Option(help="S/D step pairs")] = "5/5,20/20,50/50,250/100",
+    seed: Annotated[int, typer.Option(help="subset order")] = 0,
+    dataset: Annotated[str, typer.Option(help="registered dataset")] = "phantom",
+    checkpoint: Annotated[Path | None, typer.Option(help="DAE (default: the dataset's)")] = None,
+) -> None:
+    """Size of the Eq. (1) edit in latent and image space, and of ``D``, per step count."""
+    torch.set_num_threads(1)
+    _, data = prepare_dataset(RunConfig("hideseek", dataset))
+    method = HideAndSeek(checkpoint=str(checkpoint) if checkpoint else None)
+    method.fit(data.training_set(), cache_root() / "work" / HideAndSeek.name)
+    plane = method.classifier.plane
+    spread = float(np.linalg.norm(method.classifier.scale))
+    print(f"classifier C {method.classifier.C}, ‖n‖ (raw z) {np.linalg.norm(plane.normal):.1f}, "
+          f"latent spread ‖σ‖ {spread:.3f}")  # fmt: skip
+    steps = [tuple(int(p) for p in text.split("/")) for text in settings.split(",")]
+    rows = [edit_diagnostics(method, v, s) for v in chosen_vertebrae(
+        data.split(Split.TRAIN), vertebrae, seed) for s in steps]  # fmt: skip
+    print(markdown(pd.DataFrame(rows).set_index("vertebra")))
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting: vertebrae, wall and CPU seconds, candidates, F1 and Instance Dice."""
+    if "cpu_seconds" not in table:
+        table = table.assign(cpu_seconds=np.nan)
+    grouped = table.groupby("setting", sort=False)
+    out = pd.DataFrame(
+        {
+            "steps": grouped["steps_stochastic"].first().astype(str)
+            + "/"
+            + grouped["steps_decode"].first().astype(str),
+            "batch": grouped["batch_size"].first(),
+            "n": grouped.size(),
+            "wall_s": grouped["seconds"].mean(),
+            "cpu_s": grouped["cpu_seconds"].mean(),
+            "cpu_n": grouped["cpu_seconds"].count(),
+            "candidates": grouped["candidates"].mean(),
+            "cpu_s_per_candidate": grouped["cpu_seconds"].sum() / grouped["candidates"].sum(),
+            "f1": grouped["f1"].mean(),
+            "sq": grouped["sq"].mean(),
+            "sq_n": grouped["sq"].count(),
+            "f1_gated": grouped["f1_gated"].mean(),
+            "sq_gated": grouped["sq_gated"].mean(),
+        }
+    )
+    order = out["steps"].str.split("/").str[0].astype(int) + (out.index == FAITHFUL) * 10**6
+    return out.loc[order.sort_values().index]
+
+
+def paired_with_faithful(table: pd.DataFrame) -> pd.DataFrame:
+    """Each setting against faithful on the vertebrae both measured: speed-ups, F1, SQ.
+
+    Speed-ups are ratios of mean wall and of mean CPU seconds over the shared vertebrae (CPU
+    time of the one-thread process is far less sensitive to other jobs on the machine).
+    """
+    if "cpu_seconds" not in table:
+        table = table.assign(cpu_seconds=np.nan)
+    wide = table.pivot(index="vertebra", columns="setting",
+                       values=["seconds", "cpu_seconds", "f1", "sq"])  # fmt: skip
+    if FAITHFUL not in wide["seconds"]:
+        return pd.DataFrame()
+    both = wide[wide["seconds"][FAITHFUL].notna()]
+    rows = {}
+    for setting in wide["seconds"].columns.drop(FAITHFUL):
+        shared = both[both["seconds"][setting].notna()]
+        if shared.empty:
+            continue
+        sq_pairs = shared["sq"][[setting, FAITHFUL]].dropna()
+        wall, cpu = shared["seconds"], shared["cpu_seconds"]
+        rows[setting] = {
+            "n": len(shared),
+            "wall_s": wall[setting].mean(),
+            "wall_s_faithful": wall[FAITHFUL].mean(),
+            "speedup_wall": wall[FAITHFUL].mean() / wall[setting].mean(),
+            "cpu_s": cpu[setting].mean(),
+            "cpu_s_faithful": cpu[FAITHFUL].mean(),
+            "speedup_cpu": cpu[FAITHFUL].mean() / cpu[setting].mean(),
+            "f1": shared["f1"][setting].mean(),
+            "f1_faithful": shared["f1"][FAITHFUL].mean(),
+            "sq": shared["sq"][setting].mean(),
+            "sq_faithful": shared["sq"][FAITHFUL].mean(),
+            "sq_diff_paired": (sq_pairs[setting] - sq_pairs[FAITHFUL]).mean(),
+            "sq_pairs": len(sq_pairs),
+        }
+    out = pd.DataFrame.from_dict(rows, orient="index").astype({"n": int, "sq_pairs": int})
+    return out.loc[sorted(out.index, key=lambda name: int(name.split("/")[0]))]
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A Markdown table of ``table``, its index as the first column, floats to 4 digits."""
+
+    def cell(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join([str(table.index.name or ""), *map(str, table.columns)]) + " |"]
+    lines.append("|---" * (len(table.columns) + 1) + "|")
+    for index, row in table.astype(object).iterrows():
+        lines.append("| " + " | ".join([str(index), *map(cell, row.tolist())]) + " |")
+    return "\n".join(lines)
+
+
+def draw(table: pd.DataFrame, out: Path) -> None:
+    """Accuracy against seconds per vertebra, and seconds against DDIM steps, per setting.
+
+    Time is CPU seconds when every setting has them, else wall seconds.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    column = "cpu_s" if table["cpu_s"].notna().all() else "wall_s"
+    unit = "CPU" if column == "cpu_s" else "wall"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    batched, faithful = table[table.index != FAITHFUL], table[table.index == FAITHFUL]
+    metrics = [("sq", "o", "Instance Dice (matched lesions)"), ("f1", "s", "Detection F1")]
+    for metric, marker, name in metrics:
+        left.plot(batched[column], batched[metric], marker=marker, label=f"{name}, batched")
+        left.plot(faithful[column], faithful[metric], marker=marker, color="black", ls="",
+                  label=f"{name}, faithful")  # fmt: skip
+    for setting, row in table.iterrows():
+        y = row["sq"] if np.isfinite(row["sq"]) else row["f1"]
+        left.annotate(f"{setting} (n={row['n']})", (row[column], y), fontsize=7,
+                      xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    left.set(xscale="log", xlabel=f"{unit} seconds per vertebra (1 thread)",
+             ylabel="mean over vertebrae", title="accuracy vs time")  # fmt: skip
+    left.legend(fontsize=7)
+    steps = batched["steps"].str.split("/").str[0].astype(int)
+    for name, style in [("wall_s", "-"), ("cpu_s", "--")]:
+        right.plot(steps, batched[name], marker="o", ls=style, label=f"batched, {name[:-2]}")
+        right.plot(FAITHFUL_STEPS[0] * np.ones(len(faithful)), faithful[name], marker="*", ms=11,
+                   ls="", label=f"faithful 250/100, unbatched, {name[:-2]}")  # fmt: skip
+    right.set(xscale="log", yscale="log", xlabel="DDIM steps (stochastic encoding = decoding)",
+              ylabel="seconds per vertebra", title="time vs steps (shared 2-core CPU)")  # fmt: skip
+    right.legend(fontsize=7)
+    ticks = [1, 2, 5, 10, 20, 50, 100, 250, 500]
+    for axis, values in [(left.xaxis, table[column]), (right.xaxis, [*steps, FAITHFUL_STEPS[0]]),
+                         (right.yaxis, table[column])]:  # fmt: skip
+        lo, hi = np.nanmin(values), np.nanmax(values)
+        axis.set_ticks([t for t in ticks if lo / 2 <= t <= hi * 2])
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
+    fig.suptitle("Hide-and-Seek, malignant phantom TRAINING vertebrae (harness post-processing, "
+                 "panoptica)")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+@app.command()
+def report(
+    csv: Annotated[Path, typer.Option(help="per-vertebra results")] = FIGURES
+    / "hideseek_curve.csv",
+    out: Annotated[Path, typer.Option(help="figure")] = FIGURES / "hideseek_curve.png",
+) -> None:
+    """Print the curve table and the paired comparison with faithful; draw the figure."""
+    table = pd.read_csv(csv)
+    curve = summary(table)
+    print(markdown(curve))
+    paired = paired_with_faithful(table)
+    default = f"{DEFAULT_STEPS[0]}/{DEFAULT_STEPS[1]}"
+    if not paired.empty:
+        print("\nagainst faithful on the same vertebrae:")
+        print(markdown(paired))
+        if default in paired.index:
+            row = paired.loc[default]
+            pairs = int(row["sq_pairs"])
+            print(
+                f"\ndefault {default}: {row['speedup_wall']:.1f}× (wall) / "
+                f"{row['speedup_cpu']:.1f}× (CPU) faster than faithful; Instance Dice "
+                f"{row['sq']:.3f} vs {row['sq_faithful']:.3f} (paired difference "
+                f"{row['sq_diff_paired']:+.3f}, {pairs} vertebrae)"
+            )
+    draw(curve, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,151 @@
+"""Does Δ separate true from false Hide-and-Seek candidates better than c(z_hide)? (paper A.4.2)
+
+    python benchmarks/hideseek_delta_auc.py [RUN_DIR] [--bootstrap 2000]
+
+Reads a finished ``wsbench run --method hideseek`` directory (default: the newest one under
+``runs/phantom/hideseek`` that has a ``cases.csv``). Every scored candidate is a row of
+``lesions.csv`` with ``score`` = Δ (Eq. 3), ``c_hide`` = the classifier probability of the image
+revealing only that candidate, and ``overlaps_reference`` = whether it touches a reference lesion
+of its own polarity (the true/false label). Per candidate polarity it prints the ROC-AUC of Δ
+and of ``c_hide``, with 95 % intervals and the interval of their difference from a bootstrap
+that resamples vertebrae (candidates of one vertebra are not independent), and draws the ROC
+curves to ``docs/figures/hideseek_delta_auc.png``; both for all scored candidates and for those of
+malignant vertebrae only (a healthy vertebra the gate lets through has only false candidates).
+Within one vertebra Δ is an increasing affine function of ``c_hide`` (``c(z) > c(z_healthy)``
+after the gate), so the two rank its candidates identically: any AUC difference comes from
+pooling candidates of different vertebrae, i.e. from Δ's normalisation by ``c(z) − c(z_healthy)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import typer
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from wsbench.types import BLASTIC, LYTIC
+
+ROOT = Path(__file__).resolve().parents[1]
+POLARITIES = {"lytic": (LYTIC,), "blastic": (BLASTIC,), "both": (LYTIC, BLASTIC)}
+SCORES = {"Δ": "score", "c(z_hide)": "c_hide"}
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def newest_finished(runs: Path) -> Path:
+    """The newest run directory under ``runs`` that has a ``cases.csv``."""
+    finished = sorted(p.parent for p in runs.glob("*/cases.csv"))
+    if not finished:
+        raise typer.BadParameter(f"no finished run (with cases.csv) under {runs}")
+    return finished[-1]
+
+
+def candidates_of(run_dir: Path) -> pd.DataFrame:
+    """``lesions.csv`` joined with each vertebra's label and category from ``cases.csv``."""
+    lesions = pd.read_csv(run_dir / "lesions.csv")
+    missing = {"score", "c_hide", "overlaps_reference", "label"} - set(lesions.columns)
+    if missing:
+        raise typer.BadParameter(
+            f"{run_dir / 'lesions.csv'} lacks {sorted(missing)}: is it a hideseek run on a "
+            "dataset with lesion masks?"
+        )
+    cases = pd.read_csv(run_dir / "cases.csv")[["vertebra", "label", "category"]]
+    cases = cases.rename(columns={"label": "vertebra_label"})
+    table = lesions.merge(cases, on="vertebra", how="left")
+    table["truth"] = table["overlaps_reference"].astype(bool)
+    return table
+
+
+def bootstrap_aucs(
+    table: pd.DataFrame, repeats: int, seed: int
+) -> dict[str, tuple[float, float, float]]:
+    """Point AUC and 95 % vertebra-bootstrap interval of each score and of their difference."""
+    truth = table["truth"].to_numpy()
+    values = {name: table[column].to_numpy() for name, column in SCORES.items()}
+    groups = list(table.groupby("vertebra").indices.values())
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {name: [] for name in [*SCORES, "difference"]}
+    for _ in range(repeats):
+        rows = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+        if len(np.unique(truth[rows])) < 2:
+            continue
+        aucs = {name: roc_auc_score(truth[rows], v[rows]) for name, v in values.items()}
+        for name, value in aucs.items():
+            draws[name].append(value)
+        draws["difference"].append(aucs["Δ"] - aucs["c(z_hide)"])
+    point = {name: roc_auc_score(table["truth"], table[c]) for name, c in SCORES.items()}
+    point["difference"] = point["Δ"] - point["c(z_hide)"]
+    return {
+        name: (point[name], *np.percentile(values, [2.5, 97.5])) for name, values in draws.items()
+    }
+
+
+def draw(scopes: dict[str, pd.DataFrame], out: Path, title: str) -> None:
+    """ROC curves of Δ and c(z_hide): one row per scope of vertebrae, one panel per polarity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(scopes), len(POLARITIES), figsize=(13, 4.2 * len(scopes)),
+                             squeeze=False)  # fmt: skip
+    for row, (scope, table) in zip(axes, scopes.items(), strict=True):
+        for ax, (name, labels) in zip(row, POLARITIES.items(), strict=True):
+            part = table[table["label"].isin(labels)]
+            if part["truth"].nunique() < 2:
+                ax.set_title(f"{name}, {scope} vertebrae: one class only")
+                continue
+            for score, column in SCORES.items():
+                fpr, tpr, _ = roc_curve(part["truth"], part[column])
+                auc = roc_auc_score(part["truth"], part[column])
+                ax.plot(fpr, tpr, label=f"{score}  AUC {auc:.3f}")
+            ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls=":")
+            counts = f"{int(part['truth'].sum())} true / {len(part)}"
+            ax.set(xlabel="false candidates kept (FPR)", ylabel="true candidates kept (TPR)",
+                   title=f"{name} candidates, {scope} vertebrae ({counts})")  # fmt: skip
+            ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+
+
+@app.command()
+def main(
+    run_dir: Annotated[Path | None, typer.Argument(help="finished hideseek run")] = None,
+    runs: Annotated[Path, typer.Option(help="where to look for the newest run")] = ROOT
+    / "runs/phantom/hideseek",
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples of vertebrae")] = 2000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    out: Annotated[Path, typer.Option(help="ROC figure")] = ROOT
+    / "docs/figures/hideseek_delta_auc.png",
+) -> None:
+    """Print ROC-AUC of Δ and c(z_hide) per candidate polarity; draw the ROC curves."""
+    run_dir = run_dir or newest_finished(runs)
+    table = candidates_of(run_dir)
+    print(f"run {run_dir}: {len(table)} scored candidates in "
+          f"{table['vertebra'].nunique()} vertebrae")  # fmt: skip
+    print("| candidates | vertebrae | n | true | AUC Δ [95% CI] | AUC c(z_hide) [95% CI] "
+          "| Δ − c [95% CI] |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    scopes = {"all": table, "malignant": table[table["vertebra_label"] == "malignant"]}
+    for scope, rows in scopes.items():
+        for name, labels in POLARITIES.items():
+            part = rows[rows["label"].isin(labels)]
+            if part["truth"].nunique() < 2:
+                print(f"| {name} | {scope} | {len(part)} | {int(part['truth'].sum())} | "
+                      "one class only | | |")  # fmt: skip
+                continue
+            result = bootstrap_aucs(part, bootstrap, seed)
+            cells = [f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for p, lo, hi in result.values()]
+            print(f"| {name} | {scope} | {len(part)} | {int(part['truth'].sum())} | "
+                  + " | ".join(cells) + " |")  # fmt: skip
+    draw(scopes, out, f"Δ vs c(z_hide) for true/false candidates — {run_dir.name}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -21,3 +21,14 @@ def real_data() -> Path:
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Every test gets its own wsbench cache folder."""
     monkeypatch.setenv("WSBENCH_CACHE", str(tmp_path_factory.mktemp("wsbench-cache")))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: the machine's cores are shared, and results must not depend on it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,13 +27,7 @@ CONFIG = ClassifierConfig(epochs=1, seed=0)
 PLUGINS = [GradCAMMethod, GradCAMPlusPlusMethod, LayerCAMMethod, EigenCAMMethod]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: the machine's cores are shared, and results must not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -37,13 +37,7 @@ SIZE = 64
 TINY = ClassifierConfig(epochs=1, batch_size=16, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: the machine's cores are shared, and results must not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_vertebra(subject: str, level: str, malignant: bool, split: Split) -> PreparedVertebra:

@@ -15,6 +15,7 @@ from torch import nn
 from wsbench.dae_train import (
     advance,
     ensure_dae,
+    latent_swap_hu,
     load_session,
     model_key,
     new_session,
@@ -203,6 +204,16 @@ def test_a_terminated_run_saves_its_state_resumes_and_needs_resume_flag(monkeypa
         run_training(training, train_config("tiny", steps=5), resume=True, progress=False)
 
 
+def test_latent_swap_is_zero_when_z_is_ignored_or_identical_and_positive_otherwise():
+    dae = tiny()
+    hu = dae.to_hu(images(3).numpy()[:, 0])
+    assert latent_swap_hu(dae, hu, (3, 3)) > 0  # the untrained tiny UNet reads z_sem
+    assert latent_swap_hu(dae, np.repeat(hu[:1], 3, axis=0), (3, 3)) == 0  # same z everywhere
+    eps = torch.randn(1, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    dae.unet = ConstantNoise(eps)  # a decoder that never looks at z_sem
+    assert latent_swap_hu(dae, hu, (3, 3)) == 0
+
+
 def test_ensure_dae_trains_cards_evaluates_and_then_reuses():
     prepared = dataset()
     train = train_config("tiny", steps=2)
@@ -216,6 +227,7 @@ def test_ensure_dae_trains_cards_evaluates_and_then_reuses():
     assert card["kind"] == "dae" and card["dataset_fingerprint"] == "tiny-fingerprint"
     assert card["seed"] == 0 and card["steps"] == 2 and card["test_n"] == 4
     assert 0 <= card["latent_auc"] <= 1 and -1 <= card["ssim_mean"] <= 1
+    assert card["latent_swap_hu"] > 0
     assert card["eval_steps_stochastic_decode"] == [2, 2] and "command" in card
     assert path.with_suffix(".png").exists()
     assert ensure_dae(prepared, train, evaluate_steps=(2, 2), progress=False) == (path, False)

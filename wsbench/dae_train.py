@@ -15,8 +15,9 @@ card: command, seed, data fingerprint, wall time, and the reconstruction/latent 
 
 Quality (:func:`quality_report`): SSIM/PSNR (network units, data range 2) of
 ``decode(stochastic_encode(x, z), z)`` on the test split's mid-sagittal slices at stated step
-counts, and the held-out ROC-AUC of a logistic regression on ``z_sem`` (training split,
-subject-level hold-out), plus a figure (original / reconstruction / |difference|).
+counts, the held-out ROC-AUC of a logistic regression on ``z_sem`` (training split,
+subject-level hold-out), how much the decoder uses ``z_sem`` (:func:`latent_swap_hu`), and a
+figure (original / reconstruction / |difference|).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ EVAL_STEPS = (20, 20)
 GRAD_CLIP = 1.0
 """Gradient-norm clip of every step (DiffAE's ``grad_clip``)."""
 AUC_HOLDOUT = 0.3
+SWAP_IMAGES = 64
+"""Test slices (a seeded sample) on which :func:`latent_swap_hu` is measured."""
 """Fraction of training subjects held out for the latent AUC."""
 
 
@@ -347,6 +350,23 @@ def reconstruct_slices(
     return torch.cat(out)[:, 0].numpy()
 
 
+@torch.inference_mode()
+def latent_swap_hu(
+    dae: DiffusionAutoencoder, slices_hu: np.ndarray, steps: tuple[int, int]
+) -> float:
+    """How much the decoder uses ``z_sem``: mean |HU| change of ``decode(x_T, z)`` when each
+    slice's ``z`` is replaced by the next slice's, ``x_T`` (its own stochastic code) fixed.
+
+    Zero means the decoder ignores ``z_sem`` (an edit of ``z`` cannot change the image).
+    """
+    x = torch.from_numpy(dae.to_unit(slices_hu)).unsqueeze(1)
+    z = dae.encode(x)
+    x_t = dae.stochastic_encode(x, z, steps[0])
+    own = dae.decode(x_t, z, steps[1])[:, 0].numpy()
+    swapped = dae.decode(x_t, z.roll(1, dims=0), steps[1])[:, 0].numpy()
+    return float(np.abs(dae.to_hu(swapped) - dae.to_hu(own)).mean())
+
+
 def similarity(original: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-image SSIM and PSNR of ``(N, H, W)`` arrays in network units (data range 2)."""
     ssim = [
@@ -453,13 +473,15 @@ def quality_report(
         "ssim_mean_malignant": round(float(ssim[malignant].mean()), 4) if malignant.any() else None,
         "eval_seconds_per_image": round(seconds / len(test), 3),
     }
+    sample = np.random.default_rng(seed).permutation(len(test))[:SWAP_IMAGES]
+    report["latent_swap_hu"] = round(latent_swap_hu(dae, slices[sample], steps), 2)
     report.update(latent_auc(dae, prepared.training_set(), seed))
     if figure is not None:
         picks = np.random.default_rng(seed).choice(len(test), min(figure_rows, len(test)), False)
         titles = [f"{test[i].key.id} {test[i].label.value if test[i].label else ''} "
                   f"SSIM {ssim[i]:.3f}" for i in picks]  # fmt: skip
         reconstruction_figure(original[picks], recon[picks], titles, figure)
-        report["figure"] = str(figure)
+        report["figure"] = figure.name
     return report
 
 

@@ -9,7 +9,8 @@ DAE and latent classifier are the ones fitted on ``--dataset`` (the phantom by d
 CT they are out of distribution. The method runs twice, with the blastic hint (the authors' demo
 finds blastic foci here) and with the mixed hint (both polarities scored); the gate is off so
 that the candidates are always scored, and ``c(z)`` is reported. ``--p-target`` changes the
-Eq. (1) target (an experiment: the paper's 1e-4 is the default). It prints every candidate and
+Eq. (1) target (the paper's 1e-4 is the default; the method refuses a vertebra whose ``c(z)``
+is already below it, and so does this script, saying so). It prints every candidate and
 writes docs/figures/hideseek_real_sample.png: input, healthy edit, |input − healthy edit|, the
 candidates of each run (blastic blue, lytic red; solid = kept, dotted = dropped; Δ written on
 each), the harness's post-processed result (yellow), and Δ per candidate against τ.
@@ -200,6 +201,11 @@ def main(
     results, finals, rows = {}, {}, []
     for hint in HINTS:
         result = method.attribute(sample.image[None], sample.body_mask[None], hint)
+        if result.image is None:
+            print(f"not attributed: c(z) = {result.p_orig:.2e} <= p_target = {p_target:.0e} "
+                  "(Eq. 1 would move z towards malignancy); pass --p-target below c(z) to see "
+                  "the candidates")  # fmt: skip
+            raise typer.Exit(1)
         labels = result.segmentation(sample.image.shape).labels
         finals[hint] = postprocess(labels, sample.body_mask)
         results[hint] = result

@@ -179,6 +179,8 @@ class HideAndSeek(Method):
             p_orig = plane.probability(z.double().numpy())
             if self.only_malignant and p_orig.mean() < 0.5:
                 return Attribution(p_orig=float(p_orig[mid]))
+            if p_orig.min() <= self.p_target:  # Eq. 1 would edit towards malignancy: no Δ
+                return Attribution(p_orig=float(p_orig[mid]))
             direction = None
             if self.edit_direction == "standardised":
                 direction = self.classifier.standardised_direction()

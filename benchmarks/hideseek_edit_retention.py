@@ -57,7 +57,8 @@ def main(
     torch.set_num_threads(1)
     _, data = prepare_dataset(RunConfig("hideseek", dataset))
     training = data.training_set().labelled()
-    dae = DiffusionAutoencoder.load(checkpoint or dae_checkpoint(training)).eval()
+    path = checkpoint or dae_checkpoint(training)
+    dae = DiffusionAutoencoder.load(path).eval()
     z_all = encode_slices(dae, np.concatenate([v.slices for v in training]))
     labels = np.repeat(training.labels(), N_CENTRAL_SLICES)
     groups = np.repeat(np.arange(len(training)), N_CENTRAL_SLICES)
@@ -92,8 +93,7 @@ def main(
                 "c(enc(healthy))": float(p_reencoded.mean()),
                 "called healthy": float(np.mean(p_reencoded < 0.5)),
             })  # fmt: skip
-    used = checkpoint or dae_checkpoint(training)
-    print(f"DAE {used.name}; {vertebrae} malignant training vertebrae; "
+    print(f"DAE {path.name}; {vertebrae} malignant training vertebrae; "
           f"{steps_stochastic}/{steps_decode} DDIM steps")  # fmt: skip
     print(pd.DataFrame(rows).round(3).to_string(index=False))
 

@@ -177,9 +177,8 @@ class HideAndSeek(Method):
             x = hs.to_tensor(hu_to_unit(stack))
             z = dae.encode(x)
             p_orig = plane.probability(z.double().numpy())
-            if self.only_malignant and p_orig.mean() < 0.5:
-                return Attribution(p_orig=float(p_orig[mid]))
-            if p_orig.min() <= self.p_target:  # Eq. 1 would edit towards malignancy: no Δ
+            gated = self.only_malignant and p_orig.mean() < 0.5
+            if gated or p_orig.min() <= self.p_target:  # at or below p_target Eq. 1 adds malignancy
                 return Attribution(p_orig=float(p_orig[mid]))
             direction = None
             if self.edit_direction == "standardised":

@@ -65,9 +65,9 @@ EVAL_STEPS = (20, 20)
 GRAD_CLIP = 1.0
 """Gradient-norm clip of every step (DiffAE's ``grad_clip``)."""
 AUC_HOLDOUT = 0.3
+"""Fraction of training subjects held out for the latent AUC."""
 SWAP_IMAGES = 64
 """Test slices (a seeded sample) on which :func:`latent_swap_hu` is measured."""
-"""Fraction of training subjects held out for the latent AUC."""
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,25 @@ def test_a_terminated_run_saves_its_state_resumes_and_needs_resume_flag(monkeypa
     assert session.step == 3 and path.exists() and not path.with_suffix(".resume").exists()
     assert "resume" in path.with_suffix(".log").read_text()
     with pytest.raises(FileNotFoundError, match="no interrupted run"):
-        run_training(training, train_config("tiny", steps=5), resume=True, progress=False)
+        run_training(training, train_config("tiny", steps=5, seed=1), resume=True, progress=False)
+
+
+def test_resume_extends_a_finished_run_exactly_as_training_that_long_at_once():
+    training = dataset().training_set()
+    short, _ = run_training(training, train_config("tiny", steps=2), progress=False)
+    assert short.with_suffix(".state").exists()
+    longer, extended = run_training(
+        training, train_config("tiny", steps=4), resume=True, progress=False
+    )
+    assert longer != short and extended.step == 4
+    assert json.loads(longer.with_suffix(".json").read_text())["extends"] == short.stem
+    assert f"extend {short.stem}" in longer.with_suffix(".log").read_text()
+    straight = new_session(extended.key, train_config("tiny", steps=4))
+    advance(straight, list(training), 4)
+    for name, tensor in straight.ema.state_dict().items():
+        assert torch.equal(tensor, extended.ema.state_dict()[name]), name
+    with pytest.raises(FileNotFoundError, match="no finished shorter run"):
+        run_training(training, train_config("tiny", steps=1), resume=True, progress=False)
 
 
 def test_latent_swap_is_zero_when_z_is_ignored_or_identical_and_positive_otherwise():

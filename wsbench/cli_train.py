@@ -61,7 +61,10 @@ def train(
     healthy_only: Annotated[
         bool, typer.Option("--healthy-only", help="DAE on healthy vertebrae (the AD model).")
     ] = False,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted DAE run.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue an interrupted DAE run, or extend a finished one to --steps."),
+    ] = False,
     steps: Annotated[int | None, typer.Option(min=1, help="DAE training steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="DAE batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="DAE learning rate (Adam).")] = None,

@@ -9,7 +9,9 @@ detection baseline's model) keeps healthy vertebrae only.
 Determinism: all randomness of step ``k`` (vertebrae, slices, augmentation, timesteps, noise)
 comes from generators seeded with ``(seed, k)``, so a resumed run is bit-identical to an
 uninterrupted one. The resume state (weights, EMA, optimiser, step) is written every
-``checkpoint_every`` steps and on Ctrl-C beside the final checkpoint (``<stem>.resume``); a log
+``checkpoint_every`` steps and on Ctrl-C beside the final checkpoint (``<stem>.resume``); a
+finished run keeps its final state (``<stem>.state``), from which ``resume`` extends it to more
+steps under the longer run's key, bit-identical to training that long at once; a log
 (``<stem>.log``) records the loss. The final checkpoint holds the EMA weights only, with a model
 card: command, seed, data fingerprint, wall time, and the reconstruction/latent quality.
 
@@ -23,6 +25,7 @@ figure (original / reconstruction / |difference|).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shlex
 import signal
@@ -62,6 +65,8 @@ from wsbench.types import (
 VERSION = 1
 EVAL_STEPS = (20, 20)
 """(stochastic encode, decode) DDIM steps of the quality report: Hide-and-Seek's default."""
+FINAL_STATE = ".state"
+"""Suffix of a finished run's full training state (weights, EMA, Adam, step), kept to extend it."""
 GRAD_CLIP = 1.0
 """Gradient-norm clip of every step (DiffAE's ``grad_clip``)."""
 AUC_HOLDOUT = 0.3
@@ -171,16 +176,42 @@ def save_session(session: Session, path: Path) -> None:
     partial.replace(path)
 
 
-def load_session(path: Path, key: ModelKey, train: TrainConfig) -> Session:
-    """Read a resume state, refusing one of another dataset or configuration."""
+def load_session(
+    path: Path, key: ModelKey, train: TrainConfig, extends: ModelKey | None = None
+) -> Session:
+    """Read a resume state for ``key``, refusing one of another dataset or configuration.
+
+    ``extends``: the state is the final one of that shorter run, continued as ``key``.
+    """
     record = torch.load(path, map_location="cpu", weights_only=True)
-    check_key(record["key"], key, path)
+    check_key(record["key"], extends or key, path)
     session = new_session(key, train)
     session.model.load_state_dict(record["model"])
     session.ema.load_state_dict(record["ema"])
     session.optimiser.load_state_dict(record["optimiser"])
     session.step, session.wall_s = int(record["step"]), float(record["wall_s"])
     return session
+
+
+def extendable_run(key: ModelKey) -> tuple[Path, ModelKey] | None:
+    """The final state (and key) of the longest finished run that is ``key`` with fewer steps."""
+    steps = key.config["steps"]
+    rest = {name: value for name, value in key.config.items() if name != "steps"}
+    found: list[tuple[int, Path, ModelKey]] = []
+    for state in new_model_path(key).parent.glob(f"{key.kind}-*{FINAL_STATE}"):
+        card = state.with_suffix(".json")
+        record = json.loads(card.read_text()) if card.exists() else {}
+        config = dict(record.get("config", {}))
+        done = config.pop("steps", None)
+        same = record.get("dataset_fingerprint") == key.dataset_fingerprint and config == rest
+        if same and isinstance(done, int) and done < steps:
+            found.append(
+                (done, state, ModelKey(key.kind, key.dataset_fingerprint, record["config"]))
+            )
+    if not found:
+        return None
+    _, state, shorter = max(found, key=lambda entry: entry[0])
+    return state, shorter
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -272,9 +303,10 @@ def run_training(
 ) -> tuple[Path, Session]:
     """Train (or resume) and save the EMA checkpoint with a first card; ``(path, session)``.
 
-    An existing resume state is refused without ``resume`` (so nothing is silently discarded),
-    and ``resume`` without one is an error. Ctrl-C and SIGTERM save the resume state (background
-    jobs ignore SIGINT, so stop them with ``kill <pid>``).
+    An existing resume state is refused without ``resume`` (so nothing is silently discarded).
+    ``resume`` continues it, or else extends the longest finished shorter run of the same
+    configuration (:func:`extendable_run`); with neither it is an error. Ctrl-C and SIGTERM save
+    the resume state (background jobs ignore SIGINT, so stop them with ``kill <pid>``).
     """
     key = model_key(training.fingerprint, train)
     path = new_model_path(key)
@@ -284,11 +316,19 @@ def run_training(
             f"an interrupted run exists at {resume_path}; pass --resume to continue it, "
             "or delete that file to start again"
         )
-    if resume and not resume_path.exists():
-        raise FileNotFoundError(f"--resume: no interrupted run at {resume_path}")
-    session = load_session(resume_path, key, train) if resume else new_session(key, train)
+    shorter = None if resume_path.exists() or not resume else extendable_run(key)
+    if resume and not resume_path.exists() and shorter is None:
+        raise FileNotFoundError(
+            f"--resume: no interrupted run at {resume_path} and no finished shorter run of this "
+            "configuration to extend; train without --resume"
+        )
+    if shorter is not None:
+        session = load_session(shorter[0], key, train, extends=shorter[1])
+        what = f"extend {shorter[1].stem}"
+    else:
+        session = load_session(resume_path, key, train) if resume else new_session(key, train)
+        what = "resume" if resume else "start"
     vertebrae = training_vertebrae(training, train)
-    what = "resume" if resume else "start"
     log.info("%s %s on %s (%d vertebrae) from step %d to %d", what, key.stem, training.name,
              len(vertebrae), session.step, train.steps)  # fmt: skip
     window: list[float] = []
@@ -328,8 +368,10 @@ def run_training(
         "parameters": session.model.parameter_count(),
         "weights": "EMA, fp32",
         "final_loss": round(float(np.mean(window[-log_every:])), 5) if window else None,
+        "extends": shorter[1].stem if shorter else None,
     }
     write_card(path, key, f"Diffusion autoencoder ({train.kind}, config {train.config})", facts)
+    save_session(session, path.with_suffix(FINAL_STATE))
     resume_path.unlink(missing_ok=True)
     log.info("saved %s", path)
     return path, session
@@ -489,8 +531,6 @@ def evaluate_and_card(
     path: Path, prepared: PreparedDataset, steps: tuple[int, int], seed: int
 ) -> dict[str, Any]:
     """Run :func:`quality_report` on the checkpoint at ``path`` and add it to its model card."""
-    import json
-
     dae = DiffusionAutoencoder.load(path)
     report = quality_report(dae, prepared, steps, seed, figure=path.with_suffix(".png"))
     card = path.with_suffix(".json")
@@ -514,8 +554,6 @@ def ensure_dae(
     The quality report is added to the card when the card lacks it (e.g. after a crash in the
     evaluation). Returns ``(checkpoint, newly trained)``.
     """
-    import json
-
     training = prepared.training_set()
     stored = find_model(model_key(training.fingerprint, train))
     trained = stored is None

@@ -245,6 +245,7 @@ def test_ensure_dae_trains_cards_evaluates_and_then_reuses():
     assert card["kind"] == "dae" and card["dataset_fingerprint"] == "tiny-fingerprint"
     assert card["seed"] == 0 and card["steps"] == 2 and card["test_n"] == 4
     assert 0 <= card["latent_auc"] <= 1 and -1 <= card["ssim_mean"] <= 1
+    assert 0 <= card["latent_auc_untrained"] <= 1
     assert card["latent_swap_hu"] > 0
     assert card["eval_steps_stochastic_decode"] == [2, 2] and "command" in card
     assert path.with_suffix(".png").exists()

@@ -18,8 +18,9 @@ card: command, seed, data fingerprint, wall time, and the reconstruction/latent 
 Quality (:func:`quality_report`): SSIM/PSNR (network units, data range 2) of
 ``decode(stochastic_encode(x, z), z)`` on the test split's mid-sagittal slices at stated step
 counts, the held-out ROC-AUC of a logistic regression on ``z_sem`` (training split,
-subject-level hold-out), how much the decoder uses ``z_sem`` (:func:`latent_swap_hu`), and a
-figure (original / reconstruction / |difference|).
+subject-level hold-out; also for an untrained encoder, the level random features reach), how
+much the decoder uses ``z_sem`` (:func:`latent_swap_hu`), and a figure (original /
+reconstruction / |difference|).
 """
 
 from __future__ import annotations
@@ -427,8 +428,30 @@ def latents(dae: DiffusionAutoencoder, slices_hu: np.ndarray, batch_size: int = 
     return torch.cat([dae.encode(part) for part in x.split(batch_size)]).double().numpy()
 
 
+def holdout_auc(
+    dae: DiffusionAutoencoder, fit: Sequence[TrainingVertebra], held: Sequence[TrainingVertebra]
+) -> tuple[float, float]:
+    """``(ROC-AUC on held's mid slices, chosen C)`` of the latent classifier fitted on ``fit``."""
+    per = len(fit[0].slices)
+    z_fit = latents(dae, np.concatenate([v.slices for v in fit]))
+    labels = np.repeat(TrainingSet("", "", fit).labels(), per)
+    classifier = fit_latent_classifier(z_fit, labels, np.repeat(np.arange(len(fit)), per))
+    y_held = TrainingSet("", "", held).labels()
+    p_held = classifier.probability(latents(dae, mid_slices(held)))
+    auc = roc_auc_score(y_held, p_held) if len(set(y_held.tolist())) == 2 else float("nan")
+    return float(auc), classifier.C
+
+
+def untrained_twin(dae: DiffusionAutoencoder, seed: int) -> DiffusionAutoencoder:
+    """A freshly initialised DAE of ``dae``'s config and HU window (weights from ``seed``)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return DiffusionAutoencoder(dae.config, dae.hu_window).eval()
+
+
 def latent_auc(dae: DiffusionAutoencoder, training: TrainingSet, seed: int) -> dict[str, Any]:
-    """ROC-AUC of the latent logistic regression on held-out training subjects.
+    """ROC-AUC of the latent logistic regression on held-out training subjects, and the same
+    for an untrained encoder (``latent_auc_untrained``, the chance level of random features).
 
     Fitted (standardised, C by grouped CV: :func:`wsbench.latent_classifier.fit_latent_classifier`)
     on all central slices of the kept subjects' labelled vertebrae, scored on the held-out
@@ -440,21 +463,17 @@ def latent_auc(dae: DiffusionAutoencoder, training: TrainingSet, seed: int) -> d
         fit_rows, held_rows = subject_holdout(labelled, AUC_HOLDOUT, seed)
         fit = [labelled[i] for i in fit_rows]
         held = [labelled[i] for i in held_rows]
-        per = len(fit[0].slices)
-        z_fit = latents(dae, np.concatenate([v.slices for v in fit]))
-        labels = np.repeat(TrainingSet("", "", fit).labels(), per)
-        classifier = fit_latent_classifier(z_fit, labels, np.repeat(np.arange(len(fit)), per))
+        auc, C = holdout_auc(dae, fit, held)
     except ValueError as exc:
         return {"latent_auc": None, "latent_auc_error": str(exc)}
-    y_held = TrainingSet("", "", held).labels()
-    p_held = classifier.probability(latents(dae, mid_slices(held)))
-    auc = roc_auc_score(y_held, p_held) if len(set(y_held.tolist())) == 2 else float("nan")
+    untrained, _ = holdout_auc(untrained_twin(dae, seed), fit, held)
     return {
-        "latent_auc": round(float(auc), 4),
+        "latent_auc": round(auc, 4),
+        "latent_auc_untrained": round(untrained, 4),
         "latent_auc_n_fit": len(fit),
         "latent_auc_n_heldout": len(held),
-        "latent_auc_heldout_malignant": int(y_held.sum()),
-        "latent_C": classifier.C,
+        "latent_auc_heldout_malignant": int(TrainingSet("", "", held).labels().sum()),
+        "latent_C": C,
     }
 
 

@@ -98,7 +98,7 @@ class HideAndSeek(Method):
     """Weakly supervised lytic/blastic segmentation by Hide-and-Seek Attribution."""
 
     name = "hideseek"
-    version = "1"
+    version = "2"
 
     def __init__(
         self,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,52 +148,12 @@ def test_shared_noise_path_equals_inversion_for_an_exact_autoencoder():
     assert [x.score for x in a.lesions] == pytest.approx([x.score for x in b.lesions], rel=1e-5)
 
 
-class StandInDDIM(torch.nn.Module):
-    """A small nonlinear conv DDIM autoencoder with the DAE's API (GroupNorm, deterministic
-    inversion), used only while ``wsbench/nets/dae.py`` does not exist."""
-
-    def __init__(self, ch: int = 8, latent: int = 6, T: int = 100) -> None:
-        super().__init__()
-        conv = torch.nn.Conv2d
-        self.enc = torch.nn.Sequential(conv(1, ch, 3, 2, 1), torch.nn.GroupNorm(2, ch),
-                                       torch.nn.SiLU(), torch.nn.AdaptiveAvgPool2d(1),
-                                       torch.nn.Flatten(), torch.nn.Linear(ch, latent))  # fmt: skip
-        self.inp, self.cond = conv(1, ch, 3, 1, 1), torch.nn.Linear(latent + 1, ch)
-        self.out = torch.nn.Sequential(torch.nn.GroupNorm(2, ch), torch.nn.SiLU(),
-                                       conv(ch, 1, 3, 1, 1))  # fmt: skip
-        self.register_buffer("abar", torch.cumprod(1 - torch.linspace(1e-4, 0.02, T), 0))
-        self.T = T
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.enc(x)
-
-    def _step(self, x, z, a, b):
-        t = torch.full((len(x), 1), a / self.T)
-        eps = self.out(self.inp(x) + self.cond(torch.cat([z, t], 1))[:, :, None, None])
-        x0 = (x - (1 - self.abar[a]).sqrt() * eps) / self.abar[a].sqrt()
-        return self.abar[b].sqrt() * x0 + (1 - self.abar[b]).sqrt() * eps
-
-    def stochastic_encode(self, x: torch.Tensor, z_sem: torch.Tensor, steps: int) -> torch.Tensor:
-        ts = torch.linspace(0, self.T - 1, steps + 1).long().tolist()
-        for a, b in itertools.pairwise(ts):
-            x = self._step(x, z_sem, a, b)
-        return x
-
-    def decode(self, x_t: torch.Tensor, z_sem: torch.Tensor, steps: int) -> torch.Tensor:
-        ts = torch.linspace(0, self.T - 1, steps + 1).long().tolist()[::-1]
-        for a, b in itertools.pairwise(ts):
-            x_t = self._step(x_t, z_sem, a, b)
-        return x_t
-
-
 def tiny_dae():
-    """The DAE's tiny config once ``wsbench/nets/dae.py`` exists, else the stand-in."""
-    torch.manual_seed(0)
-    if (Path(__file__).parents[1] / "wsbench" / "nets" / "dae.py").exists():
-        from wsbench.nets.dae import DiffusionAutoencoder
+    """The DAE's tiny config, seeded."""
+    from wsbench.nets.dae import DiffusionAutoencoder
 
-        return DiffusionAutoencoder.tiny().eval()
-    return StandInDDIM().eval()
+    torch.manual_seed(0)
+    return DiffusionAutoencoder.tiny().eval()
 
 
 def test_batched_and_unbatched_paths_give_the_same_delta_on_a_tiny_dae():

@@ -32,3 +32,16 @@ def test_bench_goes_on_past_failures_and_reuses_finished_runs(tmp_path: Path):
     again = bench("fakes:TinyDataset", tmp_path, methods=METHODS[:1])
     assert again["fakes:NoisyMethod"]["run_dir"] == outcomes["fakes:NoisyMethod"]["run_dir"]
     assert len(list((dataset_dir / "fakes-NoisyMethod").iterdir())) == 1
+
+
+def test_bench_reruns_a_method_whose_version_changed(tmp_path: Path, monkeypatch):
+    import fakes
+
+    first = bench("fakes:TinyDataset", tmp_path, methods=METHODS[:1])
+    monkeypatch.setattr(fakes.NoisyMethod, "version", "2")
+    second = bench("fakes:TinyDataset", tmp_path, methods=METHODS[:1])
+    assert second["fakes:NoisyMethod"]["run_dir"] != first["fakes:NoisyMethod"]["run_dir"]
+    manifest = json.loads(
+        (Path(second["fakes:NoisyMethod"]["run_dir"]) / "manifest.json").read_text()
+    )
+    assert manifest["method"]["version"] == "2"

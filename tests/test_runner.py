@@ -77,6 +77,26 @@ def test_resume_after_crash_gives_identical_cases(tmp_path: Path) -> None:
     assert (run_dir / "cases.csv").read_bytes() == reference.read_bytes()
 
 
+def test_a_run_of_another_method_version_or_other_data_is_not_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes.CrashAfterTwo.calls, fakes.CrashAfterTwo.crash_at = 0, 2
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny("fakes:CrashAfterTwo"), tmp_path)
+    fakes.CrashAfterTwo.calls, fakes.CrashAfterTwo.crash_at = 0, None
+    monkeypatch.setattr(fakes.CrashAfterTwo, "version", "2")
+    with pytest.raises(RunError, match="made by method version '1', the installed one is '2'"):
+        run(tiny("fakes:CrashAfterTwo"), tmp_path, resume=True)
+    monkeypatch.setattr(fakes.CrashAfterTwo, "version", "1")
+    (run_dir,) = (tmp_path / "fakes-TinyDataset" / "fakes-CrashAfterTwo").iterdir()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["dataset"]["fingerprint"] = "older-data"
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunError, match="fingerprint older-data differs"):
+        run(tiny("fakes:CrashAfterTwo"), tmp_path, resume=True)
+    assert fakes.CrashAfterTwo.calls == 0
+
+
 def test_resume_without_previous_run_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="nothing to resume"):
         run(tiny("otsu"), tmp_path, resume=True)

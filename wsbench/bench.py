@@ -7,8 +7,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from wsbench.registry import METHODS_GROUP, declared
-from wsbench.runner import RunConfig, find_resumable, read_finished, run, safe_name
+from wsbench.registry import METHODS_GROUP, declared, load_method
+from wsbench.runner import (
+    RunConfig,
+    find_resumable,
+    made_otherwise,
+    read_finished,
+    run,
+    safe_name,
+)
 from wsbench.types import WeightsNotSuppliedError
 
 
@@ -23,10 +30,11 @@ def bench(
 ) -> dict[str, dict[str, Any]]:
     """Run every registered method (or ``methods``) on ``dataset``; record each outcome.
 
-    A method whose finished run of the same configuration exists is not run again; an
-    unfinished one is resumed. A failing method is recorded with its error and the bench goes
-    on; one whose weights are not supplied is recorded as not run. The record is written to
-    ``<out>/<dataset>/bench.json`` after every method.
+    A method whose finished run of the same configuration and method version exists is not run
+    again; an unfinished one is resumed; one made by another version is run afresh. A failing
+    method is recorded with its error and the bench goes on; one whose weights are not supplied
+    is recorded as not run. The record is written to ``<out>/<dataset>/bench.json`` after every
+    method.
     """
     names = methods or list(declared(METHODS_GROUP))
     record_path = out / safe_name(dataset) / "bench.json"
@@ -38,6 +46,8 @@ def bench(
         progress = on_method(name, config) if on_method else None
         try:
             previous = find_resumable(out / safe_name(dataset) / safe_name(name), config)
+            if previous is not None and made_otherwise(previous, load_method(name).version):
+                previous = None
             if previous is not None and read_finished(previous):
                 run_dir = previous
             else:

@@ -323,9 +323,31 @@ def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
-def start_run_dir(out: Path, dataset: str, method: str, config: RunConfig, resume: bool) -> Path:
-    """The run directory: the newest matching one with ``resume``, else a new one."""
-    method_dir = out / safe_name(dataset) / safe_name(method)
+def made_otherwise(run_dir: Path, version: str, fingerprint: str | None = None) -> str | None:
+    """Why ``run_dir`` was not made by method ``version`` on data ``fingerprint`` (``None``
+    when it was, or when the fingerprint is not given and the version matches)."""
+    manifest = run_dir / "manifest.json"
+    if not manifest.exists():
+        return None
+    record = json.loads(manifest.read_text())
+    made = record.get("method", {}).get("version")
+    if made != version:
+        return f"it was made by method version {made!r}, the installed one is {version!r}"
+    data = record.get("dataset", {}).get("fingerprint")
+    if fingerprint is not None and data != fingerprint:
+        return f"its data fingerprint {data} differs from the dataset's now ({fingerprint})"
+    return None
+
+
+def start_run_dir(
+    out: Path, config: RunConfig, resume: bool, version: str, fingerprint: str
+) -> Path:
+    """The run directory: the newest matching one with ``resume``, else a new one.
+
+    A run made by another method version or on other data is not resumed (its finished
+    vertebrae would be mixed with new ones): that is an error.
+    """
+    method_dir = out / safe_name(config.dataset) / safe_name(config.method)
     ensure_writable(method_dir)
     if resume:
         previous = find_resumable(method_dir, config)
@@ -334,8 +356,11 @@ def start_run_dir(out: Path, dataset: str, method: str, config: RunConfig, resum
                 f"nothing to resume under {method_dir} for this configuration; "
                 "run again without --resume"
             )
+        why = made_otherwise(previous, version, fingerprint)
+        if why is not None:
+            raise RunError(f"cannot resume {previous}: {why}; run again without --resume")
         return previous
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     run_dir = method_dir / f"{stamp}-{config.digest}"
     run_dir.mkdir()
     return run_dir
@@ -355,7 +380,7 @@ def run(
     method = method_cls(**config.params)
     with timed(timings, "prepare"):
         _, dataset = prepare_dataset(config)
-    run_dir = start_run_dir(out, config.dataset, config.method, config, resume)
+    run_dir = start_run_dir(out, config, resume, method_cls.version, dataset.fingerprint)
     (run_dir / "masks").mkdir(exist_ok=True)
     (run_dir / "cases").mkdir(exist_ok=True)
     vertebrae = dataset.split(Split(config.split))

@@ -32,6 +32,8 @@ def test_bench_goes_on_past_failures_and_reuses_finished_runs(tmp_path: Path):
     again = bench("fakes:TinyDataset", tmp_path, methods=METHODS[:1])
     assert again["fakes:NoisyMethod"]["run_dir"] == outcomes["fakes:NoisyMethod"]["run_dir"]
     assert len(list((dataset_dir / "fakes-NoisyMethod").iterdir())) == 1
+    assert json.loads((dataset_dir / "bench.json").read_text())["methods"] == outcomes
+    assert list(again) == ["fakes:NoisyMethod"]
 
 
 def test_bench_reruns_a_method_whose_version_changed(tmp_path: Path, monkeypatch):

@@ -33,12 +33,13 @@ def bench(
     A method whose finished run of the same configuration and method version exists is not run
     again; an unfinished one is resumed; one made by another version is run afresh. A failing
     method is recorded with its error and the bench goes on; one whose weights are not supplied
-    is recorded as not run. The record is written to ``<out>/<dataset>/bench.json`` after every
-    method.
+    is recorded as not run. The record ``<out>/<dataset>/bench.json`` is updated after every
+    method (outcomes of methods not in this bench are kept). Returns this bench's outcomes.
     """
     names = methods or list(declared(METHODS_GROUP))
     record_path = out / safe_name(dataset) / "bench.json"
     record_path.parent.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads(record_path.read_text())["methods"] if record_path.exists() else {}
     outcomes: dict[str, dict[str, Any]] = {}
     for name in names:
         config = RunConfig(name, dataset, seed=seed, root=root,
@@ -59,5 +60,6 @@ def bench(
         except Exception as exc:  # one failing method must not stop the bench
             outcomes[name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
                               "run_dir": ""}  # fmt: skip
-        record_path.write_text(json.dumps({"dataset": dataset, "methods": outcomes}, indent=2))
+        record = {"dataset": dataset, "methods": {**earlier, **outcomes}}
+        record_path.write_text(json.dumps(record, indent=2))
     return outcomes

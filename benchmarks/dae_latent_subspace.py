@@ -26,11 +26,10 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 from wsbench.plugins.hideseek import dae_checkpoint
 
-from wsbench.dae_train import AUC_HOLDOUT, latents, mid_slices, untrained_twin
+from wsbench.dae_train import auc_holdout, latents, mid_slices, untrained_twin
 from wsbench.latent_classifier import fit_latent_classifier
 from wsbench.nets.dae import DiffusionAutoencoder
 from wsbench.runner import RunConfig, prepare_dataset
-from wsbench.training import subject_holdout
 from wsbench.types import TrainingSet, TrainingVertebra
 
 COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128, 512)
@@ -72,11 +71,9 @@ def main(
     """Print the table for the DAE and its untrained twin."""
     torch.set_num_threads(1)
     _, data = prepare_dataset(RunConfig("hideseek", dataset))
-    labelled = data.training_set().labelled()
-    path = checkpoint or dae_checkpoint(labelled)
+    fit, held = auc_holdout(data.training_set(), seed)
+    path = checkpoint or dae_checkpoint(data.training_set())
     dae = DiffusionAutoencoder.load(path).eval()
-    fit_rows, held_rows = subject_holdout(labelled, AUC_HOLDOUT, seed)
-    fit, held = [labelled[i] for i in fit_rows], [labelled[i] for i in held_rows]
     rows = subspace_rows(dae, fit, held, path.stem)
     rows += subspace_rows(untrained_twin(dae, seed), fit, held, "untrained")
     print(f"{len(fit)} training vertebrae fitted, {len(held)} held out "

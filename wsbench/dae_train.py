@@ -428,6 +428,16 @@ def latents(dae: DiffusionAutoencoder, slices_hu: np.ndarray, batch_size: int = 
     return torch.cat([dae.encode(part) for part in x.split(batch_size)]).double().numpy()
 
 
+def auc_holdout(
+    training: TrainingSet, seed: int
+) -> tuple[list[TrainingVertebra], list[TrainingVertebra]]:
+    """The labelled training vertebrae ``(fitted, held out)`` of the latent AUC (seeded,
+    :data:`AUC_HOLDOUT` of the subjects held out whole)."""
+    labelled = training.labelled()
+    fit_rows, held_rows = subject_holdout(labelled, AUC_HOLDOUT, seed)
+    return [labelled[i] for i in fit_rows], [labelled[i] for i in held_rows]
+
+
 def holdout_auc(
     dae: DiffusionAutoencoder, fit: Sequence[TrainingVertebra], held: Sequence[TrainingVertebra]
 ) -> tuple[float, float]:
@@ -458,11 +468,8 @@ def latent_auc(dae: DiffusionAutoencoder, training: TrainingSet, seed: int) -> d
     vertebrae's mid-sagittal slices. Too few labelled subjects give ``latent_auc: None`` and the
     reason (``latent_auc_error``) instead of a number.
     """
-    labelled = training.labelled()
     try:
-        fit_rows, held_rows = subject_holdout(labelled, AUC_HOLDOUT, seed)
-        fit = [labelled[i] for i in fit_rows]
-        held = [labelled[i] for i in held_rows]
+        fit, held = auc_holdout(training, seed)
         auc, C = holdout_auc(dae, fit, held)
     except ValueError as exc:
         return {"latent_auc": None, "latent_auc_error": str(exc)}

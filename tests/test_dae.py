@@ -23,6 +23,7 @@ from wsbench.dae_train import (
     save_session,
     train_config,
     training_batch,
+    training_state_ema,
     training_vertebrae,
 )
 from wsbench.modelstore import find_model
@@ -218,6 +219,10 @@ def test_resume_extends_a_finished_run_exactly_as_training_that_long_at_once():
     advance(straight, list(training), 4)
     for name, tensor in straight.ema.state_dict().items():
         assert torch.equal(tensor, extended.ema.state_dict()[name]), name
+    ema, step = training_state_ema(longer.with_suffix(".state"))
+    assert step == 4
+    for name, tensor in ema.state_dict().items():
+        assert torch.equal(tensor, DiffusionAutoencoder.load(longer).state_dict()[name]), name
     with pytest.raises(FileNotFoundError, match="no finished shorter run"):
         run_training(training, train_config("tiny", steps=1), resume=True, progress=False)
 

@@ -46,7 +46,7 @@ from torch import nn
 from wsbench.intensity import HU_WINDOW
 from wsbench.latent_classifier import fit_latent_classifier
 from wsbench.modelstore import ModelKey, check_key, find_model, new_model_path, write_card
-from wsbench.nets.dae import DiffusionAutoencoder, config_named
+from wsbench.nets.dae import DAEConfig, DiffusionAutoencoder, config_named
 from wsbench.training import (
     augment_batch,
     augmentations,
@@ -213,6 +213,15 @@ def extendable_run(key: ModelKey) -> tuple[Path, ModelKey] | None:
         return None
     _, state, shorter = max(found, key=lambda entry: entry[0])
     return state, shorter
+
+
+def training_state_ema(path: Path) -> tuple[DiffusionAutoencoder, int]:
+    """The EMA model and step count of a training state (``.resume`` or ``.state`` file)."""
+    record = torch.load(path, map_location="cpu", weights_only=True)
+    config = record["key"]["config"]
+    dae = DiffusionAutoencoder(DAEConfig.from_dict(config["arch"]), tuple(config["hu_window"]))
+    dae.load_state_dict(record["ema"])
+    return dae.eval(), int(record["step"])
 
 
 def step_seed(seed: int, step: int) -> int:

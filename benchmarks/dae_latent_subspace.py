@@ -26,7 +26,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 from wsbench.plugins.hideseek import dae_checkpoint
 
-from wsbench.dae_train import auc_holdout, latents, mid_slices, untrained_twin
+from wsbench.dae_train import latent_auc_split, latents, mid_slices, untrained_twin
 from wsbench.latent_classifier import fit_latent_classifier
 from wsbench.nets.dae import DiffusionAutoencoder
 from wsbench.runner import RunConfig, prepare_dataset
@@ -71,7 +71,7 @@ def main(
     """Print the table for the DAE and its untrained twin."""
     torch.set_num_threads(1)
     _, data = prepare_dataset(RunConfig("hideseek", dataset))
-    fit, held = auc_holdout(data.training_set(), seed)
+    fit, held = latent_auc_split(data.training_set(), seed)
     path = checkpoint or dae_checkpoint(data.training_set())
     dae = DiffusionAutoencoder.load(path).eval()
     rows = subspace_rows(dae, fit, held, path.stem)

@@ -437,7 +437,7 @@ def latents(dae: DiffusionAutoencoder, slices_hu: np.ndarray, batch_size: int = 
     return torch.cat([dae.encode(part) for part in x.split(batch_size)]).double().numpy()
 
 
-def auc_holdout(
+def latent_auc_split(
     training: TrainingSet, seed: int
 ) -> tuple[list[TrainingVertebra], list[TrainingVertebra]]:
     """The labelled training vertebrae ``(fitted, held out)`` of the latent AUC (seeded,
@@ -478,7 +478,7 @@ def latent_auc(dae: DiffusionAutoencoder, training: TrainingSet, seed: int) -> d
     reason (``latent_auc_error``) instead of a number.
     """
     try:
-        fit, held = auc_holdout(training, seed)
+        fit, held = latent_auc_split(training, seed)
         auc, C = holdout_auc(dae, fit, held)
     except ValueError as exc:
         return {"latent_auc": None, "latent_auc_error": str(exc)}

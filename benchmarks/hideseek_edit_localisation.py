@@ -1,0 +1,127 @@
+"""Does the healthy edit of Eq. (1) remove the lesions, and only them? Held-out training subjects.
+
+    python benchmarks/hideseek_edit_localisation.py [DAE.pt ...] [--dataset phantom]
+
+Hide-and-Seek needs a healthy edit ``I_healthy`` that differs from the image *on the lesions*:
+brighter where bone was destroyed (lytic), darker where it was added (blastic). This measures it
+directly with the phantom's lesion masks, which no method sees. Per DAE (default: the dataset's):
+
+* the latent classifier is fitted exactly as the method fits it (standardised ``z_sem``, C by
+  grouped CV) on the labelled training vertebrae of the subjects the DAE quality report keeps
+  (:func:`wsbench.dae_train.latent_auc_split`); its held-out AUC is printed;
+* on the held-out subjects' malignant vertebrae (mid slices, default DDIM steps) each ``z`` is
+  edited to ``p_target``; ``R = decode(x_T, z)``, ``H = decode(x_T, z_healthy)``;
+* over body pixels, the ROC-AUC with which each signed map finds lytic pixels (``H − I`` and the
+  edit alone ``H − R``) and blastic pixels (``I − H``, ``R − H``), each against non-lesion body
+  pixels; the reconstruction error (``R − I``, ``I − R``) is the no-edit reference;
+* the mean |HU| the edit changes on lesion and on other body pixels, and ``c(encode(H))`` against
+  ``c(encode(R))``.
+
+An edit that works has edit-alone AUCs well above 0.5 and changes lesion pixels more than the
+rest; an edit the decoder ignores leaves ``H ≈ R``, and the ``H − I`` AUCs then only restate the
+reconstruction error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import torch
+import typer
+from sklearn.metrics import roc_auc_score
+from wsbench.plugins.hideseek import DEFAULT_STEPS, dae_checkpoint
+
+from wsbench.attribution import P_TARGET, healthy_latent
+from wsbench.dae_train import latent_auc_split, mid_slices
+from wsbench.latent_classifier import encode_slices, fit_latent_classifier
+from wsbench.nets.dae import DiffusionAutoencoder
+from wsbench.runner import RunConfig, prepare_dataset
+from wsbench.types import BLASTIC, LYTIC, N_CENTRAL_SLICES, Split, TrainingSet, WeakLabel
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def decoded_hu(dae: DiffusionAutoencoder, x_t: torch.Tensor, z: np.ndarray) -> np.ndarray:
+    """``decode(x_T, z)`` in HU at the default decoding steps."""
+    with torch.inference_mode():
+        out = dae.decode(x_t, torch.as_tensor(z, dtype=torch.float32), DEFAULT_STEPS[1])
+    return dae.to_hu(out[:, 0].numpy())
+
+
+def pixel_auc(score: np.ndarray, lesions: np.ndarray, body: np.ndarray, label: int) -> float:
+    """ROC-AUC of ``score`` for pixels of lesion ``label`` against non-lesion body pixels."""
+    positive = lesions == label
+    negative = body & (lesions == 0)
+    chosen = positive | negative
+    return float(roc_auc_score(positive[chosen], score[chosen]))
+
+
+def localisation(dae: DiffusionAutoencoder, data) -> dict[str, float]:
+    """One row of the table for ``dae`` on ``data`` (a prepared dataset)."""
+    training = data.training_set()
+    fit, held = latent_auc_split(training, 0)
+    z_fit = encode_slices(dae, np.concatenate([v.slices for v in fit]))
+    labels = np.repeat(TrainingSet("", "", fit).labels(), N_CENTRAL_SLICES)
+    classifier = fit_latent_classifier(z_fit, labels, np.repeat(np.arange(len(fit)), N_CENTRAL_SLICES))
+    plane = classifier.plane
+    held_keys = {v.key for v in held}
+    prepared = [
+        v
+        for v in data.split(Split.TRAIN)
+        if v.key in held_keys and v.label == WeakLabel.MALIGNANT and v.reference.any()
+    ]
+    y_held = TrainingSet("", "", held).labels()
+    auc = roc_auc_score(y_held, plane.probability(encode_slices(dae, mid_slices(held))))
+    image = mid_slices(prepared)
+    lesions = np.stack([v.reference for v in prepared])
+    body = np.stack([v.body[N_CENTRAL_SLICES // 2] for v in prepared]).astype(bool)
+    z = encode_slices(dae, image)
+    with torch.inference_mode():
+        x = torch.from_numpy(dae.to_unit(image)).unsqueeze(1)
+        x_t = dae.stochastic_encode(x, torch.as_tensor(z, dtype=torch.float32), DEFAULT_STEPS[0])
+    recon = decoded_hu(dae, x_t, z)
+    healthy = decoded_hu(dae, x_t, healthy_latent(z, plane, P_TARGET))
+    image = image.clip(*dae.hu_window)
+    edit = np.abs(healthy - recon)
+    on_lesion = lesions > 0
+    off_lesion = body & ~on_lesion
+    return {
+        "C": classifier.C,
+        "held-out AUC": float(auc),
+        "vertebrae": len(prepared),
+        "lytic AUC H−I": pixel_auc(healthy - image, lesions, body, LYTIC),
+        "lytic AUC H−R": pixel_auc(healthy - recon, lesions, body, LYTIC),
+        "lytic AUC R−I": pixel_auc(recon - image, lesions, body, LYTIC),
+        "blastic AUC I−H": pixel_auc(image - healthy, lesions, body, BLASTIC),
+        "blastic AUC R−H": pixel_auc(recon - healthy, lesions, body, BLASTIC),
+        "blastic AUC I−R": pixel_auc(image - recon, lesions, body, BLASTIC),
+        "edit |HU| lesion": float(edit[on_lesion].mean()),
+        "edit |HU| other body": float(edit[off_lesion].mean()),
+        "c(enc(R))": float(plane.probability(encode_slices(dae, recon)).mean()),
+        "c(enc(H))": float(plane.probability(encode_slices(dae, healthy)).mean()),
+    }
+
+
+@app.command()
+def main(
+    checkpoints: Annotated[list[Path] | None, typer.Argument(help="DAE checkpoints")] = None,
+    dataset: Annotated[str, typer.Option(help="registered dataset")] = "phantom",
+) -> None:
+    """Print one localisation row per DAE."""
+    torch.set_num_threads(1)
+    _, data = prepare_dataset(RunConfig("hideseek", dataset))
+    paths = checkpoints or [dae_checkpoint(data.training_set().labelled())]
+    rows = []
+    for path in paths:
+        row = {"DAE": path.name, **localisation(DiffusionAutoencoder.load(path).eval(), data)}
+        rows.append(row)
+        print(pd.Series(row).to_string(), flush=True)
+    print(f"{DEFAULT_STEPS[0]}/{DEFAULT_STEPS[1]} DDIM steps; p_target {P_TARGET}")
+    print(pd.DataFrame(rows).round(3).T.to_string(header=False))
+
+
+if __name__ == "__main__":
+    app()

@@ -65,7 +65,9 @@ def localisation(dae: DiffusionAutoencoder, data) -> dict[str, float]:
     fit, held = latent_auc_split(training, 0)
     z_fit = encode_slices(dae, np.concatenate([v.slices for v in fit]))
     labels = np.repeat(TrainingSet("", "", fit).labels(), N_CENTRAL_SLICES)
-    classifier = fit_latent_classifier(z_fit, labels, np.repeat(np.arange(len(fit)), N_CENTRAL_SLICES))
+    classifier = fit_latent_classifier(
+        z_fit, labels, np.repeat(np.arange(len(fit)), N_CENTRAL_SLICES)
+    )
     plane = classifier.plane
     held_keys = {v.key for v in held}
     prepared = [

@@ -255,6 +255,14 @@ def test_ensure_dae_trains_cards_evaluates_and_then_reuses():
     assert card["eval_steps_stochastic_decode"] == [2, 2] and "command" in card
     assert path.with_suffix(".png").exists()
     assert ensure_dae(prepared, train, evaluate_steps=(2, 2), progress=False) == (path, False)
+    card_path = path.with_suffix(".json")
+    card_path.write_text(json.dumps({**card, "latent_swap_hu": -1.0}))
+    ensure_dae(prepared, train, evaluate_steps=(2, 2), progress=False)
+    assert json.loads(card_path.read_text())["latent_swap_hu"] == -1.0
+    ensure_dae(prepared, train, evaluate_steps=(2, 2), progress=False, reevaluate=True)
+    reevaluated = json.loads(card_path.read_text())
+    timing = "eval_seconds_per_image"
+    assert reevaluated.pop(timing) >= 0 and reevaluated == {k: card[k] for k in card if k != timing}
     assert find_dae("tiny-fingerprint") == path
     assert find_dae("tiny-fingerprint", "dae-healthy") is None
     assert find_dae("another") is None

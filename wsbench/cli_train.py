@@ -3,8 +3,8 @@
 Mount with ``app.add_typer(cli_train.app, name="train")``. Trainers are looked up by method name
 in :data:`TRAINERS`; a module adds its own with ``TRAINERS["name"] = function``. The diffusion
 autoencoder has its own options: ``wsbench train --model dae --dataset D [--config cpu|paper]
-[--healthy-only] [--resume] [--steps N]`` (``--method hideseek`` / ``--method ad`` are shortcuts
-for the default DAE of those methods).
+[--healthy-only] [--resume] [--steps N] [--reevaluate]`` (``--method hideseek`` / ``--method ad``
+are shortcuts for the default DAE of those methods).
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ def train(
         typer.Option(help="DDIM steps (stochastic encode, decode) of the report [default: 20 20]."),
     ] = None,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="DAE resume-state period.")] = 200,
+    reevaluate: Annotated[
+        bool, typer.Option("--reevaluate", help="Recompute a stored DAE's quality report.")
+    ] = False,
     threads: Annotated[
         int | None, typer.Option(min=1, help="Torch threads (1 on a shared machine).")
     ] = None,
@@ -113,6 +116,7 @@ def train(
                 resume,
                 eval_steps or dae_train.EVAL_STEPS,
                 checkpoint_every=checkpoint_every,
+                reevaluate=reevaluate,
             )
     except (OSError, ValueError, RuntimeError, RunError, PluginError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)

@@ -583,11 +583,13 @@ def ensure_dae(
     evaluate_steps: tuple[int, int] = EVAL_STEPS,
     progress: bool = True,
     checkpoint_every: int = 200,
+    reevaluate: bool = False,
 ) -> tuple[Path, bool]:
     """The DAE for ``prepared``'s training split and ``train``: found, or trained; evaluated.
 
     The quality report is added to the card when the card lacks it (e.g. after a crash in the
-    evaluation). Returns ``(checkpoint, newly trained)``.
+    evaluation), has other step counts, or ``reevaluate`` asks for it (the report gained fields).
+    Returns ``(checkpoint, newly trained)``.
     """
     training = prepared.training_set()
     stored = find_model(model_key(training.fingerprint, train))
@@ -595,6 +597,7 @@ def ensure_dae(
     if stored is None:
         stored, _ = run_training(training, train, resume, checkpoint_every, progress=progress)
     card = json.loads(stored.with_suffix(".json").read_text())
-    if "ssim_mean" not in card or card.get("eval_steps_stochastic_decode") != list(evaluate_steps):
+    stale = card.get("eval_steps_stochastic_decode") != list(evaluate_steps)
+    if reevaluate or "ssim_mean" not in card or stale:
         evaluate_and_card(stored, prepared, evaluate_steps, train.seed)
     return stored, trained

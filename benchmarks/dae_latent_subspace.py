@@ -26,8 +26,8 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 from wsbench.plugins.hideseek import dae_checkpoint
 
-from wsbench.dae_train import latent_auc_split, latents, mid_slices, untrained_twin
-from wsbench.latent_classifier import fit_latent_classifier
+from wsbench.dae_train import latent_auc_split, mid_slices, untrained_twin
+from wsbench.latent_classifier import encode_slices, fit_latent_classifier
 from wsbench.nets.dae import DiffusionAutoencoder
 from wsbench.runner import RunConfig, prepare_dataset
 from wsbench.types import TrainingSet, TrainingVertebra
@@ -46,8 +46,8 @@ def subspace_rows(
 ) -> list[dict[str, object]]:
     """Cumulative variance and held-out AUC of the classifier on the top-k components."""
     per = len(fit[0].slices)
-    z_fit = latents(dae, np.concatenate([v.slices for v in fit]))
-    z_held = latents(dae, mid_slices(held))
+    z_fit = encode_slices(dae, np.concatenate([v.slices for v in fit]))
+    z_held = encode_slices(dae, mid_slices(held))
     labels = np.repeat(TrainingSet("", "", fit).labels(), per)
     groups = np.repeat(np.arange(len(fit)), per)
     y_held = TrainingSet("", "", held).labels()

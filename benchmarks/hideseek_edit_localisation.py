@@ -35,11 +35,11 @@ from sklearn.metrics import roc_auc_score
 from wsbench.plugins.hideseek import DEFAULT_STEPS, dae_checkpoint
 
 from wsbench.attribution import P_TARGET, healthy_latent
-from wsbench.dae_train import latent_auc_split, mid_slices
-from wsbench.latent_classifier import encode_slices, fit_latent_classifier
+from wsbench.dae_train import holdout_classifier, latent_auc_split, mid_slices
+from wsbench.latent_classifier import encode_slices
 from wsbench.nets.dae import DiffusionAutoencoder
 from wsbench.runner import RunConfig, prepare_dataset
-from wsbench.types import BLASTIC, LYTIC, N_CENTRAL_SLICES, Split, TrainingSet, WeakLabel
+from wsbench.types import BLASTIC, LYTIC, N_CENTRAL_SLICES, Split, WeakLabel
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -61,13 +61,8 @@ def pixel_auc(score: np.ndarray, lesions: np.ndarray, body: np.ndarray, label: i
 
 def localisation(dae: DiffusionAutoencoder, data) -> dict[str, float]:
     """One row of the table for ``dae`` on ``data`` (a prepared dataset)."""
-    training = data.training_set()
-    fit, held = latent_auc_split(training, 0)
-    z_fit = encode_slices(dae, np.concatenate([v.slices for v in fit]))
-    labels = np.repeat(TrainingSet("", "", fit).labels(), N_CENTRAL_SLICES)
-    classifier = fit_latent_classifier(
-        z_fit, labels, np.repeat(np.arange(len(fit)), N_CENTRAL_SLICES)
-    )
+    fit, held = latent_auc_split(data.training_set(), 0)
+    classifier, auc = holdout_classifier(dae, fit, held)
     plane = classifier.plane
     held_keys = {v.key for v in held}
     prepared = [
@@ -75,8 +70,6 @@ def localisation(dae: DiffusionAutoencoder, data) -> dict[str, float]:
         for v in data.split(Split.TRAIN)
         if v.key in held_keys and v.label == WeakLabel.MALIGNANT and v.reference.any()
     ]
-    y_held = TrainingSet("", "", held).labels()
-    auc = roc_auc_score(y_held, plane.probability(encode_slices(dae, mid_slices(held))))
     image = mid_slices(prepared)
     lesions = np.stack([v.reference for v in prepared])
     body = np.stack([v.body[N_CENTRAL_SLICES // 2] for v in prepared]).astype(bool)

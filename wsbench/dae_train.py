@@ -44,7 +44,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from wsbench.intensity import HU_WINDOW
-from wsbench.latent_classifier import fit_latent_classifier
+from wsbench.latent_classifier import LatentClassifier, encode_slices, fit_latent_classifier
 from wsbench.modelstore import ModelKey, check_key, find_model, new_model_path, write_card
 from wsbench.nets.dae import DAEConfig, DiffusionAutoencoder, config_named
 from wsbench.training import (
@@ -430,13 +430,6 @@ def similarity(original: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.
     return np.asarray(ssim), np.asarray(psnr)
 
 
-@torch.inference_mode()
-def latents(dae: DiffusionAutoencoder, slices_hu: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """``z_sem`` ``(N, d)`` of HU slices."""
-    x = torch.from_numpy(dae.to_unit(slices_hu)).unsqueeze(1)
-    return torch.cat([dae.encode(part) for part in x.split(batch_size)]).double().numpy()
-
-
 def latent_auc_split(
     training: TrainingSet, seed: int
 ) -> tuple[list[TrainingVertebra], list[TrainingVertebra]]:
@@ -447,18 +440,18 @@ def latent_auc_split(
     return [labelled[i] for i in fit_rows], [labelled[i] for i in held_rows]
 
 
-def holdout_auc(
+def holdout_classifier(
     dae: DiffusionAutoencoder, fit: Sequence[TrainingVertebra], held: Sequence[TrainingVertebra]
-) -> tuple[float, float]:
-    """``(ROC-AUC on held's mid slices, chosen C)`` of the latent classifier fitted on ``fit``."""
+) -> tuple[LatentClassifier, float]:
+    """The latent classifier fitted on ``fit``'s slices and its ROC-AUC on ``held``'s mid slices."""
     per = len(fit[0].slices)
-    z_fit = latents(dae, np.concatenate([v.slices for v in fit]))
+    z_fit = encode_slices(dae, np.concatenate([v.slices for v in fit]))
     labels = np.repeat(TrainingSet("", "", fit).labels(), per)
     classifier = fit_latent_classifier(z_fit, labels, np.repeat(np.arange(len(fit)), per))
     y_held = TrainingSet("", "", held).labels()
-    p_held = classifier.probability(latents(dae, mid_slices(held)))
+    p_held = classifier.probability(encode_slices(dae, mid_slices(held)))
     auc = roc_auc_score(y_held, p_held) if len(set(y_held.tolist())) == 2 else float("nan")
-    return float(auc), classifier.C
+    return classifier, float(auc)
 
 
 def untrained_twin(dae: DiffusionAutoencoder, seed: int) -> DiffusionAutoencoder:
@@ -479,17 +472,17 @@ def latent_auc(dae: DiffusionAutoencoder, training: TrainingSet, seed: int) -> d
     """
     try:
         fit, held = latent_auc_split(training, seed)
-        auc, C = holdout_auc(dae, fit, held)
+        classifier, auc = holdout_classifier(dae, fit, held)
     except ValueError as exc:
         return {"latent_auc": None, "latent_auc_error": str(exc)}
-    untrained, _ = holdout_auc(untrained_twin(dae, seed), fit, held)
+    _, untrained = holdout_classifier(untrained_twin(dae, seed), fit, held)
     return {
         "latent_auc": round(auc, 4),
         "latent_auc_untrained": round(untrained, 4),
         "latent_auc_n_fit": len(fit),
         "latent_auc_n_heldout": len(held),
         "latent_auc_heldout_malignant": int(TrainingSet("", "", held).labels().sum()),
-        "latent_C": C,
+        "latent_C": classifier.C,
     }
 
 

@@ -9,7 +9,9 @@ p-value against the first (the reference) over the vertebrae both scored; then f
 lesions per healthy vertebra; then, from each run's per-candidate table, the phenotype its kept
 candidates imply for each malignant vertebra (lytic / blastic / mixed / none; "no candidate
 scored" when the vertebra has no row there, e.g. gated out) against the true one — before the
-harness's post-processing, so it describes the method's decision.
+harness's post-processing, so it describes the method's decision. For a run with the gate off
+(``only_malignant=false``) it also prints how well the per-vertebra malignancy probability
+``c_z`` separates each malignant category from the healthy vertebrae, and how many pass the gate.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Annotated
 
 import pandas as pd
 import typer
+from sklearn.metrics import roc_auc_score
 
 from wsbench.leaderboard import MethodRun, paired_p, read_run
 
@@ -79,6 +82,26 @@ def implied_phenotypes(run: MethodRun) -> pd.DataFrame:
     return pd.DataFrame({"true": cases["category"].to_numpy(), "implied": implied})
 
 
+def gate_auc(run: MethodRun) -> pd.DataFrame | None:
+    """ROC-AUC of the per-vertebra malignancy probability (``c_z`` of ``lesions.csv``) of each
+    malignant category against the healthy vertebrae; ``None`` unless the run's gate was off
+    (``only_malignant=false``), since a gated run records only the vertebrae that passed."""
+    if run.manifest["method"]["params"].get("only_malignant", True):
+        return None
+    lesions = pd.read_csv(run.run_dir / "lesions.csv")
+    c_z = lesions.groupby("vertebra")["c_z"].first()
+    cases = run.cases.set_index("vertebra").join(c_z, how="inner")
+    healthy = cases.loc[cases["category"] == "healthy", "c_z"]
+    rows = []
+    for category in CATEGORIES:
+        sick = cases.loc[cases["category"] == category, "c_z"]
+        labels = [0] * len(healthy) + [1] * len(sick)
+        rows.append({"category": category, "n": len(sick), "n healthy": len(healthy),
+                     "AUC": roc_auc_score(labels, pd.concat([healthy, sick])),
+                     "passes gate (c ≥ 0.5)": int((sick >= 0.5).sum())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 @app.command()
 def main(
     run_dirs: Annotated[list[Path], typer.Argument(help="run folders; the first is the reference")],
@@ -110,6 +133,10 @@ def main(
             table = implied_phenotypes(run)
             print(f"\nphenotype implied by kept candidates — {name}")
             print(pd.crosstab(table["true"], table["implied"]).to_string())
+            gate = gate_auc(run)
+            if gate is not None:
+                print(f"\nclassifier c(z) against healthy vertebrae — {name}")
+                print(gate.round(3).to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Does the healthy edit of Eq. (1) remove the lesions, and only them? Held-out training subjects.
 
-    python benchmarks/hideseek_edit_localisation.py [DAE.pt ...] [--dataset phantom]
+    python benchmarks/hideseek_edit_localisation.py [DAE.pt ...] [--dataset phantom] [--p-target P]
 
 Hide-and-Seek needs a healthy edit ``I_healthy`` that differs from the image *on the lesions*:
 brighter where bone was destroyed (lytic), darker where it was added (blastic). This measures it
@@ -10,7 +10,7 @@ directly with the phantom's lesion masks, which no method sees. Per DAE (default
   grouped CV) on the labelled training vertebrae of the subjects the DAE quality report keeps
   (:func:`wsbench.dae_train.latent_auc_split`); its held-out AUC is printed;
 * on the held-out subjects' malignant vertebrae (mid slices, default DDIM steps) each ``z`` is
-  edited to ``p_target``; ``R = decode(x_T, z)``, ``H = decode(x_T, z_healthy)``;
+  edited to ``p_target`` (the method's 1e-4 unless ``--p-target``); ``R = decode(x_T, z)``, ``H = decode(x_T, z_healthy)``;
 * over body pixels, the ROC-AUC with which each signed map finds lytic pixels (``H − I`` and the
   edit alone ``H − R``) and blastic pixels (``I − H``, ``R − H``), each against non-lesion body
   pixels; the reconstruction error (``R − I``, ``I − R``) is the no-edit reference;
@@ -59,8 +59,8 @@ def pixel_auc(score: np.ndarray, lesions: np.ndarray, body: np.ndarray, label: i
     return float(roc_auc_score(positive[chosen], score[chosen]))
 
 
-def localisation(dae: DiffusionAutoencoder, data) -> dict[str, float]:
-    """One row of the table for ``dae`` on ``data`` (a prepared dataset)."""
+def localisation(dae: DiffusionAutoencoder, data, p_target: float) -> dict[str, float]:
+    """One row of the table for ``dae`` on ``data`` (a prepared dataset), edits to ``p_target``."""
     fit, held = latent_auc_split(data.training_set(), 0)
     classifier, auc = holdout_classifier(dae, fit, held)
     plane = classifier.plane
@@ -78,7 +78,7 @@ def localisation(dae: DiffusionAutoencoder, data) -> dict[str, float]:
         x = torch.from_numpy(dae.to_unit(image)).unsqueeze(1)
         x_t = dae.stochastic_encode(x, torch.as_tensor(z, dtype=torch.float32), DEFAULT_STEPS[0])
     recon = decoded_hu(dae, x_t, z)
-    healthy = decoded_hu(dae, x_t, healthy_latent(z, plane, P_TARGET))
+    healthy = decoded_hu(dae, x_t, healthy_latent(z, plane, p_target))
     image = image.clip(*dae.hu_window)
     edit = np.abs(healthy - recon)
     on_lesion = lesions > 0
@@ -104,6 +104,7 @@ def localisation(dae: DiffusionAutoencoder, data) -> dict[str, float]:
 def main(
     checkpoints: Annotated[list[Path] | None, typer.Argument(help="DAE checkpoints")] = None,
     dataset: Annotated[str, typer.Option(help="registered dataset")] = "phantom",
+    p_target: Annotated[float, typer.Option(help="Eq. (1) target probability")] = P_TARGET,
 ) -> None:
     """Print one localisation row per DAE."""
     torch.set_num_threads(1)
@@ -111,10 +112,13 @@ def main(
     paths = checkpoints or [dae_checkpoint(data.training_set().labelled())]
     rows = []
     for path in paths:
-        row = {"DAE": path.name, **localisation(DiffusionAutoencoder.load(path).eval(), data)}
+        row = {
+            "DAE": path.name,
+            **localisation(DiffusionAutoencoder.load(path).eval(), data, p_target),
+        }
         rows.append(row)
         print(pd.Series(row).to_string(), flush=True)
-    print(f"{DEFAULT_STEPS[0]}/{DEFAULT_STEPS[1]} DDIM steps; p_target {P_TARGET}")
+    print(f"{DEFAULT_STEPS[0]}/{DEFAULT_STEPS[1]} DDIM steps; p_target {p_target}")
     print(pd.DataFrame(rows).round(3).T.to_string(header=False))
 
 

@@ -10,7 +10,8 @@ directly with the phantom's lesion masks, which no method sees. Per DAE (default
   grouped CV) on the labelled training vertebrae of the subjects the DAE quality report keeps
   (:func:`wsbench.dae_train.latent_auc_split`); its held-out AUC is printed;
 * on the held-out subjects' malignant vertebrae (mid slices, default DDIM steps) each ``z`` is
-  edited to ``p_target`` (the method's 1e-4 unless ``--p-target``); ``R = decode(x_T, z)``, ``H = decode(x_T, z_healthy)``;
+  edited to ``p_target`` (the method's 1e-4 unless ``--p-target``); ``R = decode(x_T, z)``,
+  ``H = decode(x_T, z_healthy)``;
 * over body pixels, the ROC-AUC with which each signed map finds lytic pixels (``H − I`` and the
   edit alone ``H − R``) and blastic pixels (``I − H``, ``R − H``), each against non-lesion body
   pixels; the reconstruction error (``R − I``, ``I − R``) is the no-edit reference;

@@ -69,9 +69,17 @@ def healthy_false_positives(runs: dict[str, MethodRun]) -> pd.Series:
     )
 
 
-def implied_phenotypes(run: MethodRun) -> pd.DataFrame:
+def candidate_table(run: MethodRun) -> pd.DataFrame | None:
+    """The run's per-candidate table (``lesions.csv``), or None when the method wrote none."""
+    path = run.run_dir / "lesions.csv"
+    try:
+        return pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return None
+
+
+def implied_phenotypes(run: MethodRun, lesions: pd.DataFrame) -> pd.DataFrame:
     """Malignant vertebrae × (true category, phenotype implied by the kept candidates)."""
-    lesions = pd.read_csv(run.run_dir / "lesions.csv")
     kept = lesions[lesions["kept"]].groupby("vertebra")["label"].agg(frozenset)
     scored = set(lesions["vertebra"])
     cases = run.cases[run.cases["category"].isin(CATEGORIES)].set_index("vertebra")
@@ -82,13 +90,12 @@ def implied_phenotypes(run: MethodRun) -> pd.DataFrame:
     return pd.DataFrame({"true": cases["category"].to_numpy(), "implied": implied})
 
 
-def gate_auc(run: MethodRun) -> pd.DataFrame | None:
+def gate_auc(run: MethodRun, lesions: pd.DataFrame) -> pd.DataFrame | None:
     """ROC-AUC of the per-vertebra malignancy probability (``c_z`` of ``lesions.csv``) of each
     malignant category against the healthy vertebrae; ``None`` unless the run's gate was off
     (``only_malignant=false``), since a gated run records only the vertebrae that passed."""
     if run.manifest["method"]["params"].get("only_malignant", True):
         return None
-    lesions = pd.read_csv(run.run_dir / "lesions.csv")
     c_z = lesions.groupby("vertebra")["c_z"].first()
     cases = run.cases.set_index("vertebra").join(c_z, how="inner")
     healthy = cases.loc[cases["category"] == "healthy", "c_z"]
@@ -102,38 +109,42 @@ def gate_auc(run: MethodRun) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
+def comparable_run(path: Path, reference_dir: Path) -> MethodRun:
+    """The finished run in ``path``; refused unless it shares the reference's dataset and split."""
+    run, reference = read_run(path), read_run(reference_dir)
+    for candidate, folder in ((run, path), (reference, reference_dir)):
+        if candidate is None:
+            raise typer.BadParameter(f"{folder} is not a finished run folder (manifest, cases.csv)")
+    fields = (("method", "name"), ("dataset", "fingerprint"), ("split",))
+    for field in fields:
+        mine, theirs = run.manifest, reference.manifest
+        for key in field:
+            mine, theirs = mine[key], theirs[key]
+        if mine != theirs:
+            raise typer.BadParameter(f"{path} has another {'.'.join(field)} than {reference_dir}")
+    return run
+
+
 @app.command()
 def main(
     run_dirs: Annotated[list[Path], typer.Argument(help="run folders; the first is the reference")],
 ) -> None:
     """Print the comparison tables."""
-    runs_in_order = []
-    for path in run_dirs:
-        run = read_run(path)
-        if run is None:
-            raise typer.BadParameter(
-                f"{path} is not a finished run folder (manifest.json, cases.csv)"
-            )
-        runs_in_order.append(run)
+    runs_in_order = [comparable_run(path, run_dirs[0]) for path in run_dirs]
     reference = runs_in_order[0]
-    for run in runs_in_order[1:]:
-        for field in ("split",):
-            if run.manifest[field] != reference.manifest[field]:
-                raise typer.BadParameter(
-                    f"{run.run_dir} has another {field} than {reference.run_dir}"
-                )
-        if run.manifest["dataset"]["fingerprint"] != reference.manifest["dataset"]["fingerprint"]:
-            raise typer.BadParameter(f"{run.run_dir} was run on another dataset than the reference")
     runs = {variant_name(r, reference): r for r in runs_in_order}
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(metric_rows(runs).to_string(index=False))
         print("\nfalse-positive lesions per healthy vertebra")
         print(healthy_false_positives(runs).round(2).to_string())
         for name, run in runs.items():
-            table = implied_phenotypes(run)
+            lesions = candidate_table(run)
+            if lesions is None or "kept" not in lesions:
+                continue
+            table = implied_phenotypes(run, lesions)
             print(f"\nphenotype implied by kept candidates — {name}")
             print(pd.crosstab(table["true"], table["implied"]).to_string())
-            gate = gate_auc(run)
+            gate = gate_auc(run, lesions) if "c_z" in lesions else None
             if gate is not None:
                 print(f"\nclassifier c(z) against healthy vertebrae — {name}")
                 print(gate.round(3).to_string(index=False))

@@ -1,6 +1,6 @@
 """Does the healthy edit of Eq. (1) remove the lesions, and only them? Held-out training subjects.
 
-    python benchmarks/hideseek_edit_localisation.py [DAE.pt ...] [--dataset phantom] [--p-target P]
+    python benchmarks/hideseek_edit_localisation.py [DAE.pt ...] [--p-target P] [--steps S D]
 
 Hide-and-Seek needs a healthy edit ``I_healthy`` that differs from the image *on the lesions*:
 brighter where bone was destroyed (lytic), darker where it was added (blastic). This measures it
@@ -9,9 +9,9 @@ directly with the phantom's lesion masks, which no method sees. Per DAE (default
 * the latent classifier is fitted exactly as the method fits it (standardised ``z_sem``, C by
   grouped CV) on the labelled training vertebrae of the subjects the DAE quality report keeps
   (:func:`wsbench.dae_train.latent_auc_split`); its held-out AUC is printed;
-* on the held-out subjects' malignant vertebrae (mid slices, default DDIM steps) each ``z`` is
-  edited to ``p_target`` (the method's 1e-4 unless ``--p-target``); ``R = decode(x_T, z)``,
-  ``H = decode(x_T, z_healthy)``;
+* on the held-out subjects' malignant vertebrae (mid slices; the method's default DDIM steps
+  unless ``--steps``) each ``z`` is edited to ``p_target`` (the method's 1e-4 unless
+  ``--p-target``); ``R = decode(x_T, z)``, ``H = decode(x_T, z_healthy)``;
 * over body pixels, the ROC-AUC with which each signed map finds lytic pixels (``H − I`` and the
   edit alone ``H − R``) and blastic pixels (``I − H``, ``R − H``), each against non-lesion body
   pixels; the reconstruction error (``R − I``, ``I − R``) is the no-edit reference;
@@ -45,10 +45,12 @@ from wsbench.types import BLASTIC, LYTIC, N_CENTRAL_SLICES, Split, WeakLabel
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-def decoded_hu(dae: DiffusionAutoencoder, x_t: torch.Tensor, z: np.ndarray) -> np.ndarray:
-    """``decode(x_T, z)`` in HU at the default decoding steps."""
+def decoded_hu(
+    dae: DiffusionAutoencoder, x_t: torch.Tensor, z: np.ndarray, steps: int
+) -> np.ndarray:
+    """``decode(x_T, z)`` in HU at ``steps`` decoding steps."""
     with torch.inference_mode():
-        out = dae.decode(x_t, torch.as_tensor(z, dtype=torch.float32), DEFAULT_STEPS[1])
+        out = dae.decode(x_t, torch.as_tensor(z, dtype=torch.float32), steps)
     return dae.to_hu(out[:, 0].numpy())
 
 
@@ -60,8 +62,11 @@ def pixel_auc(score: np.ndarray, lesions: np.ndarray, body: np.ndarray, label: i
     return float(roc_auc_score(positive[chosen], score[chosen]))
 
 
-def localisation(dae: DiffusionAutoencoder, data, p_target: float) -> dict[str, float]:
-    """One row of the table for ``dae`` on ``data`` (a prepared dataset), edits to ``p_target``."""
+def localisation(
+    dae: DiffusionAutoencoder, data, p_target: float, steps: tuple[int, int]
+) -> dict[str, float]:
+    """One row of the table for ``dae`` on ``data`` (a prepared dataset): edits to ``p_target``,
+    ``steps`` = (stochastic encoding, decoding) DDIM steps."""
     fit, held = latent_auc_split(data.training_set(), 0)
     classifier, auc = holdout_classifier(dae, fit, held)
     plane = classifier.plane
@@ -77,9 +82,9 @@ def localisation(dae: DiffusionAutoencoder, data, p_target: float) -> dict[str, 
     z = encode_slices(dae, image)
     with torch.inference_mode():
         x = torch.from_numpy(dae.to_unit(image)).unsqueeze(1)
-        x_t = dae.stochastic_encode(x, torch.as_tensor(z, dtype=torch.float32), DEFAULT_STEPS[0])
-    recon = decoded_hu(dae, x_t, z)
-    healthy = decoded_hu(dae, x_t, healthy_latent(z, plane, p_target))
+        x_t = dae.stochastic_encode(x, torch.as_tensor(z, dtype=torch.float32), steps[0])
+    recon = decoded_hu(dae, x_t, z, steps[1])
+    healthy = decoded_hu(dae, x_t, healthy_latent(z, plane, p_target), steps[1])
     image = image.clip(*dae.hu_window)
     edit = np.abs(healthy - recon)
     on_lesion = lesions > 0
@@ -106,6 +111,9 @@ def main(
     checkpoints: Annotated[list[Path] | None, typer.Argument(help="DAE checkpoints")] = None,
     dataset: Annotated[str, typer.Option(help="registered dataset")] = "phantom",
     p_target: Annotated[float, typer.Option(help="Eq. (1) target probability")] = P_TARGET,
+    steps: Annotated[
+        tuple[int, int], typer.Option(help="DDIM steps: stochastic encoding, decoding")
+    ] = DEFAULT_STEPS,
 ) -> None:
     """Print one localisation row per DAE."""
     torch.set_num_threads(1)
@@ -115,11 +123,11 @@ def main(
     for path in paths:
         row = {
             "DAE": path.name,
-            **localisation(DiffusionAutoencoder.load(path).eval(), data, p_target),
+            **localisation(DiffusionAutoencoder.load(path).eval(), data, p_target, steps),
         }
         rows.append(row)
         print(pd.Series(row).to_string(), flush=True)
-    print(f"{DEFAULT_STEPS[0]}/{DEFAULT_STEPS[1]} DDIM steps; p_target {p_target}")
+    print(f"{steps[0]}/{steps[1]} DDIM steps; p_target {p_target}")
     print(pd.DataFrame(rows).round(3).T.to_string(header=False))
 
 

@@ -109,20 +109,22 @@ def gate_auc(run: MethodRun, lesions: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def comparable_run(path: Path, reference_dir: Path) -> MethodRun:
-    """The finished run in ``path``; refused unless it shares the reference's dataset and split."""
-    run, reference = read_run(path), read_run(reference_dir)
-    for candidate, folder in ((run, path), (reference, reference_dir)):
-        if candidate is None:
-            raise typer.BadParameter(f"{folder} is not a finished run folder (manifest, cases.csv)")
-    fields = (("method", "name"), ("dataset", "fingerprint"), ("split",))
-    for field in fields:
-        mine, theirs = run.manifest, reference.manifest
-        for key in field:
-            mine, theirs = mine[key], theirs[key]
-        if mine != theirs:
-            raise typer.BadParameter(f"{path} has another {'.'.join(field)} than {reference_dir}")
+def finished_run(path: Path) -> MethodRun:
+    """The finished run in ``path``."""
+    run = read_run(path)
+    if run is None:
+        raise typer.BadParameter(f"{path} is not a finished run folder (manifest, cases.csv)")
     return run
+
+
+def run_identity(run: MethodRun) -> dict[str, str]:
+    """What runs must share to be compared: method, dataset fingerprint and split."""
+    manifest = run.manifest
+    return {
+        "method": manifest["method"]["name"],
+        "dataset": manifest["dataset"]["fingerprint"],
+        "split": manifest["split"],
+    }
 
 
 @app.command()
@@ -130,8 +132,15 @@ def main(
     run_dirs: Annotated[list[Path], typer.Argument(help="run folders; the first is the reference")],
 ) -> None:
     """Print the comparison tables."""
-    runs_in_order = [comparable_run(path, run_dirs[0]) for path in run_dirs]
+    runs_in_order = [finished_run(path) for path in run_dirs]
     reference = runs_in_order[0]
+    for run in runs_in_order[1:]:
+        mine, theirs = run_identity(run), run_identity(reference)
+        differing = [field for field in mine if mine[field] != theirs[field]]
+        if differing:
+            raise typer.BadParameter(
+                f"{run.run_dir} differs from the reference in {', '.join(differing)}"
+            )
     runs = {variant_name(r, reference): r for r in runs_in_order}
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(metric_rows(runs).to_string(index=False))

@@ -32,9 +32,14 @@ import typer
 from sklearn.metrics import roc_auc_score
 from wsbench.plugins.hideseek import dae_checkpoint
 
-from wsbench.dae_train import latent_auc_split, mid_slices, untrained_twin
+from wsbench.dae_train import (
+    holdout_classifier,
+    holdout_fit,
+    latent_auc_split,
+    mid_slices,
+    untrained_twin,
+)
 from wsbench.intensity import HU_WINDOW
-from wsbench.latent_classifier import encode_slices, fit_latent_classifier
 from wsbench.nets.classifier import ClassifierConfig, fit_resnet, malignancy
 from wsbench.nets.dae import DiffusionAutoencoder
 from wsbench.runner import RunConfig, prepare_dataset
@@ -70,23 +75,23 @@ def body_histogram(slices: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return hu_histogram(slices, masks.astype(bool))
 
 
-def dae_features(dae: DiffusionAutoencoder) -> Features:
-    """``z_sem`` of ``dae`` as features."""
-    return lambda slices, masks: encode_slices(dae, slices)
-
-
 def probe_auc(
     features: Features, fit: Sequence[TrainingVertebra], held: Sequence[TrainingVertebra]
 ) -> tuple[float, float]:
-    """Held-out ROC-AUC and C of the latent-classifier recipe on ``features``."""
-    per = len(fit[0].slices)
+    """Held-out ROC-AUC and C of the latent-classifier recipe on hand-made ``features``."""
+    mid = len(fit[0].slices) // 2
     x_fit = features(np.concatenate([v.slices for v in fit]), np.concatenate([v.body for v in fit]))
-    labels = np.repeat(TrainingSet("", "", fit).labels(), per)
-    classifier = fit_latent_classifier(x_fit, labels, np.repeat(np.arange(len(fit)), per))
-    mid = per // 2
     x_held = features(mid_slices(held), np.stack([v.body[mid] for v in held]))
-    p_held = classifier.probability(x_held)
-    return float(roc_auc_score(TrainingSet("", "", held).labels(), p_held)), classifier.C
+    classifier, auc = holdout_fit(x_fit, x_held, fit, held)
+    return auc, classifier.C
+
+
+def latent_auc_row(
+    dae: DiffusionAutoencoder, fit: Sequence[TrainingVertebra], held: Sequence[TrainingVertebra]
+) -> tuple[float, float]:
+    """Held-out ROC-AUC and C of the latent classifier on ``dae``'s ``z_sem``."""
+    classifier, auc = holdout_classifier(dae, fit, held)
+    return auc, classifier.C
 
 
 def supervised_auc(fit: Sequence[TrainingVertebra], held: Sequence[TrainingVertebra]) -> float:
@@ -124,12 +129,12 @@ def main(
     print(f"{len(fit)} training vertebrae fitted, {len(held)} held out "
           f"({int(TrainingSet('', '', held).labels().sum())} malignant)", flush=True)  # fmt: skip
     jobs: list[tuple[str, Callable[[], tuple[float, float | None]]]] = [
-        (f"z_sem {p.stem}", lambda d=d: probe_auc(dae_features(d), fit, held))
+        (f"z_sem {p.stem}", lambda d=d: latent_auc_row(d, fit, held))
         for p, d in zip(paths, daes, strict=True)
     ]
     twin = untrained_twin(daes[0], seed)
     jobs += [
-        ("z_sem untrained", lambda: probe_auc(dae_features(twin), fit, held)),
+        ("z_sem untrained", lambda: latent_auc_row(twin, fit, held)),
         ("HU histogram, crop", lambda: probe_auc(crop_histogram, fit, held)),
         ("HU histogram, body", lambda: probe_auc(body_histogram, fit, held)),
     ]

@@ -440,18 +440,29 @@ def latent_auc_split(
     return [labelled[i] for i in fit_rows], [labelled[i] for i in held_rows]
 
 
+def holdout_fit(
+    x_fit: np.ndarray,
+    x_held: np.ndarray,
+    fit: Sequence[TrainingVertebra],
+    held: Sequence[TrainingVertebra],
+) -> tuple[LatentClassifier, float]:
+    """The latent-classifier recipe fitted on feature rows ``x_fit`` (every slice of ``fit``, in
+    order) and its ROC-AUC on ``x_held`` (one row per ``held`` vertebra's mid slice)."""
+    per = len(fit[0].slices)
+    labels = np.repeat(TrainingSet("", "", fit).labels(), per)
+    classifier = fit_latent_classifier(x_fit, labels, np.repeat(np.arange(len(fit)), per))
+    y_held = TrainingSet("", "", held).labels()
+    p_held = classifier.probability(x_held)
+    auc = roc_auc_score(y_held, p_held) if len(set(y_held.tolist())) == 2 else float("nan")
+    return classifier, float(auc)
+
+
 def holdout_classifier(
     dae: DiffusionAutoencoder, fit: Sequence[TrainingVertebra], held: Sequence[TrainingVertebra]
 ) -> tuple[LatentClassifier, float]:
     """The latent classifier fitted on ``fit``'s slices and its ROC-AUC on ``held``'s mid slices."""
-    per = len(fit[0].slices)
     z_fit = encode_slices(dae, np.concatenate([v.slices for v in fit]))
-    labels = np.repeat(TrainingSet("", "", fit).labels(), per)
-    classifier = fit_latent_classifier(z_fit, labels, np.repeat(np.arange(len(fit)), per))
-    y_held = TrainingSet("", "", held).labels()
-    p_held = classifier.probability(encode_slices(dae, mid_slices(held)))
-    auc = roc_auc_score(y_held, p_held) if len(set(y_held.tolist())) == 2 else float("nan")
-    return classifier, float(auc)
+    return holdout_fit(z_fit, encode_slices(dae, mid_slices(held)), fit, held)
 
 
 def untrained_twin(dae: DiffusionAutoencoder, seed: int) -> DiffusionAutoencoder:

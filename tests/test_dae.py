@@ -16,6 +16,7 @@ from wsbench.dae_train import (
     advance,
     ensure_dae,
     latent_swap_hu,
+    learning_rate,
     load_session,
     model_key,
     new_session,
@@ -227,6 +228,38 @@ def test_resume_extends_a_finished_run_exactly_as_training_that_long_at_once():
         run_training(training, train_config("tiny", steps=1), resume=True, progress=False)
 
 
+def test_learning_rate_holds_then_follows_a_cosine_to_zero_and_is_validated():
+    constant = train_config("tiny", steps=10)
+    assert [learning_rate(constant, s) for s in (0, 9)] == [constant.lr, constant.lr]
+    decaying = train_config("tiny", steps=10, lr_decay_from=6)
+    lr = decaying.lr
+    assert [learning_rate(decaying, s) for s in (0, 5, 6, 8)] == [lr, lr, lr, pytest.approx(lr / 2)]
+    assert learning_rate(decaying, 10) == pytest.approx(0.0)
+    assert "lr_decay_from" not in constant.as_dict()  # constant-rate keys predate the option
+    assert decaying.as_dict()["lr_decay_from"] == 6
+    with pytest.raises(ValueError, match="lr_decay_from=10"):
+        train_config("tiny", steps=10, lr_decay_from=10)
+
+
+def test_a_decaying_run_extends_a_constant_one_exactly_and_is_never_extended_itself():
+    training = dataset().training_set()
+    short, _ = run_training(training, train_config("tiny", steps=2), progress=False)
+    decaying = train_config("tiny", steps=4, lr_decay_from=2)
+    _, extended = run_training(training, decaying, resume=True, progress=False)
+    assert extended.optimiser.param_groups[0]["lr"] == learning_rate(decaying, 3) > 0
+    straight = new_session(extended.key, decaying)
+    advance(straight, list(training), 4)
+    for name, tensor in straight.ema.state_dict().items():
+        assert torch.equal(tensor, extended.ema.state_dict()[name]), name
+    with pytest.raises(FileNotFoundError, match="no finished shorter run"):  # decays before 2
+        run_training(training, train_config("tiny", steps=4, lr_decay_from=1), resume=True,
+                     progress=False)  # fmt: skip
+    later, _ = run_training(
+        training, train_config("tiny", steps=6, lr_decay_from=4), resume=True, progress=False
+    )  # the 4-step run has decayed already: only the 2-step constant one is continued
+    assert json.loads(later.with_suffix(".json").read_text())["extends"] == short.stem
+
+
 def test_latent_swap_is_zero_when_z_is_ignored_or_identical_and_positive_otherwise():
     dae = tiny()
     hu = dae.to_hu(images(3).numpy()[:, 0])
@@ -283,3 +316,5 @@ def test_train_command_trains_the_tiny_dae_and_checks_its_options():
     assert both.exit_code != 0 and "exactly one" in both.output
     unknown = runner.invoke(app, [*base, "--model", "vae"])
     assert unknown.exit_code != 0 and "unknown model" in unknown.output
+    late = runner.invoke(app, [*base, "--model", "dae", "--steps", "2", "--lr-decay-from", "2"])
+    assert late.exit_code == 1 and "lr_decay_from=2" in late.output

@@ -3,8 +3,8 @@
 Mount with ``app.add_typer(cli_train.app, name="train")``. Trainers are looked up by method name
 in :data:`TRAINERS`; a module adds its own with ``TRAINERS["name"] = function``. The diffusion
 autoencoder has its own options: ``wsbench train --model dae --dataset D [--config cpu|paper]
-[--healthy-only] [--resume] [--steps N] [--reevaluate]`` (``--method hideseek`` / ``--method ad``
-are shortcuts for the default DAE of those methods).
+[--healthy-only] [--resume] [--steps N] [--lr-decay-from N] [--reevaluate]``
+(``--method hideseek`` / ``--method ad`` are shortcuts for the default DAE of those methods).
 """
 
 from __future__ import annotations
@@ -68,6 +68,14 @@ def train(
     steps: Annotated[int | None, typer.Option(min=1, help="DAE training steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="DAE batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="DAE learning rate (Adam).")] = None,
+    lr_decay_from: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Hold the DAE learning rate until this step, then decay it to zero at --steps "
+            "along a cosine [default: constant]. With --resume it extends a constant-rate run.",
+        ),
+    ] = None,
     eval_steps: Annotated[
         tuple[int, int] | None,
         typer.Option(help="DDIM steps (stochastic encode, decode) of the report [default: 20 20]."),
@@ -108,7 +116,12 @@ def train(
             path, trained = TRAINERS[method](prepared.training_set(), epochs, seed)
         else:
             healthy = DAE_METHODS.get(method, healthy_only) if method else healthy_only
-            settings = {"steps": steps, "batch_size": batch_size, "lr": lr}
+            settings = {
+                "steps": steps,
+                "batch_size": batch_size,
+                "lr": lr,
+                "lr_decay_from": lr_decay_from,
+            }
             train_cfg = dae_train.train_config(config, seed=seed, healthy_only=healthy, **settings)
             path, trained = dae_train.ensure_dae(
                 prepared,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import shlex
 import signal
 import sys
@@ -87,6 +88,16 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     healthy_only: bool = False
+    lr_decay_from: int | None = None
+    """Hold ``lr`` until this step, then decay it to zero at ``steps`` along a cosine; ``None``
+    keeps it constant."""
+
+    def __post_init__(self) -> None:
+        if self.lr_decay_from is not None and not 0 <= self.lr_decay_from < self.steps:
+            raise ValueError(
+                f"lr_decay_from={self.lr_decay_from} must lie in [0, steps={self.steps}); "
+                "decay from a step the run reaches, or drop it for a constant learning rate"
+            )
 
     @property
     def kind(self) -> str:
@@ -94,9 +105,16 @@ class TrainConfig:
         return "dae-healthy" if self.healthy_only else "dae"
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON form, with the architecture, the schedule and the intensity window."""
+        """JSON form, with the architecture, the schedule and the intensity window.
+
+        A constant learning rate writes no ``lr_decay_from``, so the keys of constant-rate runs
+        (the shipped weights among them) are those they had before the option existed.
+        """
+        fields = asdict(self)
+        if self.lr_decay_from is None:
+            del fields["lr_decay_from"]
         return {
-            **asdict(self),
+            **fields,
             "arch": config_named(self.config).as_dict(),
             "schedule": "linear_beta 1e-4..0.02",
             "loss": "epsilon-mse",
@@ -121,6 +139,22 @@ def train_config(name: str, **overrides: Any) -> TrainConfig:
     """Defaults of architecture ``name`` with ``overrides`` (``None`` values ignored)."""
     config_named(name)
     return replace(DEFAULTS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def learning_rate(train: TrainConfig, step: int) -> float:
+    """Adam's learning rate at ``step`` (0-based) under ``train``'s schedule."""
+    start = train.lr_decay_from
+    if start is None or step < start:
+        return train.lr
+    return train.lr * 0.5 * (1.0 + math.cos(math.pi * (step - start) / (train.steps - start)))
+
+
+def extends_schedule(shorter: dict[str, Any], longer: dict[str, Any]) -> bool:
+    """Whether the run configured ``longer`` uses the learning rates of the finished run
+    ``shorter`` over all of its steps: ``shorter`` held its rate and ``longer`` holds it as long."""
+    decay = longer.get("lr_decay_from")
+    held = shorter.get("lr_decay_from") is None
+    return held and (decay is None or decay >= shorter["steps"])
 
 
 def model_key(fingerprint: str, train: TrainConfig) -> ModelKey:
@@ -195,20 +229,22 @@ def load_session(
 
 
 def extendable_run(key: ModelKey) -> tuple[Path, ModelKey] | None:
-    """The final state (and key) of the longest finished run that is ``key`` with fewer steps."""
-    steps = key.config["steps"]
-    rest = {name: value for name, value in key.config.items() if name != "steps"}
+    """The final state (and key) of the longest finished run that ``key`` continues: the same
+    configuration with fewer steps, whose learning rates ``key`` repeats (:func:`extends_schedule`).
+    """
+    schedule = ("steps", "lr_decay_from")
+    rest = {name: value for name, value in key.config.items() if name not in schedule}
     found: list[tuple[int, Path, ModelKey]] = []
     for state in new_model_path(key).parent.glob(f"{key.kind}-*{FINAL_STATE}"):
         card = state.with_suffix(".json")
         record = json.loads(card.read_text()) if card.exists() else {}
-        config = dict(record.get("config", {}))
-        done = config.pop("steps", None)
-        same = record.get("dataset_fingerprint") == key.dataset_fingerprint and config == rest
-        if same and isinstance(done, int) and done < steps:
-            found.append(
-                (done, state, ModelKey(key.kind, key.dataset_fingerprint, record["config"]))
-            )
+        config = record.get("config", {})
+        done = config.get("steps")
+        same = {k: v for k, v in config.items() if k not in schedule} == rest
+        same = same and record.get("dataset_fingerprint") == key.dataset_fingerprint
+        shorter = isinstance(done, int) and done < key.config["steps"]
+        if same and shorter and extends_schedule(config, key.config):
+            found.append((done, state, ModelKey(key.kind, key.dataset_fingerprint, config)))
     if not found:
         return None
     _, state, shorter = max(found, key=lambda entry: entry[0])
@@ -261,6 +297,8 @@ def train_step(session: Session, vertebrae: Sequence[TrainingVertebra]) -> float
     seed = step_seed(session.train.seed, session.step)
     batch = training_batch(vertebrae, session.train.batch_size, seed)
     session.model.train()
+    for group in session.optimiser.param_groups:
+        group["lr"] = learning_rate(session.train, session.step)
     loss = diffusion_loss(session.model, batch, torch.Generator().manual_seed(seed))
     session.optimiser.zero_grad()
     loss.backward()
@@ -352,8 +390,9 @@ def run_training(
             bar.update(task, completed=s.step, description=f"DAE {train.config} loss {mean:.4f}")
             if s.step % log_every == 0 or s.step == train.steps:
                 eta = (s.wall_s - wall_at_start) / len(window) * (train.steps - s.step)
-                log.info("step %d/%d loss %.5f wall %.0fs eta %.0fs", s.step, train.steps,
-                         mean, s.wall_s, eta)  # fmt: skip
+                log.info("step %d/%d loss %.5f lr %.2e wall %.0fs eta %.0fs", s.step,
+                         train.steps, mean, learning_rate(train, s.step - 1), s.wall_s,
+                         eta)  # fmt: skip
             if s.step % checkpoint_every == 0 and s.step < train.steps:
                 save_session(s, resume_path)
 

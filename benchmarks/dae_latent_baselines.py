@@ -15,13 +15,17 @@ balanced logistic regression, C by grouped CV) and the same split are applied to
   :func:`wsbench.nets.classifier.fit_resnet`) trained on the fitted subjects' labels: what the
   labels and this data allow (its probability is scored directly, no logistic regression).
 
-Prints one row per feature: held-out ROC-AUC, chosen C, and seconds.
+Prints one row per feature: held-out ROC-AUC and chosen C; then, per phenotype (read from the
+dataset's ground truth, which the DAE and the classifier never see), the AUC of that classifier
+between the held-out vertebrae of the phenotype and the healthy ones ("one"), and the AUC of a
+classifier of the same recipe fitted on healthy vs that phenotype only ("own": what a classifier
+per phenotype would give Hide-and-Seek's gate); and seconds.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -33,8 +37,8 @@ from sklearn.metrics import roc_auc_score
 from wsbench.plugins.hideseek import dae_checkpoint
 
 from wsbench.dae_train import (
-    holdout_classifier,
     holdout_fit,
+    holdout_latents,
     latent_auc_split,
     mid_slices,
     untrained_twin,
@@ -43,7 +47,7 @@ from wsbench.intensity import HU_WINDOW
 from wsbench.nets.classifier import ClassifierConfig, fit_resnet, malignancy
 from wsbench.nets.dae import DiffusionAutoencoder
 from wsbench.runner import RunConfig, prepare_dataset
-from wsbench.types import TrainingSet, TrainingVertebra
+from wsbench.types import Phenotype, TrainingSet, TrainingVertebra, VertebraKey, WeakLabel
 
 HISTOGRAM_BINS = 30
 """Bins of the HU histogram features, spread evenly over the HU window."""
@@ -75,39 +79,82 @@ def body_histogram(slices: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return hu_histogram(slices, masks.astype(bool))
 
 
-def probe_auc(
+Matrices = tuple[np.ndarray, np.ndarray]
+"""Feature rows of the fitted vertebrae (every slice, in order) and of the held-out mid slices."""
+
+
+def histogram_rows(
     features: Features, fit: Sequence[TrainingVertebra], held: Sequence[TrainingVertebra]
-) -> tuple[float, float]:
-    """Held-out ROC-AUC and C of the latent-classifier recipe on hand-made ``features``."""
+) -> Matrices:
+    """Hand-made ``features`` of the fitted slices and of the held-out mid slices."""
     mid = len(fit[0].slices) // 2
     x_fit = features(np.concatenate([v.slices for v in fit]), np.concatenate([v.body for v in fit]))
-    x_held = features(mid_slices(held), np.stack([v.body[mid] for v in held]))
-    classifier, auc = holdout_fit(x_fit, x_held, fit, held)
-    return auc, classifier.C
+    return x_fit, features(mid_slices(held), np.stack([v.body[mid] for v in held]))
 
 
-def latent_auc_row(
-    dae: DiffusionAutoencoder, fit: Sequence[TrainingVertebra], held: Sequence[TrainingVertebra]
-) -> tuple[float, float]:
-    """Held-out ROC-AUC and C of the latent classifier on ``dae``'s ``z_sem``."""
-    classifier, auc = holdout_classifier(dae, fit, held)
-    return auc, classifier.C
+def phenotype_auc(
+    scores: np.ndarray, kinds: Sequence[Phenotype | None], phenotype: Phenotype
+) -> float:
+    """ROC-AUC of ``scores`` between the vertebrae of ``phenotype`` and the healthy ones."""
+    rows = [i for i, kind in enumerate(kinds) if kind in (None, phenotype)]
+    return float(roc_auc_score([kinds[i] is phenotype for i in rows], scores[rows]))
 
 
-def supervised_auc(fit: Sequence[TrainingVertebra], held: Sequence[TrainingVertebra]) -> float:
-    """Held-out ROC-AUC of a ResNet-18 trained on ``fit``'s labels (CAM baselines' recipe)."""
-    model = fit_resnet(fit, ClassifierConfig(), progress=False)
-    return float(
-        roc_auc_score(TrainingSet("", "", held).labels(), malignancy(model, mid_slices(held)))
+def own_classifier_auc(
+    x: Matrices,
+    fit: Sequence[TrainingVertebra],
+    held: Sequence[TrainingVertebra],
+    phenotypes: Mapping[VertebraKey, Phenotype | None],
+    phenotype: Phenotype,
+) -> float:
+    """Held-out AUC of the recipe fitted on the healthy and ``phenotype`` vertebrae only."""
+    per = len(fit[0].slices)
+    keep_fit = [i for i, v in enumerate(fit) if phenotypes[v.key] in (None, phenotype)]
+    keep_held = [i for i, v in enumerate(held) if phenotypes[v.key] in (None, phenotype)]
+    rows = np.concatenate([np.arange(i * per, (i + 1) * per) for i in keep_fit])
+    _, auc = holdout_fit(
+        x[0][rows], x[1][keep_held], [fit[i] for i in keep_fit], [held[i] for i in keep_held]
     )
+    return auc
 
 
-def timed_row(name: str, run: Callable[[], tuple[float, float | None]]) -> dict[str, object]:
+def feature_row(
+    x: Matrices,
+    fit: Sequence[TrainingVertebra],
+    held: Sequence[TrainingVertebra],
+    phenotypes: Mapping[VertebraKey, Phenotype | None],
+) -> dict[str, float]:
+    """AUC and C of the recipe on features ``x``, and its per-phenotype AUCs (one and own)."""
+    classifier, auc = holdout_fit(*x, fit, held)
+    scores = classifier.probability(x[1])
+    kinds = [phenotypes[v.key] for v in held]
+    row = {"AUC": auc, "C": classifier.C}
+    for phenotype in Phenotype:
+        row[f"{phenotype.value} one"] = phenotype_auc(scores, kinds, phenotype)
+        row[f"{phenotype.value} own"] = own_classifier_auc(x, fit, held, phenotypes, phenotype)
+    return row
+
+
+def supervised_row(
+    fit: Sequence[TrainingVertebra],
+    held: Sequence[TrainingVertebra],
+    phenotypes: Mapping[VertebraKey, Phenotype | None],
+) -> dict[str, float]:
+    """Held-out AUCs of a ResNet-18 trained on ``fit``'s labels (CAM baselines' recipe)."""
+    model = fit_resnet(fit, ClassifierConfig(), progress=False)
+    scores = malignancy(model, mid_slices(held))
+    kinds = [phenotypes[v.key] for v in held]
+    row = {"AUC": float(roc_auc_score(TrainingSet("", "", held).labels(), scores))}
+    row |= {f"{p.value} one": phenotype_auc(scores, kinds, p) for p in Phenotype}
+    return row
+
+
+def timed_row(name: str, run: Callable[[], dict[str, float]]) -> dict[str, object]:
     """Run one baseline and return its table row."""
     start = time.perf_counter()
-    auc, c = run()
-    print(f"{name}: AUC {auc:.3f}", flush=True)
-    return {"features": name, "AUC": auc, "C": c, "seconds": time.perf_counter() - start}
+    row = run()
+    print(f"{name}: AUC {row['AUC']:.3f}", flush=True)
+    return {"features": name, **row, "seconds": time.perf_counter() - start}
 
 
 @app.command()
@@ -128,18 +175,23 @@ def main(
     daes = [DiffusionAutoencoder.load(p).eval() for p in paths]
     print(f"{len(fit)} training vertebrae fitted, {len(held)} held out "
           f"({int(TrainingSet('', '', held).labels().sum())} malignant)", flush=True)  # fmt: skip
-    jobs: list[tuple[str, Callable[[], tuple[float, float | None]]]] = [
-        (f"z_sem {p.stem}", lambda d=d: latent_auc_row(d, fit, held))
-        for p, d in zip(paths, daes, strict=True)
-    ]
+    phenotypes = {
+        v.key: v.phenotype if v.label is WeakLabel.MALIGNANT else None for v in data.vertebrae
+    }
+
+    def row_of(x: Callable[[], Matrices]) -> Callable[[], dict[str, float]]:
+        return lambda: feature_row(x(), fit, held, phenotypes)
+
+    jobs = [(f"z_sem {p.stem}", row_of(lambda d=d: holdout_latents(d, fit, held)))
+            for p, d in zip(paths, daes, strict=True)]  # fmt: skip
     twin = untrained_twin(daes[0], seed)
     jobs += [
-        ("z_sem untrained", lambda: latent_auc_row(twin, fit, held)),
-        ("HU histogram, crop", lambda: probe_auc(crop_histogram, fit, held)),
-        ("HU histogram, body", lambda: probe_auc(body_histogram, fit, held)),
+        ("z_sem untrained", row_of(lambda: holdout_latents(twin, fit, held))),
+        ("HU histogram, crop", row_of(lambda: histogram_rows(crop_histogram, fit, held))),
+        ("HU histogram, body", row_of(lambda: histogram_rows(body_histogram, fit, held))),
     ]
     if supervised:
-        jobs.append(("supervised ResNet-18", lambda: (supervised_auc(fit, held), None)))
+        jobs.append(("supervised ResNet-18", lambda: supervised_row(fit, held, phenotypes)))
     rows = [timed_row(name, run) for name, run in jobs]
     print(pd.DataFrame(rows).round(3).to_string(index=False))
 

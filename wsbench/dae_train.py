@@ -496,12 +496,19 @@ def holdout_fit(
     return classifier, float(auc)
 
 
+def holdout_latents(
+    dae: DiffusionAutoencoder, fit: Sequence[TrainingVertebra], held: Sequence[TrainingVertebra]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``z_sem`` of every slice of ``fit`` (in order) and of ``held``'s mid slices."""
+    z_fit = encode_slices(dae, np.concatenate([v.slices for v in fit]))
+    return z_fit, encode_slices(dae, mid_slices(held))
+
+
 def holdout_classifier(
     dae: DiffusionAutoencoder, fit: Sequence[TrainingVertebra], held: Sequence[TrainingVertebra]
 ) -> tuple[LatentClassifier, float]:
     """The latent classifier fitted on ``fit``'s slices and its ROC-AUC on ``held``'s mid slices."""
-    z_fit = encode_slices(dae, np.concatenate([v.slices for v in fit]))
-    return holdout_fit(z_fit, encode_slices(dae, mid_slices(held)), fit, held)
+    return holdout_fit(*holdout_latents(dae, fit, held), fit, held)
 
 
 def untrained_twin(dae: DiffusionAutoencoder, seed: int) -> DiffusionAutoencoder:

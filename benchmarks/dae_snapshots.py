@@ -23,11 +23,11 @@ import typer
 
 from wsbench.dae_train import (
     EVAL_STEPS,
-    SWAP_IMAGES,
     latent_auc,
     latent_swap_hu,
     mid_slices,
     reconstruct_slices,
+    report_sample,
     similarity,
     training_state_ema,
 )
@@ -60,8 +60,7 @@ def main(
     torch.set_num_threads(1)
     _, data = prepare_dataset(RunConfig("hideseek", dataset))
     test = data.split(Split.TEST)
-    slices = mid_slices(test)
-    slices = slices[np.random.default_rng(seed).permutation(len(test))[:SWAP_IMAGES]]
+    slices = report_sample(mid_slices(test), seed)
     rows = []
     for path in paths:
         dae, step = snapshot(path)

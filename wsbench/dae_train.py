@@ -441,6 +441,11 @@ def reconstruct_slices(
     return torch.cat(out)[:, 0].numpy()
 
 
+def report_sample(slices: np.ndarray, seed: int) -> np.ndarray:
+    """The quality report's seeded sample of :data:`SWAP_IMAGES` of ``slices`` (test slices)."""
+    return slices[np.random.default_rng(seed).permutation(len(slices))[:SWAP_IMAGES]]
+
+
 @torch.inference_mode()
 def latent_swap_hu(
     dae: DiffusionAutoencoder, slices_hu: np.ndarray, steps: tuple[int, int]
@@ -600,8 +605,7 @@ def quality_report(
         "ssim_mean_malignant": round(float(ssim[malignant].mean()), 4) if malignant.any() else None,
         "eval_seconds_per_image": round(seconds / len(test), 3),
     }
-    sample = np.random.default_rng(seed).permutation(len(test))[:SWAP_IMAGES]
-    report["latent_swap_hu"] = round(latent_swap_hu(dae, slices[sample], steps), 2)
+    report["latent_swap_hu"] = round(latent_swap_hu(dae, report_sample(slices, seed), steps), 2)
     report.update(latent_auc(dae, prepared.training_set(), seed))
     if figure is not None:
         picks = np.random.default_rng(seed).choice(len(test), min(figure_rows, len(test)), False)

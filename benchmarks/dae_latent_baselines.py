@@ -100,6 +100,16 @@ def phenotype_auc(
     return float(roc_auc_score([kinds[i] is phenotype for i in rows], scores[rows]))
 
 
+def one_classifier_columns(
+    scores: np.ndarray,
+    held: Sequence[TrainingVertebra],
+    phenotypes: Mapping[VertebraKey, Phenotype | None],
+) -> dict[str, float]:
+    """``"<phenotype> one"``: the AUC of one classifier's held-out ``scores`` per phenotype."""
+    kinds = [phenotypes[v.key] for v in held]
+    return {f"{p.value} one": phenotype_auc(scores, kinds, p) for p in Phenotype}
+
+
 def own_classifier_auc(
     x: Matrices,
     fit: Sequence[TrainingVertebra],
@@ -126,11 +136,9 @@ def feature_row(
 ) -> dict[str, float]:
     """AUC and C of the recipe on features ``x``, and its per-phenotype AUCs (one and own)."""
     classifier, auc = holdout_fit(*x, fit, held)
-    scores = classifier.probability(x[1])
-    kinds = [phenotypes[v.key] for v in held]
     row = {"AUC": auc, "C": classifier.C}
+    row |= one_classifier_columns(classifier.probability(x[1]), held, phenotypes)
     for phenotype in Phenotype:
-        row[f"{phenotype.value} one"] = phenotype_auc(scores, kinds, phenotype)
         row[f"{phenotype.value} own"] = own_classifier_auc(x, fit, held, phenotypes, phenotype)
     return row
 
@@ -143,10 +151,8 @@ def supervised_row(
     """Held-out AUCs of a ResNet-18 trained on ``fit``'s labels (CAM baselines' recipe)."""
     model = fit_resnet(fit, ClassifierConfig(), progress=False)
     scores = malignancy(model, mid_slices(held))
-    kinds = [phenotypes[v.key] for v in held]
     row = {"AUC": float(roc_auc_score(TrainingSet("", "", held).labels(), scores))}
-    row |= {f"{p.value} one": phenotype_auc(scores, kinds, p) for p in Phenotype}
-    return row
+    return row | one_classifier_columns(scores, held, phenotypes)
 
 
 def timed_row(name: str, run: Callable[[], dict[str, float]]) -> dict[str, object]:

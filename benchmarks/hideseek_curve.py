@@ -37,7 +37,8 @@ import torch
 import typer
 from wsbench.plugins.hideseek import DEFAULT_STEPS, FAITHFUL_STEPS, HideAndSeek
 
-from wsbench.attribution import P_TARGET, healthy_latent, to_tensor
+from wsbench.attribution import healthy_latent, to_tensor
+from wsbench.cli import parse_params
 from wsbench.intensity import hu_to_unit, unit_to_hu
 from wsbench.latent_classifier import encode_slices
 from wsbench.modelstore import cache_root
@@ -142,26 +143,31 @@ def measure(
     dataset: Annotated[str, typer.Option(help="registered dataset")] = "phantom",
     checkpoint: Annotated[Path | None, typer.Option(help="DAE (default: the dataset's)")] = None,
     batch_size: Annotated[int, typer.Option(help="images per batched DDIM pass")] = 8,
-    p_target: Annotated[float, typer.Option(help="healthy-edit target of Eq. (1)")] = P_TARGET,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="hideseek parameter key=value (repeatable)"),
+    ] = None,
     csv: Annotated[Path, typer.Option(help="per-vertebra results")] = FIGURES
     / "hideseek_curve.csv",
 ) -> None:
     """Time and score each setting on the seeded training subset; merge rows into ``csv``.
 
-    A ``--p-target`` other than the paper's names its settings ``S/D@p<value>``."""
+    Each ``--param key=value`` (e.g. ``-p p_target=1e-12 -p projection=none``) is appended to
+    the settings' names as ``+key=value``."""
     torch.set_num_threads(1)
+    extra = parse_params(param or [], HideAndSeek.name)
     _, data = prepare_dataset(RunConfig("hideseek", dataset))
     loaded = HideAndSeek(checkpoint=str(checkpoint) if checkpoint else None)
     loaded.fit(data.training_set(), cache_root() / "work" / HideAndSeek.name)
     chosen = chosen_vertebrae(data.split(Split.TRAIN), offset + vertebrae, seed)[offset:]
     rows = []
     for text in settings.split(","):
-        params = parse_setting(text) | {"only_malignant": False, "p_target": p_target}
+        params = parse_setting(text) | {"only_malignant": False, **extra}
         if not params.get("faithful"):
             params["batch_size"] = batch_size
         method = HideAndSeek.from_parts(loaded.dae, loaded.classifier, **params)
         name = FAITHFUL if method.faithful else f"{method.steps_stochastic}/{method.steps_decode}"
-        name += "" if p_target == P_TARGET else f"@p{p_target:g}"
+        name += "".join(f"+{item}" for item in param or [])
         for v in chosen:
             row = {"setting": name, "steps_stochastic": method.steps_stochastic,
                    "steps_decode": method.steps_decode, "batch_size": method.batch_size,

@@ -116,7 +116,7 @@ class HideAndSeek(Method):
         slices: int = 1,
         only_malignant: bool = True,
         min_candidate_px: int = 5,
-        invert_hidden: bool = True,
+        projection: hs.Projection = "invert",
     ) -> None:
         steps = FAITHFUL_STEPS if faithful else DEFAULT_STEPS
         self.checkpoint, self.faithful = checkpoint, faithful
@@ -127,11 +127,12 @@ class HideAndSeek(Method):
         self.reference, self.edit_direction, self.phenotype = reference, edit_direction, phenotype
         self.slices, self.only_malignant = int(slices), only_malignant
         self.min_candidate_px = int(min_candidate_px)
-        self.invert_hidden = True if faithful else bool(invert_hidden)
+        self.projection = "invert" if faithful else projection
         for value, allowed, what in [
             (reference, ("input", "reconstruction"), "reference"),
             (edit_direction, ("normal", "standardised"), "edit_direction"),
             (phenotype, ("hint", "auto"), "phenotype"),
+            (projection, hs.PROJECTIONS, "projection"),
             (self.slices, (1, N_CENTRAL_SLICES), "slices"),
         ]:
             if value not in allowed:
@@ -203,8 +204,8 @@ class HideAndSeek(Method):
         slice_of = np.repeat(np.arange(len(jobs)), counts)
         codes = x_t[np.concatenate([slice_of, [t[0] for t in tests]]).astype(int)]
         p_all = hs.hidden_probabilities(dae, plane, np.asarray(images), self.steps_stochastic,
-                                        self.steps_decode, self.batch_size,
-                                        None if self.invert_hidden else codes)  # fmt: skip
+                                        self.steps_decode, self.batch_size, self.projection,
+                                        codes)  # fmt: skip
         p_hide, p_tests = p_all[: len(slice_of)], p_all[len(slice_of) :]
         deltas = hs.delta_score(p_hide, p_orig[slice_of], p_healthy[slice_of])
         per_slice = np.split(deltas, np.cumsum(counts)[:-1])

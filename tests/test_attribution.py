@@ -22,6 +22,7 @@ from wsbench.attribution import (
     hyperplane_from_standardised,
     polarity_maps,
     probability_logit,
+    project,
 )
 from wsbench.latent_classifier import LatentClassifier, classifier_key, fit_latent_classifier
 from wsbench.types import BLASTIC, LYTIC
@@ -203,6 +204,41 @@ def test_hidden_probabilities_by_hand_and_independent_of_batching():
     for batch in (1, 2, 5):
         got = hidden_probabilities(dae, plane, images, 3, 3, batch_size=batch)
         np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+class CountingAutoencoder(LinearAutoencoder):
+    """The linear 'DAE', counting its DDIM passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes = 0
+
+    def stochastic_encode(self, x, z_sem, steps):
+        self.passes += 1
+        return super().stochastic_encode(x, z_sem, steps)
+
+    def decode(self, x_t, z_sem, steps):
+        self.passes += 1
+        return super().decode(x_t, z_sem, steps)
+
+
+@pytest.mark.parametrize(("projection", "passes"), [("invert", 2), ("original-code", 1),
+                                                     ("none", 0)])  # fmt: skip
+def test_projections_agree_on_an_exact_autoencoder_and_skip_their_ddim_passes(projection, passes):
+    dae = CountingAutoencoder()
+    x = torch.as_tensor(np.random.default_rng(6).normal(size=(3, 1, 8, 8)), dtype=torch.float32)
+    expected = dae.encode(x)
+    got = project(dae, x, projection, 3, 3, x_t=x.clone())
+    torch.testing.assert_close(got, expected)
+    assert dae.passes == passes
+
+
+def test_bad_projections_are_named():
+    dae, x = LinearAutoencoder(), torch.zeros(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="needs the originals' codes"):
+        project(dae, x, "original-code", 3, 3)
+    with pytest.raises(ValueError, match="'reuse' is not one of"):
+        project(dae, x, "reuse", 3, 3)
 
 
 # classifier persistence ----------------------------------------------------------------------

@@ -137,13 +137,17 @@ def test_reconstruction_reference_equals_input_for_an_exact_autoencoder():
 def test_bad_parameters_are_named():
     with pytest.raises(ValueError, match="phenotype='sometimes'"):
         HideAndSeek(phenotype="sometimes")
+    with pytest.raises(ValueError, match="projection='skip'"):
+        HideAndSeek(projection="skip")
+    assert HideAndSeek(faithful=True, projection="none").projection == "invert"
     with pytest.raises(RuntimeError, match="fit"):
         HideAndSeek().segment(*vertebra(), phenotype=None)
 
 
-def test_shared_noise_path_equals_inversion_for_an_exact_autoencoder():
+@pytest.mark.parametrize("projection", ["original-code", "none"])
+def test_cheaper_projections_equal_inversion_for_an_exact_autoencoder(projection):
     image, body = vertebra()
-    a = method(invert_hidden=False).segment(image, body, phenotype=None)
+    a = method(projection=projection).segment(image, body, phenotype=None)
     b = method().segment(image, body, phenotype=None)
     assert [x.score for x in a.lesions] == pytest.approx([x.score for x in b.lesions], rel=1e-5)
 

@@ -31,6 +31,11 @@ EPSILON = 1e-8
 """ε of Eq. (3)."""
 
 Binarisation = Literal["mean", "median"]
+Projection = Literal["invert", "original-code", "none"]
+PROJECTIONS: tuple[Projection, ...] = ("invert", "original-code", "none")
+"""How ``I_hide`` reaches ``z_hide``: ``invert`` (Algorithm 1: encode, DDIM-invert, decode,
+re-encode), ``original-code`` (decode from the original's ``x_T`` instead of inverting
+``I_hide``, then re-encode), ``none`` (``z_hide = encode(I_hide)``, no DDIM pass)."""
 
 
 class Autoencoder(Protocol):
@@ -200,18 +205,24 @@ def to_tensor(images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
 def project(
     dae: Autoencoder,
     x: torch.Tensor,
+    projection: Projection,
     steps_stochastic: int,
     steps_decode: int,
     x_t: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Project images onto the DAE manifold and re-encode: ``z_hide`` of Algorithm 1.
+    """``z_hide`` of images ``x`` by ``projection`` (see :data:`PROJECTIONS`).
 
-    With ``x_t`` (the originals' stochastic codes, one per image) the DDIM inversion of the
-    images is skipped and each is decoded from its original's code instead.
+    ``x_t`` holds the originals' stochastic codes, one per image (``original-code`` only).
     """
     z = dae.encode(x)
-    if x_t is None:
+    if projection == "none":
+        return z
+    if projection == "invert":
         x_t = dae.stochastic_encode(x, z, steps_stochastic)
+    elif projection != "original-code":
+        raise ValueError(f"projection {projection!r} is not one of {PROJECTIONS}")
+    elif x_t is None:
+        raise ValueError("projection 'original-code' needs the originals' codes x_t")
     return dae.encode(dae.decode(x_t, z, steps_decode))
 
 
@@ -222,9 +233,10 @@ def hidden_probabilities(
     steps_stochastic: int,
     steps_decode: int,
     batch_size: int,
+    projection: Projection = "invert",
     x_t: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """``c(z_hide)`` of each ``(H, W)`` image in ``images`` (``batch_size`` per DDIM pass).
+    """``c(z_hide)`` of each ``(H, W)`` image in ``images`` (``batch_size`` per DAE pass).
 
     ``x_t``, when given, holds one stochastic code per image (see :func:`project`).
     """
@@ -234,7 +246,7 @@ def hidden_probabilities(
     for start in range(0, len(images), batch_size):
         x = to_tensor(images[start : start + batch_size])
         codes = None if x_t is None else x_t[start : start + batch_size]
-        z = project(dae, x, steps_stochastic, steps_decode, codes)
+        z = project(dae, x, projection, steps_stochastic, steps_decode, codes)
         out.append(plane.probability(z.double().numpy()))
     return np.concatenate(out) if out else np.zeros(0)
 

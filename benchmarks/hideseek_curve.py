@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 import typer
-from wsbench.plugins.hideseek import DEFAULT_STEPS, FAITHFUL_STEPS, HideAndSeek
+from wsbench.plugins.hideseek import HideAndSeek, dae_checkpoint
 
 from wsbench.attribution import healthy_latent, to_tensor
 from wsbench.cli import parse_params
@@ -56,6 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "figures"
 FAITHFUL = "faithful"
 KEY = ["setting", "vertebra"]
+PAPER = {"projection": "invert", "reference": "input"}
+"""The paper's choices where the method offers cheaper or demo-code variants."""
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -70,6 +72,17 @@ def parse_setting(text: str) -> dict[str, Any]:
     except ValueError as exc:
         raise typer.BadParameter(f"setting {text!r} is neither 'faithful' nor 'S/D'") from exc
     return {"steps_stochastic": stochastic, "steps_decode": decode}
+
+
+def setting_name(method: HideAndSeek, extra: dict[str, Any]) -> str:
+    """``faithful``, or ``S/D`` followed by ``+key=value`` for every variant choice that differs
+    from the paper's (:data:`PAPER`) and every other parameter given in ``extra``."""
+    if method.faithful:
+        return FAITHFUL
+    variant = {k: getattr(method, k) for k, v in PAPER.items() if getattr(method, k) != v}
+    variant |= {k: v for k, v in extra.items() if k not in PAPER}
+    steps = f"{method.steps_stochastic}/{method.steps_decode}"
+    return steps + "".join(f"+{k}={v}" for k, v in variant.items())
 
 
 def chosen_vertebrae(
@@ -120,6 +133,11 @@ def measure_one(method: HideAndSeek, vertebra: PreparedVertebra, seed: int) -> d
     }
 
 
+def curve_csv(checkpoint: Path) -> Path:
+    """``docs/figures/hideseek_curve_<DAE stem>.csv``: one curve per DAE."""
+    return FIGURES / f"hideseek_curve_{checkpoint.stem}.csv"
+
+
 def merge_rows(csv: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
     """The CSV's rows with ``rows`` added, replacing earlier rows of the same setting × vertebra."""
     new = pd.DataFrame(rows)
@@ -147,18 +165,19 @@ def measure(
         list[str] | None,
         typer.Option("--param", "-p", help="hideseek parameter key=value (repeatable)"),
     ] = None,
-    csv: Annotated[Path, typer.Option(help="per-vertebra results")] = FIGURES
-    / "hideseek_curve.csv",
+    csv: Annotated[
+        Path | None, typer.Option(help="per-vertebra results (default: named after the DAE)")
+    ] = None,
 ) -> None:
     """Time and score each setting on the seeded training subset; merge rows into ``csv``.
 
-    Each ``--param key=value`` (e.g. ``-p p_target=1e-12 -p projection=none``) is appended to
-    the settings' names as ``+key=value``."""
+    Settings are named by :func:`setting_name`, e.g. ``100/20+projection=none``."""
     torch.set_num_threads(1)
     extra = parse_params(param or [], HideAndSeek.name)
     _, data = prepare_dataset(RunConfig("hideseek", dataset))
     loaded = HideAndSeek(checkpoint=str(checkpoint) if checkpoint else None)
     loaded.fit(data.training_set(), cache_root() / "work" / HideAndSeek.name)
+    csv = csv or curve_csv(checkpoint or dae_checkpoint(data.training_set()))
     chosen = chosen_vertebrae(data.split(Split.TRAIN), offset + vertebrae, seed)[offset:]
     rows = []
     for text in settings.split(","):
@@ -166,8 +185,7 @@ def measure(
         if not params.get("faithful"):
             params["batch_size"] = batch_size
         method = HideAndSeek.from_parts(loaded.dae, loaded.classifier, **params)
-        name = FAITHFUL if method.faithful else f"{method.steps_stochastic}/{method.steps_decode}"
-        name += "".join(f"+{item}" for item in param or [])
+        name = setting_name(method, extra)
         for v in chosen:
             row = {"setting": name, "steps_stochastic": method.steps_stochastic,
                    "steps_decode": method.steps_decode, "batch_size": method.batch_size,
@@ -255,8 +273,20 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
             "sq_gated": grouped["sq_gated"].mean(),
         }
     )
-    order = out["steps"].str.split("/").str[0].astype(int) + (out.index == FAITHFUL) * 10**6
-    return out.loc[order.sort_values().index]
+    return out.loc[sorted(out.index, key=setting_order)]
+
+
+def variant_of(setting: str) -> str:
+    """The ``+key=value`` part of a setting's name (``""`` for the paper's variant)."""
+    return setting.partition("+")[2]
+
+
+def setting_order(setting: str) -> tuple[bool, str, int, int]:
+    """Faithful last; otherwise by variant, then by stochastic and decoding steps."""
+    if setting == FAITHFUL:
+        return (True, "", 0, 0)
+    stochastic, decode = setting.partition("+")[0].split("/")
+    return (False, variant_of(setting), int(stochastic), int(decode))
 
 
 def paired_with_faithful(table: pd.DataFrame) -> pd.DataFrame:
@@ -295,7 +325,7 @@ def paired_with_faithful(table: pd.DataFrame) -> pd.DataFrame:
             "sq_pairs": len(sq_pairs),
         }
     out = pd.DataFrame.from_dict(rows, orient="index").astype({"n": int, "sq_pairs": int})
-    return out.loc[sorted(out.index, key=lambda name: int(name.split("/")[0]))]
+    return out.loc[sorted(out.index, key=setting_order)]
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -312,7 +342,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def draw(table: pd.DataFrame, out: Path) -> None:
-    """Accuracy against seconds per vertebra, and seconds against DDIM steps, per setting.
+    """Detection F1 and Instance Dice against seconds per vertebra, one line per variant.
 
     Time is CPU seconds when every setting has them, else wall seconds.
     """
@@ -324,53 +354,44 @@ def draw(table: pd.DataFrame, out: Path) -> None:
 
     column = "cpu_s" if table["cpu_s"].notna().all() else "wall_s"
     unit = "CPU" if column == "cpu_s" else "wall"
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
-    batched, faithful = table[table.index != FAITHFUL], table[table.index == FAITHFUL]
-    metrics = [("sq", "o", "Instance Dice (matched lesions)"), ("f1", "s", "Detection F1")]
-    for metric, marker, name in metrics:
-        left.plot(batched[column], batched[metric], marker=marker, label=f"{name}, batched")
-        left.plot(faithful[column], faithful[metric], marker=marker, color="black", ls="",
-                  label=f"{name}, faithful")  # fmt: skip
-    for setting, row in table.iterrows():
-        y = row["sq"] if np.isfinite(row["sq"]) else row["f1"]
-        left.annotate(f"{setting} (n={row['n']})", (row[column], y), fontsize=7,
-                      xytext=(4, 4), textcoords="offset points")  # fmt: skip
-    left.set(xscale="log", xlabel=f"{unit} seconds per vertebra (1 thread)",
-             ylabel="mean over vertebrae", title="accuracy vs time")  # fmt: skip
-    left.legend(fontsize=7)
-    steps = batched["steps"].str.split("/").str[0].astype(int)
-    for name, style in [("wall_s", "-"), ("cpu_s", "--")]:
-        right.plot(steps, batched[name], marker="o", ls=style, label=f"batched, {name[:-2]}")
-        right.plot(FAITHFUL_STEPS[0] * np.ones(len(faithful)), faithful[name], marker="*", ms=11,
-                   ls="", label=f"faithful 250/100, unbatched, {name[:-2]}")  # fmt: skip
-    right.set(xscale="log", yscale="log", xlabel="DDIM steps (stochastic encoding = decoding)",
-              ylabel="seconds per vertebra", title="time vs steps (shared 2-core CPU)")  # fmt: skip
-    right.legend(fontsize=7)
-    ticks = [1, 2, 5, 10, 20, 50, 100, 250, 500]
-    for axis, values in [(left.xaxis, table[column]), (right.xaxis, [*steps, FAITHFUL_STEPS[0]]),
-                         (right.yaxis, table[column])]:  # fmt: skip
-        lo, hi = np.nanmin(values), np.nanmax(values)
-        axis.set_ticks([t for t in ticks if lo / 2 <= t <= hi * 2])
-        axis.set_major_formatter(ScalarFormatter())
-        axis.set_minor_formatter(NullFormatter())
-    fig.suptitle("Hide-and-Seek, malignant phantom TRAINING vertebrae (harness post-processing, "
-                 "panoptica)")  # fmt: skip
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharex=True)
+    metrics = [("f1", "Detection F1"), ("sq", "Instance Dice (matched lesions)")]
+    batched = table[table.index != FAITHFUL]
+    variants = batched.groupby(batched.index.map(variant_of), sort=False)
+    for axis, (metric, title) in zip(axes, metrics, strict=True):
+        for variant, rows in variants:
+            rows = rows.sort_values(column)
+            axis.plot(rows[column], rows[metric], marker="o", label=variant or "paper's variant")
+            for setting, row in rows.iterrows():
+                axis.annotate(f"{setting.partition('+')[0]} (n={row['n']})",
+                              (row[column], row[metric]), fontsize=7, xytext=(3, 3),
+                              textcoords="offset points")  # fmt: skip
+        if FAITHFUL in table.index:
+            row = table.loc[FAITHFUL]
+            axis.plot(row[column], row[metric], marker="*", ms=12, color="black", ls="",
+                      label=f"faithful (250/100, unbatched, n={row['n']})")  # fmt: skip
+        axis.set(xscale="log", xlabel=f"{unit} seconds per vertebra (1 thread)",
+                 ylabel="mean over vertebrae", title=title)  # fmt: skip
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_minor_formatter(NullFormatter())
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Hide-and-Seek speed/accuracy, malignant phantom TRAINING vertebrae (gate off, "
+                 "harness post-processing, panoptica)")  # fmt: skip
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
 
 @app.command()
 def report(
-    csv: Annotated[Path, typer.Option(help="per-vertebra results")] = FIGURES
-    / "hideseek_curve.csv",
-    out: Annotated[Path, typer.Option(help="figure")] = FIGURES / "hideseek_curve.png",
+    csv: Annotated[Path, typer.Argument(help="per-vertebra results written by measure")],
+    out: Annotated[Path | None, typer.Option(help="figure (default: the CSV's name)")] = None,
 ) -> None:
     """Print the curve table and the paired comparison with faithful; draw the figure."""
     table = pd.read_csv(csv)
     curve = summary(table)
     print(markdown(curve))
     paired = paired_with_faithful(table)
-    default = f"{DEFAULT_STEPS[0]}/{DEFAULT_STEPS[1]}"
+    default = setting_name(HideAndSeek(), {})
     if not paired.empty:
         print("\nagainst faithful on the same vertebrae:")
         print(markdown(paired))
@@ -383,6 +404,7 @@ def report(
                 f"{row['sq']:.3f} vs {row['sq_faithful']:.3f} (paired difference "
                 f"{row['sq_diff_paired']:+.3f}, {pairs} vertebrae)"
             )
+    out = out or csv.with_suffix(".png")
     draw(curve, out)
     print(f"wrote {out}")
 

@@ -139,7 +139,8 @@ def test_bad_parameters_are_named():
         HideAndSeek(phenotype="sometimes")
     with pytest.raises(ValueError, match="projection='skip'"):
         HideAndSeek(projection="skip")
-    assert HideAndSeek(faithful=True, projection="none").projection == "invert"
+    paper = HideAndSeek(faithful=True, projection="none", reference="reconstruction")
+    assert (paper.projection, paper.reference, paper.batch_size) == ("invert", "input", 1)
     with pytest.raises(RuntimeError, match="fit"):
         HideAndSeek().segment(*vertebra(), phenotype=None)
 
@@ -160,14 +161,16 @@ def tiny_dae():
     return DiffusionAutoencoder.tiny().eval()
 
 
-def test_batched_and_unbatched_paths_give_the_same_delta_on_a_tiny_dae():
+@pytest.mark.parametrize("projection", ["invert", "original-code", "none"])
+def test_batched_and_unbatched_paths_give_the_same_delta_on_a_tiny_dae(projection):
     dae = tiny_dae()
     image, body = vertebra()
     with torch.inference_mode():
         latent = dae.encode(torch.zeros(1, 1, SIZE, SIZE)).shape[1]
     rng = np.random.default_rng(5)
     clf = LatentClassifier(rng.normal(size=latent), 3.0, np.zeros(latent), np.ones(latent), 1, 0)
-    params = {"only_malignant": False, "steps_stochastic": 3, "steps_decode": 3, "tau": -1.0}
+    params = {"only_malignant": False, "steps_stochastic": 3, "steps_decode": 3, "tau": -1.0,
+              "projection": projection}  # fmt: skip
     batched = HideAndSeek.from_parts(dae, clf, batch_size=16, **params)
     looped = HideAndSeek.from_parts(dae, clf, batch_size=1, **params)
     a = batched.segment(image, body, phenotype=None)

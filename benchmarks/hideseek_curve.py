@@ -82,7 +82,8 @@ def setting_name(method: HideAndSeek, extra: dict[str, Any]) -> str:
     variant = {k: getattr(method, k) for k, v in PAPER.items() if getattr(method, k) != v}
     variant |= {k: v for k, v in extra.items() if k not in PAPER}
     steps = f"{method.steps_stochastic}/{method.steps_decode}"
-    return steps + "".join(f"+{k}={v}" for k, v in variant.items())
+    return steps + "".join(f"+{k}={v:g}" if isinstance(v, float) else f"+{k}={v}"
+                           for k, v in variant.items())  # fmt: skip
 
 
 def chosen_vertebrae(

@@ -153,6 +153,36 @@ def test_cheaper_projections_equal_inversion_for_an_exact_autoencoder(projection
     assert [x.score for x in a.lesions] == pytest.approx([x.score for x in b.lesions], rel=1e-5)
 
 
+class OffsetAutoencoder(LinearAutoencoder):
+    """The linear 'DAE' whose decoder adds ``OFFSET`` to every pixel: ``R ≠ I``."""
+
+    OFFSET = 0.05
+
+    def decode(self, x_t, z_sem, steps):
+        return super().decode(x_t, z_sem, steps) + self.OFFSET
+
+
+def test_reconstruction_reference_scores_against_the_reconstruction():
+    """Eq. (3)'s ``c(z)`` is the classifier on the image ``I_hide`` is built from: ``R``."""
+    image, body = vertebra()
+    dae = OffsetAutoencoder(rows=region_rows())
+    method = HideAndSeek.from_parts(dae, classifier(), reference="reconstruction",
+                                    projection="none")  # fmt: skip
+    seg = method.segment(image, body, phenotype=None)
+    z = region_rows() @ hu_to_unit(image).ravel().astype(np.float64)
+    shift = OffsetAutoencoder.OFFSET * region_rows().sum(axis=1)  # encode(R) = z + shift
+    z_h = z - (NORMAL @ z + BIAS - logit(1e-4)) / (NORMAL @ NORMAL) * NORMAL
+    p_base = expit(NORMAL @ (z + shift) + BIAS)
+    p_blast = expit(
+        NORMAL @ (np.array([z[0], z_h[1]]) + shift) + BIAS
+    )  # R on blast, H on the lysis
+    p_lysis = expit(NORMAL @ (np.array([z_h[0], z[1]]) + shift) + BIAS)
+    expected = [(p - 1e-4) / (p_base - 1e-4 + 1e-8) for p in (p_lysis, p_blast)]
+    assert [x.label for x in seg.lesions] == [LYTIC, BLASTIC]
+    assert [x.score for x in seg.lesions] == pytest.approx(expected, rel=1e-4)
+    assert seg.lesions[0].extra["c_base"] == pytest.approx(p_base, rel=1e-5)
+
+
 def tiny_dae():
     """The DAE's tiny config, seeded."""
     from wsbench.nets.dae import DiffusionAutoencoder

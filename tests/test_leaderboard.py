@@ -115,3 +115,21 @@ def test_publish_from_run_directories(tmp_path: Path) -> None:
     page = (out / "fakes-TinyDataset.html").read_text()
     assert "<table>" in page and "data:image/png;base64," in page
     assert "fakes-TinyDataset" in (out / "README.md").read_text()
+
+
+def test_publish_takes_the_run_the_bench_recorded_not_a_later_variant(tmp_path: Path) -> None:
+    from wsbench.runner import RunConfig, run
+
+    runs_root = tmp_path / "runs"
+    benched = run(RunConfig("otsu", "fakes:TinyDataset"), runs_root).run_dir
+    variant = RunConfig("otsu", "fakes:TinyDataset", seed=1)  # another config, made later
+    later = run(variant, runs_root).run_dir
+    dataset_dir = runs_root / "fakes-TinyDataset"
+    record = {"methods": {"otsu": {"status": "ok", "reason": "", "run_dir": str(benched)}}}
+    (dataset_dir / "bench.json").write_text(json.dumps(record))
+    publish(runs_root, tmp_path / "leaderboard")
+    manifest = tmp_path / "leaderboard" / "runs" / "fakes-TinyDataset" / "otsu" / "manifest.json"
+    assert json.loads(manifest.read_text())["config_digest"] == benched.name.rsplit("-", 1)[1]
+    (dataset_dir / "bench.json").unlink()  # without a bench record: the newest finished run
+    publish(runs_root, tmp_path / "leaderboard")
+    assert json.loads(manifest.read_text())["config_digest"] == later.name.rsplit("-", 1)[1]

@@ -253,7 +253,8 @@ def leaderboard_command(
         "leaderboard"
     ),
 ) -> None:
-    """Publish ranked tables (markdown, CSV, HTML with figures) from the newest runs."""
+    """Publish ranked tables (markdown, CSV, HTML with figures): per method, the run the last
+    `wsbench bench` recorded, else its newest finished run."""
     from wsbench.publish import publish
 
     with user_errors():

@@ -13,6 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,13 +62,30 @@ def newest_runs(dataset_dir: Path) -> dict[str, MethodRun]:
     return found
 
 
+def bench_outcomes(dataset_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per method, the outcome the dataset's benches recorded (``bench.json``; empty if none)."""
+    path = dataset_dir / "bench.json"
+    return json.loads(path.read_text()).get("methods", {}) if path.exists() else {}
+
+
+def published_runs(dataset_dir: Path) -> dict[str, MethodRun]:
+    """Per method, the run its bench recorded, else its newest finished run.
+
+    A run made after the bench (a variant with other parameters, say) therefore does not take
+    the bench's place; a method the bench never ran is represented by its newest run.
+    """
+    runs = newest_runs(dataset_dir)
+    for method, outcome in bench_outcomes(dataset_dir).items():
+        recorded = Path(outcome.get("run_dir") or "")
+        run = read_run(dataset_dir / method / recorded.name) if recorded.name else None
+        if outcome["status"] == "ok" and run is not None:
+            runs[method] = run
+    return runs
+
+
 def not_run(dataset_dir: Path) -> dict[str, str]:
     """Methods a bench could not run on this dataset, with the reason (``bench.json``)."""
-    path = dataset_dir / "bench.json"
-    if not path.exists():
-        return {}
-    record = json.loads(path.read_text())
-    return {m: r["reason"] for m, r in record.get("methods", {}).items() if r["status"] != "ok"}
+    return {m: r["reason"] for m, r in bench_outcomes(dataset_dir).items() if r["status"] != "ok"}
 
 
 def direction_key(values: np.ndarray, direction: str) -> np.ndarray:

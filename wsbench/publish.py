@@ -30,8 +30,8 @@ from wsbench.leaderboard import (
     HEALTHY,
     MethodRun,
     leaderboard_stats,
-    newest_runs,
     not_run,
+    published_runs,
 )
 
 SUMMARY_FILES = ("manifest.json", "cases.csv", "lesions.csv")
@@ -300,7 +300,7 @@ def publish(runs_root: Path, out: Path) -> list[str]:
     """Publish every dataset found under ``runs_root``; returns the dataset names."""
     published = []
     for dataset_dir in sorted(p for p in runs_root.iterdir() if p.is_dir()):
-        runs = newest_runs(dataset_dir)
+        runs = published_runs(dataset_dir)
         if not runs:
             continue
         masks_dirs = {m: r.run_dir / "masks" for m, r in runs.items()}

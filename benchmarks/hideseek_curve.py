@@ -386,6 +386,10 @@ def draw(table: pd.DataFrame, out: Path) -> None:
 def report(
     csv: Annotated[Path, typer.Argument(help="per-vertebra results written by measure")],
     out: Annotated[Path | None, typer.Option(help="figure (default: the CSV's name)")] = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(help="draw only these variants ('' = the paper's; repeatable)"),
+    ] = None,
 ) -> None:
     """Print the curve table and the paired comparison with faithful; draw the figure."""
     table = pd.read_csv(csv)
@@ -406,6 +410,8 @@ def report(
                 f"{row['sq_diff_paired']:+.3f}, {pairs} vertebrae)"
             )
     out = out or csv.with_suffix(".png")
+    if variant is not None:
+        curve = curve[[name == FAITHFUL or variant_of(name) in variant for name in curve.index]]
     draw(curve, out)
     print(f"wrote {out}")
 

@@ -104,17 +104,19 @@ def draw(
     recon: np.ndarray,
     results: dict[Phenotype, Attribution],
     finals: dict[Phenotype, np.ndarray],
+    reference: str,
     out: Path,
 ) -> None:
-    """The overlay figure described in the module docstring (images in HU)."""
+    """The overlay figure described in the module docstring (images in HU); ``reference`` names
+    the image ``D`` is taken against (the method's ``reference`` parameter)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     first = results[HINTS[0]]
-    image, healthy = unit_to_hu(first.image), unit_to_hu(first.healthy)
-    body = vertebra.sample().body_mask
+    base, healthy = unit_to_hu(first.image), unit_to_hu(first.healthy)
+    image, body = vertebra.sample().image, vertebra.sample().body_mask
     fig, axes = plt.subplots(2, 4, figsize=(17, 8.6))
     lo, hi = HU_WINDOW
     grey = {"cmap": "gray", "vmin": lo, "vmax": hi}
@@ -126,9 +128,9 @@ def draw(
         ax.imshow(data, **grey)
         ax.set_title(title, fontsize=10)
     axes[0, 0].contour(body, [0.5], colors="lime", linewidths=0.6)
-    shown = axes[0, 3].imshow(np.abs(image - healthy) * body, cmap="magma")
+    shown = axes[0, 3].imshow(np.abs(base - healthy) * body, cmap="magma")
     fig.colorbar(shown, ax=axes[0, 3], fraction=0.046, label="HU")
-    axes[0, 3].set_title("|input − edit| inside the body", fontsize=10)
+    axes[0, 3].set_title(f"|D| = |{reference} − edit| inside the body", fontsize=10)
     for ax, hint in zip(axes[1, :2], HINTS, strict=True):
         result = results[hint]
         ax.imshow(image, **grey)
@@ -221,7 +223,7 @@ def main(
     print(f"DAE reconstruction at {method.steps_stochastic}/{method.steps_decode} steps: SSIM "
           f"{ssim[0]:.3f}, PSNR {psnr[0]:.1f} dB (the DAE card's phantom test mean: SSIM "
           f"{card_ssim})")  # fmt: skip
-    draw(vertebra, recon[0], results, finals, out)
+    draw(vertebra, recon[0], results, finals, method.reference, out)
     print(f"wrote {out}")
 
 

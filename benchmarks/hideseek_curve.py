@@ -1,17 +1,18 @@
 """Hide-and-Seek speed/accuracy curve (issue 7, item 2): DDIM steps × Instance Dice × seconds.
 
-    python benchmarks/hideseek_curve.py measure --settings 5/5,10/10,20/20,50/50 --vertebrae 12
-    python benchmarks/hideseek_curve.py measure --settings faithful --vertebrae 3
-    python benchmarks/hideseek_curve.py report
+    python benchmarks/hideseek_curve.py measure --settings 20/20,50/50,100/20 --vertebrae 60
+    python benchmarks/hideseek_curve.py measure --settings 100/20 -p projection=invert
+    python benchmarks/hideseek_curve.py measure --settings faithful --vertebrae 8
+    python benchmarks/hideseek_curve.py report docs/figures/hideseek_curve_<DAE stem>.csv
     python benchmarks/hideseek_curve.py edit        # how large the Eq. (1) edit is, per steps
 
-The default step counts are chosen from this curve, so it is measured on the **training**
-split, never the test split: a fixed, seeded subset of malignant training vertebrae with a
-lesion on the mid slice (the phantom's training vertebrae have lesion masks on disk; they are
-read here only for this measurement, never by the method). ``--vertebrae k`` takes the first
-``k`` of one seeded order (after ``--offset``, which extends a measured subset without
-repeating it), so a smaller faithful run uses the same vertebrae as the first ``k`` of a
-batched run.
+Rows go to one CSV per DAE (``--csv`` overrides). The default settings are chosen from this
+curve, so it is measured on the **training** split, never the test split: a fixed, seeded subset
+of malignant training vertebrae with a lesion on the mid slice (the phantom's training vertebrae
+have lesion masks on disk; they are read here only for this measurement, never by the method).
+``--vertebrae k`` takes the first ``k`` of one seeded order (after ``--offset``, which extends a
+measured subset without repeating it), so a smaller faithful run uses the same vertebrae as the
+first ``k`` of a batched run.
 
 Every vertebra goes through the harness's own code: ``wsbench.runner.segment_vertebra``
 (method, output validation, post-processing) under the runner's per-vertebra seed, scored by

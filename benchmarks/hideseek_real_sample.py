@@ -116,7 +116,8 @@ def draw(
 
     first = results[HINTS[0]]
     base, healthy = unit_to_hu(first.image), unit_to_hu(first.healthy)
-    image, body = vertebra.sample().image, vertebra.sample().body_mask
+    sample = vertebra.sample()
+    image, body = sample.image, sample.body_mask
     fig, axes = plt.subplots(2, 4, figsize=(17, 8.6))
     lo, hi = HU_WINDOW
     grey = {"cmap": "gray", "vmin": lo, "vmax": hi}

@@ -172,11 +172,13 @@ def test_reconstruction_reference_scores_against_the_reconstruction():
     z = region_rows() @ hu_to_unit(image).ravel().astype(np.float64)
     shift = OffsetAutoencoder.OFFSET * region_rows().sum(axis=1)  # encode(R) = z + shift
     z_h = z - (NORMAL @ z + BIAS - logit(1e-4)) / (NORMAL @ NORMAL) * NORMAL
-    p_base = expit(NORMAL @ (z + shift) + BIAS)
-    p_blast = expit(
-        NORMAL @ (np.array([z[0], z_h[1]]) + shift) + BIAS
-    )  # R on blast, H on the lysis
-    p_lysis = expit(NORMAL @ (np.array([z_h[0], z[1]]) + shift) + BIAS)
+
+    def c(latent) -> float:
+        """The classifier on the re-encoded image whose regions have these latents."""
+        return expit(NORMAL @ (np.asarray(latent) + shift) + BIAS)
+
+    p_base = c(z)
+    p_blast, p_lysis = c([z[0], z_h[1]]), c([z_h[0], z[1]])  # one region R, the other H
     expected = [(p - 1e-4) / (p_base - 1e-4 + 1e-8) for p in (p_lysis, p_blast)]
     assert [x.label for x in seg.lesions] == [LYTIC, BLASTIC]
     assert [x.score for x in seg.lesions] == pytest.approx(expected, rel=1e-4)

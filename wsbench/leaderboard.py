@@ -76,9 +76,9 @@ def published_runs(dataset_dir: Path) -> dict[str, MethodRun]:
     """
     runs = newest_runs(dataset_dir)
     for method, outcome in bench_outcomes(dataset_dir).items():
-        recorded = Path(outcome.get("run_dir") or "")
-        run = read_run(dataset_dir / method / recorded.name) if recorded.name else None
-        if outcome["status"] == "ok" and run is not None:
+        recorded = Path(outcome.get("run_dir") or "").name
+        run = read_run(dataset_dir / method / recorded) if outcome["status"] == "ok" else None
+        if recorded and run is not None:
             runs[method] = run
     return runs
 

@@ -2,18 +2,19 @@
 
     python benchmarks/hideseek_delta_auc.py [RUN_DIR] [--bootstrap 2000]
 
-Reads a finished ``wsbench run --method hideseek`` directory (default: the newest one under
-``runs/phantom/hideseek`` that has a ``cases.csv``). Every scored candidate is a row of
-``lesions.csv`` with ``score`` = Δ (Eq. 3), ``c_hide`` = the classifier probability of the image
-revealing only that candidate, and ``overlaps_reference`` = whether it touches a reference lesion
-of its own polarity (the true/false label). Per candidate polarity it prints the ROC-AUC of Δ
-and of ``c_hide``, with 95 % intervals and the interval of their difference from a bootstrap
-that resamples vertebrae (candidates of one vertebra are not independent), and draws the ROC
-curves to ``docs/figures/hideseek_delta_auc.png``; both for all scored candidates and for those of
-malignant vertebrae only (a healthy vertebra the gate lets through has only false candidates).
-Within one vertebra Δ is an increasing affine function of ``c_hide`` (``c(z) > c(z_healthy)``
-after the gate), so the two rank its candidates identically: any AUC difference comes from
-pooling candidates of different vertebrae, i.e. from Δ's normalisation by ``c(z) − c(z_healthy)``.
+Reads a finished ``wsbench run --method hideseek`` directory (default: the run the leaderboard
+publishes for ``runs/phantom``: the one its bench recorded, else the newest finished one). Every
+scored candidate is a row of ``lesions.csv`` with ``score`` = Δ (Eq. 3), ``c_hide`` = the classifier
+probability of the image revealing only that candidate, and ``overlaps_reference`` = whether it
+touches a reference lesion of its own polarity (the true/false label). Per candidate polarity it
+prints the ROC-AUC of Δ and of ``c_hide``, with 95 % intervals and the interval of their difference
+from a bootstrap that resamples vertebrae (candidates of one vertebra are not independent), and
+draws the ROC curves to ``docs/figures/hideseek_delta_auc.png``; both for all scored candidates and
+for those of malignant vertebrae only (a healthy vertebra the gate lets through has only false
+candidates). Within one vertebra Δ is an increasing affine function of ``c_hide`` (``c(z) >
+c(z_healthy)`` after the gate), so the two rank its candidates identically: any AUC difference comes
+from pooling candidates of different vertebrae, i.e. from Δ's normalisation by ``c(z) −
+c(z_healthy)``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pandas as pd
 import typer
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from wsbench.leaderboard import published_runs
 from wsbench.types import BLASTIC, LYTIC
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +37,12 @@ SCORES = {"Δ": "score", "c(z_hide)": "c_hide"}
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-def newest_finished(runs: Path) -> Path:
-    """The newest run directory under ``runs`` that has a ``cases.csv``."""
-    finished = sorted(p.parent for p in runs.glob("*/cases.csv"))
-    if not finished:
-        raise typer.BadParameter(f"no finished run (with cases.csv) under {runs}")
-    return finished[-1]
+def published_run(dataset_dir: Path) -> Path:
+    """The Hide-and-Seek run the leaderboard publishes for ``dataset_dir``."""
+    run = published_runs(dataset_dir).get("hideseek")
+    if run is None:
+        raise typer.BadParameter(f"no finished hideseek run under {dataset_dir}")
+    return run.run_dir
 
 
 def candidates_of(run_dir: Path) -> pd.DataFrame:
@@ -116,15 +118,15 @@ def draw(scopes: dict[str, pd.DataFrame], out: Path, title: str) -> None:
 @app.command()
 def main(
     run_dir: Annotated[Path | None, typer.Argument(help="finished hideseek run")] = None,
-    runs: Annotated[Path, typer.Option(help="where to look for the newest run")] = ROOT
-    / "runs/phantom/hideseek",
+    runs: Annotated[Path, typer.Option(help="dataset folder of runs to read")] = ROOT
+    / "runs/phantom",
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples of vertebrae")] = 2000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     out: Annotated[Path, typer.Option(help="ROC figure")] = ROOT
     / "docs/figures/hideseek_delta_auc.png",
 ) -> None:
     """Print ROC-AUC of Δ and c(z_hide) per candidate polarity; draw the ROC curves."""
-    run_dir = run_dir or newest_finished(runs)
+    run_dir = run_dir or published_run(runs)
     table = candidates_of(run_dir)
     print(f"run {run_dir}: {len(table)} scored candidates in "
           f"{table['vertebra'].nunique()} vertebrae")  # fmt: skip

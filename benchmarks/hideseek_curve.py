@@ -88,16 +88,17 @@ def setting_name(method: HideAndSeek, extra: dict[str, Any]) -> str:
 
 
 def chosen_vertebrae(
-    data_split: list[PreparedVertebra], count: int, seed: int
+    data_split: list[PreparedVertebra], count: int, seed: int, label: WeakLabel
 ) -> list[PreparedVertebra]:
-    """The first ``count`` malignant vertebrae with a mid-slice lesion, in a seeded order."""
+    """The first ``count`` vertebrae of ``label`` in a seeded order: malignant ones with a
+    mid-slice lesion, or healthy ones (with a reference map, so false positives can be counted)."""
     eligible = sorted(
-        (v for v in data_split if v.label == WeakLabel.MALIGNANT and v.reference is not None
-         and v.reference.any()),
+        (v for v in data_split if v.label == label and v.reference is not None
+         and (label == WeakLabel.HEALTHY or v.reference.any())),
         key=lambda v: v.key.id,
     )  # fmt: skip
-    if not eligible:
-        raise typer.BadParameter("the training split has no malignant vertebra with lesions")
+    if not eligible and count:
+        raise typer.BadParameter(f"the training split has no eligible {label.value} vertebra")
     order = np.random.default_rng(seed).permutation(len(eligible))
     return [eligible[i] for i in order[:count]]
 
@@ -130,8 +131,12 @@ def measure_one(method: HideAndSeek, vertebra: PreparedVertebra, seed: int) -> d
         "f1": record["f1"],
         "sq": record["sq"],
         "global_dice": record["global_dice"],
+        "precision": record["precision"],
+        "recall": record["recall"],
+        "fp": record["fp"],
         "f1_gated": gated["f1"],
         "sq_gated": gated["sq"],
+        "fp_gated": gated["fp"],
     }
 
 
@@ -158,6 +163,9 @@ def measure(
         "5/5,10/10,20/20,50/50"
     ),
     vertebrae: Annotated[int, typer.Option(help="vertebrae of the seeded subset")] = 12,
+    healthy: Annotated[
+        int, typer.Option(help="healthy vertebrae of a seeded subset, for false positives")
+    ] = 0,
     offset: Annotated[int, typer.Option(help="skip this many of the seeded order first")] = 0,
     seed: Annotated[int, typer.Option(help="subset order and runner seed")] = 0,
     dataset: Annotated[str, typer.Option(help="registered dataset")] = "phantom",
@@ -180,7 +188,9 @@ def measure(
     loaded = HideAndSeek(checkpoint=str(checkpoint) if checkpoint else None)
     loaded.fit(data.training_set(), cache_root() / "work" / HideAndSeek.name)
     csv = csv or curve_csv(checkpoint or dae_checkpoint(data.training_set()))
-    chosen = chosen_vertebrae(data.split(Split.TRAIN), offset + vertebrae, seed)[offset:]
+    train = data.split(Split.TRAIN)
+    chosen = chosen_vertebrae(train, offset + vertebrae, seed, WeakLabel.MALIGNANT)[offset:]
+    chosen += chosen_vertebrae(train, healthy, seed, WeakLabel.HEALTHY)
     rows = []
     for text in settings.split(","):
         params = parse_setting(text) | {"only_malignant": False, **extra}
@@ -193,8 +203,8 @@ def measure(
                    "steps_decode": method.steps_decode, "batch_size": method.batch_size,
                    **measure_one(method, v, seed)}  # fmt: skip
             print(f"{name:>9} {row['vertebra']:<28} {row['seconds']:7.2f} s  "
-                  f"{row['candidates']:3d} candidates  F1 {row['f1']:.3f}  SQ {row['sq']:.3f}",
-                  flush=True)  # fmt: skip
+                  f"{row['candidates']:3d} candidates  F1 {row['f1']:.3f}  SQ {row['sq']:.3f}  "
+                  f"FP {row['fp']}", flush=True)  # fmt: skip
             rows.append(row)
             merge_rows(csv, rows)
     print(f"wrote {csv}")
@@ -247,7 +257,7 @@ def edit(
           f"latent spread ‖σ‖ {spread:.3f}")  # fmt: skip
     steps = [tuple(int(p) for p in text.split("/")) for text in settings.split(",")]
     rows = [edit_diagnostics(method, v, s) for v in chosen_vertebrae(
-        data.split(Split.TRAIN), vertebrae, seed) for s in steps]  # fmt: skip
+        data.split(Split.TRAIN), vertebrae, seed, WeakLabel.MALIGNANT) for s in steps]  # fmt: skip
     print(markdown(pd.DataFrame(rows).set_index("vertebra")))
 
 
@@ -255,7 +265,12 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per setting: vertebrae, wall and CPU seconds, candidates, F1 and Instance Dice."""
     if "cpu_seconds" not in table:
         table = table.assign(cpu_seconds=np.nan)
-    grouped = table.groupby("setting", sort=False)
+    for column in ("precision", "recall", "fp", "fp_gated"):
+        if column not in table:
+            table = table.assign(**{column: np.nan})
+    is_healthy = table["category"] == "healthy"
+    healthy = table[is_healthy].groupby("setting", sort=False)
+    grouped = table[~is_healthy].groupby("setting", sort=False)
     out = pd.DataFrame(
         {
             "steps": grouped["steps_stochastic"].first().astype(str)
@@ -271,10 +286,16 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
             "f1": grouped["f1"].mean(),
             "sq": grouped["sq"].mean(),
             "sq_n": grouped["sq"].count(),
+            "precision": grouped["precision"].mean(),
+            "recall": grouped["recall"].mean(),
             "f1_gated": grouped["f1_gated"].mean(),
             "sq_gated": grouped["sq_gated"].mean(),
+            "healthy_n": healthy.size(),
+            "fp_per_healthy": healthy["fp"].mean(),
+            "fp_per_healthy_gated": healthy["fp_gated"].mean(),
         }
     )
+    out["healthy_n"] = out["healthy_n"].fillna(0).astype(int)
     return out.loc[sorted(out.index, key=setting_order)]
 
 

@@ -43,6 +43,9 @@ def classifier() -> LatentClassifier:
 
 
 def method(**params):
+    """The plugin on the linear 'DAE'; the 16-pixel regions are scored (``min_candidate_px=5``)
+    unless a test says otherwise."""
+    params = {"min_candidate_px": 5, **params}
     return HideAndSeek.from_parts(LinearAutoencoder(rows=region_rows()), classifier(), **params)
 
 
@@ -88,6 +91,17 @@ def test_lytic_hint_keeps_nothing_here():
     seg = method().segment(image, body, phenotype=Phenotype.LYTIC)
     assert [lesion.label for lesion in seg.lesions] == [LYTIC]
     assert not seg.labels.any()
+
+
+def test_candidates_under_the_size_prior_are_hidden_but_not_scored():
+    image, body = vertebra()
+    small = method(min_candidate_px=17).segment(image, body, phenotype=None)
+    assert not small.lesions and not small.labels.any()
+    default = HideAndSeek.from_parts(LinearAutoencoder(rows=region_rows()), classifier())
+    assert default.min_candidate_px == 25 and not default.segment(image, body).lesions
+    at_size = method(min_candidate_px=16).segment(image, body, phenotype=None)
+    assert [lesion.size for lesion in at_size.lesions] == [16, 16]
+    assert HideAndSeek(faithful=True, min_candidate_px=40).min_candidate_px == 5
 
 
 def test_only_malignant_vertebrae_are_segmented():
@@ -167,7 +181,7 @@ def test_reconstruction_reference_scores_against_the_reconstruction():
     image, body = vertebra()
     dae = OffsetAutoencoder(rows=region_rows())
     method = HideAndSeek.from_parts(dae, classifier(), reference="reconstruction",
-                                    projection="none")  # fmt: skip
+                                    projection="none", min_candidate_px=5)  # fmt: skip
     seg = method.segment(image, body, phenotype=None)
     z = region_rows() @ hu_to_unit(image).ravel().astype(np.float64)
     shift = OffsetAutoencoder.OFFSET * region_rows().sum(axis=1)  # encode(R) = z + shift
@@ -202,7 +216,7 @@ def test_batched_and_unbatched_paths_give_the_same_delta_on_a_tiny_dae(projectio
     rng = np.random.default_rng(5)
     clf = LatentClassifier(rng.normal(size=latent), 3.0, np.zeros(latent), np.ones(latent), 1, 0)
     params = {"only_malignant": False, "steps_stochastic": 3, "steps_decode": 3, "tau": -1.0,
-              "projection": projection}  # fmt: skip
+              "projection": projection, "min_candidate_px": 5}  # fmt: skip
     batched = HideAndSeek.from_parts(dae, clf, batch_size=16, **params)
     looped = HideAndSeek.from_parts(dae, clf, batch_size=1, **params)
     a = batched.segment(image, body, phenotype=None)

@@ -129,6 +129,7 @@ class HideAndSeek(Method):
         slices: int = 1,
         only_malignant: bool = True,
         min_candidate_px: int = DEFAULT_MIN_CANDIDATE_PX,
+        opening_px: int = 0,
         projection: hs.Projection = "none",
     ) -> None:
         steps = FAITHFUL_STEPS if faithful else DEFAULT_STEPS
@@ -141,6 +142,7 @@ class HideAndSeek(Method):
         self.edit_direction, self.phenotype = edit_direction, phenotype
         self.slices, self.only_malignant = int(slices), only_malignant
         self.min_candidate_px = FAITHFUL_MIN_CANDIDATE_PX if faithful else int(min_candidate_px)
+        self.opening_px = 0 if faithful else int(opening_px)
         self.projection = "invert" if faithful else projection
         for value, allowed, what in [
             (reference, ("input", "reconstruction"), "reference"),
@@ -217,7 +219,8 @@ class HideAndSeek(Method):
 
         auto = self.phenotype == "auto"
         jobs = [hs.slice_jobs(base[s], healthy[s], bodies[s], wanted, self.min_candidate_px,
-                              self.binarisation, auto) for s in range(len(stack))]  # fmt: skip
+                              self.binarisation, auto, self.opening_px)
+                for s in range(len(stack))]  # fmt: skip
         tests = [
             (s, label, im) for s, j in enumerate(jobs) for label, im in j.polarity_images.items()
         ]

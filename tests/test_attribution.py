@@ -141,6 +141,24 @@ def test_binarise_at_the_mean_over_all_body_pixels():
     assert not binarise(np.zeros((2, 4)), body, "median").any()
 
 
+def test_opening_removes_lines_and_speckle_but_keeps_a_blob():
+    healthy = np.zeros((12, 12))
+    image = np.zeros((12, 12))
+    image[2:7, 2:7] = -4.0  # lytic 5×5 blob
+    image[4, 7:11] = -4.0  # one-pixel line leaving it: same component unopened
+    image[10, 2] = -4.0  # speckle
+    body = np.ones((12, 12), bool)
+    plain = extract_candidates(image, healthy, body)
+    assert [c.size for c in plain] == [29, 1]
+    opened = extract_candidates(image, healthy, body, opening_px=1)
+    blob = np.zeros((12, 12), bool)
+    blob[2:7, 2:7] = True
+    blob[[2, 2, 6, 6], [2, 6, 2, 6]] = False  # a radius-1 disk cannot reach the corners
+    blob[4, 7] = True  # but it fits centred on the blob's edge (4, 6), so it keeps the line's root
+    assert len(opened) == 1
+    np.testing.assert_array_equal(opened[0].mask, blob)
+
+
 def test_extract_candidates_exact_on_a_constructed_difference_map():
     healthy = np.zeros((8, 8))
     image = np.zeros((8, 8))

@@ -101,7 +101,6 @@ def test_candidates_under_the_size_prior_are_hidden_but_not_scored():
     assert default.min_candidate_px == 25 and not default.segment(image, body).lesions
     at_size = method(min_candidate_px=16).segment(image, body, phenotype=None)
     assert [lesion.size for lesion in at_size.lesions] == [16, 16]
-    assert HideAndSeek(faithful=True, min_candidate_px=40).min_candidate_px == 5
 
 
 def test_only_malignant_vertebrae_are_segmented():
@@ -153,8 +152,10 @@ def test_bad_parameters_are_named():
         HideAndSeek(phenotype="sometimes")
     with pytest.raises(ValueError, match="projection='skip'"):
         HideAndSeek(projection="skip")
-    paper = HideAndSeek(faithful=True, projection="none", reference="reconstruction")
+    paper = HideAndSeek(faithful=True, projection="none", reference="reconstruction",
+                        min_candidate_px=40, opening_px=2)  # fmt: skip
     assert (paper.projection, paper.reference, paper.batch_size) == ("invert", "input", 1)
+    assert (paper.min_candidate_px, paper.opening_px) == (5, 0)
     with pytest.raises(RuntimeError, match="fit"):
         HideAndSeek().segment(*vertebra(), phenotype=None)
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 from scipy.special import logit as _logit
+from skimage.morphology import disk, opening
 
 from wsbench.postprocess import components
 from wsbench.types import BLASTIC, LYTIC
@@ -156,12 +157,22 @@ class Candidate:
 
 
 def extract_candidates(
-    image: np.ndarray, healthy: np.ndarray, body: np.ndarray, rule: Binarisation = "mean"
+    image: np.ndarray,
+    healthy: np.ndarray,
+    body: np.ndarray,
+    rule: Binarisation = "mean",
+    opening_px: int = 0,
 ) -> list[Candidate]:
-    """Lytic then blastic candidates (8-connected components, in label order)."""
+    """Lytic then blastic candidates (8-connected components, in label order).
+
+    ``opening_px > 0`` first opens each binarised map with a disk of that radius, which removes
+    structures thinner than the disk (speckle, one-pixel bridges and lines)."""
     found = []
     for label, diff in polarity_maps(image, healthy).items():
-        labelled = components(binarise(diff, body, rule))
+        mask = binarise(diff, body, rule)
+        if opening_px > 0:
+            mask = opening(mask, disk(opening_px))
+        labelled = components(mask)
         found += [Candidate(labelled == k, label) for k in range(1, int(labelled.max()) + 1)]
     return found
 
@@ -289,6 +300,7 @@ def slice_jobs(
     min_px: int,
     rule: Binarisation = "mean",
     polarity_tests: bool = False,
+    opening_px: int = 0,
 ) -> SliceJobs:
     """Candidates of one slice and the images Hide-and-Seek must score for it.
 
@@ -296,7 +308,7 @@ def slice_jobs(
     candidate (any polarity or size) is hidden in the others' images. With ``polarity_tests``,
     each polarity present also gets one image revealing all its candidates, the rest hidden.
     """
-    found = extract_candidates(base, healthy, body, rule)
+    found = extract_candidates(base, healthy, body, rule, opening_px)
     suspects = union([c.mask for c in found], body.shape)
     scored = [c for c in found if c.label in wanted and c.size >= min_px]
     images = [hide_others(base, healthy, c.mask, suspects) for c in scored]

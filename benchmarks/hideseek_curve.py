@@ -51,7 +51,7 @@ from wsbench.runner import (
     segment_vertebra,
     vertebra_seed,
 )
-from wsbench.types import PreparedVertebra, Split, WeakLabel
+from wsbench.types import Phenotype, PreparedVertebra, Split, WeakLabel, patient_hints
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "figures"
@@ -108,11 +108,13 @@ def seg_input(vertebra: PreparedVertebra) -> np.ndarray:
     return vertebra.sample().image[None]
 
 
-def measure_one(method: HideAndSeek, vertebra: PreparedVertebra, seed: int) -> dict[str, Any]:
+def measure_one(
+    method: HideAndSeek, vertebra: PreparedVertebra, hint: Phenotype | None, seed: int
+) -> dict[str, Any]:
     """Seconds, candidates and lesion metrics of one vertebra, as the harness computes them."""
     seed_everything(vertebra_seed(seed, vertebra.key.id))
     start, start_cpu = time.perf_counter(), time.process_time()
-    seg, _ = segment_vertebra(method, vertebra)
+    seg, _ = segment_vertebra(method, vertebra, hint)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     record = case_record(vertebra, seg, True, None)
     c_z = float(method.classifier.probability(encode_slices(method.dae, seg_input(vertebra)))[0])
@@ -191,6 +193,7 @@ def measure(
     train = data.split(Split.TRAIN)
     chosen = chosen_vertebrae(train, offset + vertebrae, seed, WeakLabel.MALIGNANT)[offset:]
     chosen += chosen_vertebrae(train, healthy, seed, WeakLabel.HEALTHY)
+    hints = patient_hints(data.vertebrae)
     rows = []
     for text in settings.split(","):
         params = parse_setting(text) | {"only_malignant": False, **extra}
@@ -201,7 +204,7 @@ def measure(
         for v in chosen:
             row = {"setting": name, "steps_stochastic": method.steps_stochastic,
                    "steps_decode": method.steps_decode, "batch_size": method.batch_size,
-                   **measure_one(method, v, seed)}  # fmt: skip
+                   **measure_one(method, v, hints[v.key.patient], seed)}  # fmt: skip
             print(f"{name:>9} {row['vertebra']:<28} {row['seconds']:7.2f} s  "
                   f"{row['candidates']:3d} candidates  F1 {row['f1']:.3f}  SQ {row['sq']:.3f}  "
                   f"FP {row['fp']}", flush=True)  # fmt: skip

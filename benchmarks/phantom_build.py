@@ -26,12 +26,12 @@ def otsu_summary(dataset) -> pd.DataFrame:  # type: ignore[no-untyped-def]
     from wsbench.evaluation import summarize
     from wsbench.registry import load_method
     from wsbench.runner import case_record, segment_vertebra
-    from wsbench.types import Split
+    from wsbench.types import Split, patient_hints
 
     method = load_method("otsu")()
-    rows = []
+    rows, hints = [], patient_hints(dataset.vertebrae)
     for vertebra in dataset.split(Split.TEST):
-        seg, _ = segment_vertebra(method, vertebra)
+        seg, _ = segment_vertebra(method, vertebra, hints[vertebra.key.patient])
         rows.append(case_record(vertebra, seg, True, None))
     return summarize(pd.DataFrame(rows))
 

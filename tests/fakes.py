@@ -94,6 +94,17 @@ class NoisyMethod(Method):
         return (np.random.random(image.shape) > 0.7).astype(np.uint8)
 
 
+class HintRecorder(Method):
+    """Segments nothing; records the phenotype hint each vertebra was given."""
+
+    name = "hintrecorder"
+    seen: ClassVar[dict[str, Phenotype | None]] = {}
+
+    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
+        HintRecorder.seen[context["key"].id] = context["phenotype"]
+        return np.zeros(image.shape, np.uint8)
+
+
 class WrongShape(Method):
     """Returns a map of the wrong shape for subject s3 and a valid empty map otherwise."""
 

@@ -104,7 +104,8 @@ def test_fit_finds_the_healthy_dae_and_segments_with_it(tmp_path):
     assert healthy_dae_checkpoint(prepared.training_set()) == path
     method = AnomalyDetection(steps_stochastic=2, steps_decode=2)
     method.fit(prepared.training_set(), tmp_path)
-    sample = prepared.split(Split.TEST)[1].sample()
+    vertebra = prepared.split(Split.TEST)[1]
+    sample = vertebra.sample(vertebra.phenotype)
     seg = method.segment(sample.image, sample.body_mask, phenotype=sample.phenotype)
     x, healthy = method.pseudo_healthy(sample.image)
     np.testing.assert_allclose(seg.scores, np.abs(x - healthy), rtol=1e-6)

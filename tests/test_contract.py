@@ -6,15 +6,17 @@ import dataclasses
 
 import numpy as np
 import pytest
-from fakes import TinyDataset
+from fakes import TinyDataset, make_vertebra
 
 from wsbench.types import (
     N_CENTRAL_SLICES,
     Phenotype,
     PreparedVertebra,
+    Split,
     TrainingSet,
     TrainingVertebra,
     WeakLabel,
+    patient_hints,
 )
 
 
@@ -80,11 +82,12 @@ def test_training_set_holds_only_train_split_and_labels() -> None:
 
 def test_sample_is_the_mid_slice() -> None:
     vertebra: PreparedVertebra = TinyDataset().prepare().vertebrae[0]
-    sample = vertebra.sample()
+    sample = vertebra.sample(Phenotype.MIXED)
     mid = N_CENTRAL_SLICES // 2
     assert np.array_equal(sample.image, vertebra.slices[mid])
     assert np.array_equal(sample.body_mask, vertebra.body[mid])
-    assert sample.phenotype == Phenotype.BLASTIC
+    assert sample.phenotype == Phenotype.MIXED  # the hint given, not the vertebra's own blastic
+    assert vertebra.sample().phenotype is None
     assert not hasattr(sample, "lesions")
     assert np.array_equal(vertebra.reference, vertebra.lesions[mid])
 
@@ -110,3 +113,14 @@ def test_bad_labels_are_named() -> None:
         Phenotype.parse("sclerotic")
     assert Phenotype.parse(float("nan")) is None
     assert Phenotype.parse(" Mixed ") == Phenotype.MIXED
+
+
+def test_patient_hints_combine_each_patients_vertebrae() -> None:
+    vertebrae = [*TinyDataset().prepare().vertebrae, make_vertebra("s5", "L1", Split.TEST, None, 0)]
+    assert patient_hints(vertebrae) == {
+        ("tiny", "s1"): Phenotype.BLASTIC,  # blastic + healthy
+        ("tiny", "s2"): Phenotype.LYTIC,
+        ("tiny", "s3"): Phenotype.MIXED,  # blastic + lytic
+        ("tiny", "s4"): Phenotype.MIXED,
+        ("tiny", "s5"): None,  # no metastases
+    }

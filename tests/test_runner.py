@@ -130,7 +130,19 @@ def test_output_under_a_file_is_refused(tmp_path: Path) -> None:
         run(tiny("otsu"), blocker)
 
 
-def test_label_foreground_by_hint() -> None:
+def test_methods_get_the_patient_level_hint_never_the_vertebra_label(tmp_path: Path) -> None:
+    fakes.HintRecorder.seen.clear()
+    run(tiny("fakes:HintRecorder"), tmp_path)
+    # s3: a blastic and a lytic vertebra; s4: a mixed and a healthy one
+    assert fakes.HintRecorder.seen == {
+        "tiny_s3_L1": Phenotype.MIXED,
+        "tiny_s3_L2": Phenotype.MIXED,
+        "tiny_s4_L1": Phenotype.MIXED,
+        "tiny_s4_L2": Phenotype.MIXED,
+    }
+
+
+def test_label_foreground_by_phenotype() -> None:
     binary = np.array([[0, 1]], np.uint8)
     assert label_foreground(binary, Phenotype.BLASTIC).tolist() == [[0, BLASTIC]]
     assert label_foreground(binary, Phenotype.LYTIC).tolist() == [[0, LYTIC]]

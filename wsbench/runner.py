@@ -41,6 +41,7 @@ from wsbench.types import (
     PreparedVertebra,
     Segmentation,
     Split,
+    patient_hints,
 )
 
 PACKAGES = ("numpy", "scipy", "scikit-image", "scikit-learn", "torch", "monai", "panoptica")
@@ -78,7 +79,8 @@ class RunResult:
 
 
 def label_foreground(binary: np.ndarray, phenotype: Phenotype | None) -> np.ndarray:
-    """Label a phenotype-blind method's foreground by the hint (mixed or none → lytic).
+    """Label a phenotype-blind method's foreground by the vertebra's phenotype (mixed or none →
+    lytic), so that it is scored as the foreground it is; the method never sees this phenotype.
 
     Mixed and healthy vertebrae are scored on the binary union, so the label chosen for them
     does not change any metric.
@@ -203,9 +205,12 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - start, 3)
 
 
-def segment_vertebra(method: Method, vertebra: PreparedVertebra) -> tuple[Segmentation, np.ndarray]:
-    """The method's validated answer with post-processed labels, and its raw label map."""
-    sample = vertebra.sample()
+def segment_vertebra(
+    method: Method, vertebra: PreparedVertebra, hint: Phenotype | None
+) -> tuple[Segmentation, np.ndarray]:
+    """The method's validated answer, given the patient-level phenotype ``hint``, with
+    post-processed labels, and its raw label map."""
+    sample = vertebra.sample(hint)
     output = method.segment(
         sample.image.copy(),
         sample.body_mask.copy(),
@@ -218,7 +223,7 @@ def segment_vertebra(method: Method, vertebra: PreparedVertebra) -> tuple[Segmen
     seg = validate_output(method, output, sample.image.shape)
     raw = seg.labels
     if not method.distinguishes_phenotype:
-        raw = label_foreground(raw, sample.phenotype)
+        raw = label_foreground(raw, vertebra.phenotype)
     seg.labels = postprocess(raw, sample.body_mask)
     return seg, raw
 
@@ -291,12 +296,13 @@ def process_vertebra(
     run_dir: Path,
     config: RunConfig,
     lesion_metrics: bool,
+    hint: Phenotype | None,
 ) -> dict[str, Any]:
     """Segment, evaluate and store one vertebra; a method failure becomes a failed row."""
     seed_everything(vertebra_seed(config.seed, vertebra.key.id))
     seg: Segmentation | None = None
     try:
-        seg, raw = segment_vertebra(method, vertebra)
+        seg, raw = segment_vertebra(method, vertebra, hint)
         error = None
     except Exception as exc:  # a method's failure is recorded, the run goes on
         error = f"{type(exc).__name__}: {exc}"
@@ -417,16 +423,16 @@ def run(
         seed_everything(config.seed)
         with timed(timings, "fit"):
             method.fit(dataset.training_set(), cache_root() / "work" / method_cls.name)
-    records = []
+    records, hints = [], patient_hints(dataset.vertebrae)
     with timed(timings, "segment"):
         for index, vertebra in enumerate(vertebrae):
             done = run_dir / "cases" / f"{vertebra.key.id}.json"
             if done.exists():
                 records.append(json.loads(done.read_text()))
             else:
-                records.append(
-                    process_vertebra(method, vertebra, run_dir, config, dataset.lesion_metrics)
-                )
+                hint = hints[vertebra.key.patient]
+                records.append(process_vertebra(method, vertebra, run_dir, config,
+                                                dataset.lesion_metrics, hint))  # fmt: skip
             if progress is not None:
                 progress(index + 1, len(vertebrae), vertebra.key.id)
     cases = pd.DataFrame([r["case"] for r in records]).sort_values("vertebra")

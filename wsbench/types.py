@@ -9,7 +9,7 @@ evaluator reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -61,6 +61,15 @@ class Phenotype(str, Enum):
         except ValueError:
             raise ValueError(f"phenotype {value!r} is not one of lytic, blastic, mixed") from None
 
+    @classmethod
+    def combine(cls, phenotypes: Iterable[Phenotype | None]) -> Phenotype | None:
+        """One patient's phenotype from its vertebrae's: the only one present, ``MIXED`` when
+        several are, ``None`` when none is."""
+        present = {p for p in phenotypes if p is not None}
+        if len(present) > 1:
+            return cls.MIXED
+        return next(iter(present), None)
+
 
 class Split(str, Enum):
     """Subject-level split."""
@@ -83,6 +92,11 @@ class VertebraKey:
         """File-name-safe unique id, e.g. ``phantom_s007_L3``."""
         parts = [self.dataset, self.subject, self.session, self.level]
         return "_".join(p for p in parts if p)
+
+    @property
+    def patient(self) -> tuple[str, str]:
+        """``(dataset, subject)``: the patient the vertebra belongs to, across sessions."""
+        return (self.dataset, self.subject)
 
 
 @dataclass(frozen=True)
@@ -175,8 +189,9 @@ class PreparedVertebra:
     lesions: np.ndarray | None = None
     geometry: Mapping[str, Any] = field(default_factory=dict)
 
-    def sample(self, phenotype_hint: bool = True) -> VertebraSample:
-        """The method's view of the mid-sagittal slice."""
+    def sample(self, hint: Phenotype | None = None) -> VertebraSample:
+        """The method's view of the mid-sagittal slice, with the patient-level phenotype ``hint``
+        (:func:`patient_hints`; never this vertebra's own label)."""
         mid = N_CENTRAL_SLICES // 2
         return VertebraSample(
             key=self.key,
@@ -185,7 +200,7 @@ class PreparedVertebra:
             spacing=self.spacing,
             stack=self.slices,
             stack_body=self.body,
-            phenotype=self.phenotype if phenotype_hint else None,
+            phenotype=hint,
         )
 
     def training_view(self) -> TrainingVertebra:
@@ -196,6 +211,20 @@ class PreparedVertebra:
     def reference(self) -> np.ndarray | None:
         """Reference lesion map of the mid-sagittal slice, if known."""
         return None if self.lesions is None else self.lesions[N_CENTRAL_SLICES // 2]
+
+
+def patient_hints(vertebrae: Iterable[PreparedVertebra]) -> dict[tuple[str, str], Phenotype | None]:
+    """The phenotype hint of each patient (:attr:`VertebraKey.patient`): :meth:`Phenotype.combine`
+    over all its vertebrae.
+
+    The paper's hint is a patient-level label, so every vertebra of a patient gets the same one,
+    healthy vertebrae included: a per-vertebra hint would be ``None`` exactly on healthy
+    vertebrae and so give away the label a method must find.
+    """
+    found: dict[tuple[str, str], list[Phenotype | None]] = {}
+    for v in vertebrae:
+        found.setdefault(v.key.patient, []).append(v.phenotype)
+    return {patient: Phenotype.combine(kinds) for patient, kinds in found.items()}
 
 
 @dataclass(frozen=True)

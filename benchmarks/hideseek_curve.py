@@ -3,6 +3,7 @@
     python benchmarks/hideseek_curve.py measure --settings 20/20,50/50,100/20 --vertebrae 60
     python benchmarks/hideseek_curve.py measure --settings 100/20 -p projection=invert
     python benchmarks/hideseek_curve.py measure --settings faithful --vertebrae 8
+    python benchmarks/hideseek_curve.py measure --settings 20/20 --vertebrae 60 --healthy 60
     python benchmarks/hideseek_curve.py report docs/figures/hideseek_curve_<DAE stem>.csv
     python benchmarks/hideseek_curve.py edit        # how large the Eq. (1) edit is, per steps
 
@@ -12,7 +13,10 @@ of malignant training vertebrae with a lesion on the mid slice (the phantom's tr
 have lesion masks on disk; they are read here only for this measurement, never by the method).
 ``--vertebrae k`` takes the first ``k`` of one seeded order (after ``--offset``, which extends a
 measured subset without repeating it), so a smaller faithful run uses the same vertebrae as the
-first ``k`` of a batched run.
+first ``k`` of a batched run. ``--healthy k`` adds the first ``k`` healthy training vertebrae of
+another seeded order: their false-positive lesions (``fp``, ``fp_gated``) give the table's
+``fp_per_healthy`` columns; every other column of the table is over malignant vertebrae only.
+Each vertebra gets its patient's phenotype hint, as in a run.
 
 Every vertebra goes through the harness's own code: ``wsbench.runner.segment_vertebra``
 (method, output validation, post-processing) under the runner's per-vertebra seed, scored by

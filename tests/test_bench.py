@@ -47,3 +47,11 @@ def test_bench_reruns_a_method_whose_version_changed(tmp_path: Path, monkeypatch
         (Path(second["fakes:NoisyMethod"]["run_dir"]) / "manifest.json").read_text()
     )
     assert manifest["method"]["version"] == "2"
+
+
+def test_fresh_bench_runs_again_and_keeps_the_earlier_run(tmp_path: Path):
+    first = bench("fakes:TinyDataset", tmp_path, methods=METHODS[:1])
+    second = bench("fakes:TinyDataset", tmp_path, methods=METHODS[:1], fresh=True)
+    old, new = first["fakes:NoisyMethod"]["run_dir"], second["fakes:NoisyMethod"]["run_dir"]
+    assert new != old and Path(old).is_dir()
+    assert (Path(new) / "cases.csv").read_bytes() == (Path(old) / "cases.csv").read_bytes()

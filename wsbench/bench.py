@@ -27,14 +27,17 @@ def bench(
     seed: int = 0,
     on_method: Callable[[str, RunConfig], Callable[[int, int, str], None] | None] | None = None,
     dataset_options: dict[str, Any] | None = None,
+    fresh: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Run every registered method (or ``methods``) on ``dataset``; record each outcome.
 
     A method whose finished run of the same configuration and method version exists is not run
-    again; an unfinished one is resumed; one made by another version is run afresh. A failing
-    method is recorded with its error and the bench goes on; one whose weights are not supplied
-    is recorded as not run. The record ``<out>/<dataset>/bench.json`` is updated after every
-    method (outcomes of methods not in this bench are kept). Returns this bench's outcomes.
+    again; an unfinished one is resumed; one made by another version is run afresh. ``fresh`` runs
+    every method afresh regardless (after a change to the harness itself, which neither the
+    configuration nor a method's version records); earlier run directories are left in place. A
+    failing method is recorded with its error and the bench goes on; one whose weights are not
+    supplied is recorded as not run. The record ``<out>/<dataset>/bench.json`` is updated after
+    every method (outcomes of methods not in this bench are kept). Returns this bench's outcomes.
     """
     names = methods or list(declared(METHODS_GROUP))
     record_path = out / safe_name(dataset) / "bench.json"
@@ -47,7 +50,9 @@ def bench(
         progress = on_method(name, config) if on_method else None
         try:
             previous = find_resumable(out / safe_name(dataset) / safe_name(name), config)
-            if previous is not None and made_otherwise(previous, load_method(name).version):
+            if previous is not None and (
+                fresh or made_otherwise(previous, load_method(name).version)
+            ):
                 previous = None
             if previous is not None and read_finished(previous):
                 run_dir = previous

@@ -217,6 +217,13 @@ def bench_command(
     out: Annotated[Path, typer.Option(help="Folder that receives run directories.")] = Path("runs"),
     seed: Annotated[int, typer.Option(help="Seed for every run.")] = 0,
     dataset_option: DatasetOptions = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            help="Run every method afresh even if a finished run of the same configuration and "
+            "version exists (after a change to the harness)."
+        ),
+    ] = False,
 ) -> None:
     """Run every method (or --methods) on a dataset; failures are recorded, finished runs kept."""
     from wsbench.bench import bench
@@ -234,7 +241,7 @@ def bench_command(
         names = [m.strip() for m in methods.split(",")] if methods else None
         options = parse_options(dataset_option or [])
         root_text = str(root) if root else None
-        outcomes = bench(dataset, out, names, root_text, seed, on_method, options)
+        outcomes = bench(dataset, out, names, root_text, seed, on_method, options, fresh)
     table = Table(title=f"bench on {dataset}")
     for column in ("method", "status", "run directory or reason"):
         table.add_column(column)

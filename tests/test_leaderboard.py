@@ -18,7 +18,7 @@ from wsbench.leaderboard import (
     paired_p,
     ranks,
 )
-from wsbench.publish import publish, regenerate_markdown
+from wsbench.publish import commit_label, publish, regenerate_markdown
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -94,6 +94,22 @@ def test_published_leaderboard_is_what_the_command_produces() -> None:
         pytest.skip("no leaderboard published yet")
     for page in pages:
         assert regenerate_markdown(folder, page.stem) == page.read_text(), page.name
+
+
+def test_commit_label_marks_runs_made_with_uncommitted_changes() -> None:
+    assert commit_label({"git_commit": "0123456789abcdef", "git_dirty": False}) == "0123456789ab"
+    assert commit_label({"git_commit": "0123456789abcdef", "git_dirty": True}) == (
+        "0123456789ab +uncommitted changes"
+    )
+    assert commit_label({}) == "unknown"
+
+
+def test_git_dirty_is_recorded_in_the_manifest(tmp_path: Path) -> None:
+    from wsbench.runner import RunConfig, git_dirty, run
+
+    result = run(RunConfig("otsu", "fakes:TinyDataset"), tmp_path)
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["git_dirty"] == git_dirty()
 
 
 def test_publish_from_run_directories(tmp_path: Path) -> None:

@@ -53,12 +53,18 @@ def copy_summaries(runs: dict[str, MethodRun], dest: Path) -> dict[str, MethodRu
     return copied
 
 
+def commit_label(manifest: dict) -> str:
+    """A run's commit, short, marked ``+uncommitted changes`` when the tree was dirty."""
+    commit = (manifest.get("git_commit") or "unknown")[:12]
+    return commit + (" +uncommitted changes" if manifest.get("git_dirty") else "")
+
+
 def header_lines(dataset: str, runs: dict[str, MethodRun]) -> list[str]:
     """Dataset fingerprint, split sizes, versions and commits of the runs."""
     manifests = [r.manifest for r in runs.values()]
     fingerprints = sorted({m["dataset"]["fingerprint"] for m in manifests})
     versions = sorted({m["packages"].get("wsbench", "?") for m in manifests})
-    commits = sorted({(m.get("git_commit") or "unknown")[:12] for m in manifests})
+    commits = sorted({commit_label(m) for m in manifests})
     any_cases = next(iter(runs.values())).cases
     counts = any_cases["category"].value_counts()
     sizes = ", ".join(f"{c} {counts[c]}" for c in CATEGORY_ORDER if c in counts)

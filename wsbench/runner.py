@@ -137,11 +137,11 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def git_commit() -> str | None:
-    """Commit of the wsbench source tree, when it is a git checkout."""
+def git_output(*args: str) -> str | None:
+    """Output of ``git args`` in the wsbench source tree, or None when it is not a checkout."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", *args],
             cwd=Path(__file__).parent,
             capture_output=True,
             text=True,
@@ -150,7 +150,18 @@ def git_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout
+
+
+def git_commit() -> str | None:
+    """Commit of the wsbench source tree, when it is a git checkout."""
+    return (git_output("rev-parse", "HEAD") or "").strip() or None
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files of the source tree differ from that commit (None: not a checkout)."""
+    status = git_output("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status.strip())
 
 
 def ensure_writable(folder: Path) -> None:
@@ -413,6 +424,7 @@ def run(
         "config": asdict(config),
         "packages": package_versions(),
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "started": started,
         "resumed": resume,
         "finished": None,

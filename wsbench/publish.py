@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from wsbench.evaluation import METRICS
 from wsbench.leaderboard import (
@@ -218,6 +219,8 @@ def size_score_figure(runs: dict[str, MethodRun]) -> str | None:
             ax.scatter(part["size"][~tp], part["score"][~tp], s=14, marker="x", color=color,
                        alpha=0.5, label=f"{name} FP")  # fmt: skip
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # plain numbers; no crowded minor labels
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("candidate size (pixels)")
         ax.set_ylabel("score")
         ax.set_title(method)

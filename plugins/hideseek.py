@@ -130,6 +130,7 @@ class HideAndSeek(Method):
         only_malignant: bool = True,
         min_candidate_px: int = DEFAULT_MIN_CANDIDATE_PX,
         opening_px: int = 0,
+        eq3_floor: str = "target",
         projection: hs.Projection = "none",
     ) -> None:
         steps = FAITHFUL_STEPS if faithful else DEFAULT_STEPS
@@ -143,6 +144,7 @@ class HideAndSeek(Method):
         self.slices, self.only_malignant = int(slices), only_malignant
         self.min_candidate_px = FAITHFUL_MIN_CANDIDATE_PX if faithful else int(min_candidate_px)
         self.opening_px = 0 if faithful else int(opening_px)
+        self.eq3_floor = "target" if faithful else eq3_floor
         self.projection = "invert" if faithful else projection
         for value, allowed, what in [
             (reference, ("input", "reconstruction"), "reference"),
@@ -215,6 +217,10 @@ class HideAndSeek(Method):
         healthy, base = healthy[:, 0].double().numpy(), base[:, 0].double().numpy()
         image = base[mid]
         p_healthy = plane.probability(z_healthy)
+        if self.eq3_floor == "reencoded":  # what hiding everything actually reaches
+            with torch.inference_mode():
+                z_back = dae.encode(hs.to_tensor(healthy)).double().numpy()
+            p_healthy = plane.probability(z_back)
         wanted = BOTH if self.phenotype == "auto" else HINTED.get(phenotype, BOTH)
 
         auto = self.phenotype == "auto"

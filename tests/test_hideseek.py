@@ -171,21 +171,24 @@ def test_cheaper_projections_equal_inversion_for_an_exact_autoencoder(projection
 class OffsetAutoencoder(LinearAutoencoder):
     """The linear 'DAE' whose decoder adds ``OFFSET`` to every pixel: ``R ≠ I``."""
 
-    OFFSET = 0.05
+    OFFSET = 1.0  # large enough that c(encode(I_healthy)) is far from p_target
 
     def decode(self, x_t, z_sem, steps):
         return super().decode(x_t, z_sem, steps) + self.OFFSET
 
 
-def test_reconstruction_reference_scores_against_the_reconstruction():
-    """Eq. (3)'s ``c(z)`` is the classifier on the image ``I_hide`` is built from: ``R``."""
+@pytest.mark.parametrize("floor", ["target", "reencoded"])
+def test_reconstruction_reference_scores_against_the_reconstruction(floor):
+    """Eq. (3)'s ``c(z)`` is the classifier on the image ``I_hide`` is built from: ``R``; its
+    ``c(z_healthy)`` is ``p_target``, or with ``eq3_floor=reencoded`` ``c(encode(I_healthy))``."""
     image, body = vertebra()
     dae = OffsetAutoencoder(rows=region_rows())
     method = HideAndSeek.from_parts(dae, classifier(), reference="reconstruction",
-                                    projection="none", min_candidate_px=5)  # fmt: skip
+                                    projection="none", min_candidate_px=5,
+                                    eq3_floor=floor)  # fmt: skip
     seg = method.segment(image, body, phenotype=None)
     z = region_rows() @ hu_to_unit(image).ravel().astype(np.float64)
-    shift = OffsetAutoencoder.OFFSET * region_rows().sum(axis=1)  # encode(R) = z + shift
+    shift = dae.OFFSET * region_rows().sum(axis=1)  # encode(R) = z + shift
     z_h = z - (NORMAL @ z + BIAS - logit(1e-4)) / (NORMAL @ NORMAL) * NORMAL
 
     def c(latent) -> float:
@@ -194,7 +197,9 @@ def test_reconstruction_reference_scores_against_the_reconstruction():
 
     p_base = c(z)
     p_blast, p_lysis = c([z[0], z_h[1]]), c([z_h[0], z[1]])  # one region R, the other H
-    expected = [(p - 1e-4) / (p_base - 1e-4 + 1e-8) for p in (p_lysis, p_blast)]
+    c_floor = 1e-4 if floor == "target" else c(z_h)  # encode(I_healthy) = z_h + shift
+    assert c_floor > 1e-2 or floor == "target"  # the two floors really differ here
+    expected = [(p - c_floor) / (p_base - c_floor + 1e-8) for p in (p_lysis, p_blast)]
     assert [x.label for x in seg.lesions] == [LYTIC, BLASTIC]
     assert [x.score for x in seg.lesions] == pytest.approx(expected, rel=1e-4)
     assert seg.lesions[0].extra["c_base"] == pytest.approx(p_base, rel=1e-5)

@@ -133,10 +133,8 @@ class CaseLabels:
         columns = self.columns.get(level)
         if columns is None:
             return WeakLabel.HEALTHY, None
-        types = {PHENOTYPE_COLUMNS[c] for c in columns if c in PHENOTYPE_COLUMNS}
-        if len(types) > 1:
-            return WeakLabel.MALIGNANT, Phenotype.MIXED
-        return WeakLabel.MALIGNANT, next(iter(types), None)
+        types = (PHENOTYPE_COLUMNS[c] for c in columns if c in PHENOTYPE_COLUMNS)
+        return WeakLabel.MALIGNANT, Phenotype.combine(types)
 
 
 def read_clinical(path: Path) -> tuple[dict[str, CaseLabels | None], list[Skipped]]:

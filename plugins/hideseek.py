@@ -212,15 +212,14 @@ class HideAndSeek(Method):
                 healthy, base = both.split(len(x))
             # Eq. (3) compares each I_hide with the image it was built from: c(encode(base))
             p_base = p_orig if base is x else plane.probability(dae.encode(base).double().numpy())
+            p_floor = None  # Eq. (3)'s c(z_healthy) when it is not p_target
+            if self.eq3_floor == "reencoded":  # what hiding everything actually reaches
+                p_floor = plane.probability(dae.encode(healthy).double().numpy())
         if p_base.min() <= self.p_target:
             return Attribution(p_orig=float(p_orig[mid]), p_base=float(p_base[mid]))
         healthy, base = healthy[:, 0].double().numpy(), base[:, 0].double().numpy()
         image = base[mid]
-        p_healthy = plane.probability(z_healthy)
-        if self.eq3_floor == "reencoded":  # what hiding everything actually reaches
-            with torch.inference_mode():
-                z_back = dae.encode(hs.to_tensor(healthy)).double().numpy()
-            p_healthy = plane.probability(z_back)
+        p_healthy = plane.probability(z_healthy) if p_floor is None else p_floor
         wanted = BOTH if self.phenotype == "auto" else HINTED.get(phenotype, BOTH)
 
         auto = self.phenotype == "auto"

@@ -150,6 +150,7 @@ class HideAndSeek(Method):
             (reference, ("input", "reconstruction"), "reference"),
             (edit_direction, ("normal", "standardised"), "edit_direction"),
             (phenotype, ("hint", "auto"), "phenotype"),
+            (self.eq3_floor, ("target", "reencoded"), "eq3_floor"),
             (projection, hs.PROJECTIONS, "projection"),
             (self.slices, (1, N_CENTRAL_SLICES), "slices"),
         ]:

@@ -152,6 +152,8 @@ def test_bad_parameters_are_named():
         HideAndSeek(phenotype="sometimes")
     with pytest.raises(ValueError, match="projection='skip'"):
         HideAndSeek(projection="skip")
+    with pytest.raises(ValueError, match="eq3_floor='zero'"):
+        HideAndSeek(eq3_floor="zero")
     paper = HideAndSeek(faithful=True, projection="none", reference="reconstruction",
                         min_candidate_px=40, opening_px=2)  # fmt: skip
     assert (paper.projection, paper.reference, paper.batch_size) == ("invert", "input", 1)

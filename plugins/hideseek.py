@@ -9,10 +9,11 @@
 
 ``faithful=True`` is the paper's algorithm exactly: ``I`` in ``D`` and Eq. (2), every
 ``I_hide`` projected (inverted, decoded, re-encoded) one at a time, 250/100 DDIM steps. The
-default, chosen from the speed/accuracy curve on the training split, differs in four ways:
-``D`` and Eq. (2) use the DAE's reconstruction of ``I`` (as the authors' demo does), ``z_hide``
-is ``encode(I_hide)`` without projection, the steps are 20/20, and only candidates of at least
-25 pixels (not 5) are scored and can be kept. See docs/hideseek.md.
+default, chosen on the training split, differs in five ways: ``D`` and Eq. (2) use the DAE's
+reconstruction of ``I`` (as the authors' demo does), ``z_hide`` is ``encode(I_hide)`` without
+projection, the steps are 20/20, only candidates of at least 25 pixels (not 5) are scored and
+can be kept, and each kept lesion's outline is redrawn from the input's HU (Otsu's threshold
+near the lesion) instead of the blurred difference map. See docs/hideseek.md.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ FAITHFUL_MIN_CANDIDATE_PX = MIN_COMPONENT_PX
 DEFAULT_MIN_CANDIDATE_PX = 25
 """Smallest scored candidate by default: a size prior chosen on the training split and confirmed
 on a disjoint training subset (docs/hideseek.md, "A candidate-size prior")."""
+DEFAULT_BOUNDARY_PX = 2
+"""How far (pixels) ``boundary=image`` may grow a kept lesion; chosen on the training split
+(docs/hideseek.md, "Image boundaries")."""
 BOTH = (LYTIC, BLASTIC)
 HINTED = {Phenotype.LYTIC: (LYTIC,), Phenotype.BLASTIC: (BLASTIC,), Phenotype.MIXED: BOTH}
 
@@ -111,7 +115,7 @@ class HideAndSeek(Method):
     """Weakly supervised lytic/blastic segmentation by Hide-and-Seek Attribution."""
 
     name = "hideseek"
-    version = "5"
+    version = "6"
 
     def __init__(
         self,
@@ -132,6 +136,8 @@ class HideAndSeek(Method):
         opening_px: int = 0,
         eq3_floor: str = "target",
         projection: hs.Projection = "none",
+        boundary: str = "image",
+        boundary_px: int = DEFAULT_BOUNDARY_PX,
     ) -> None:
         steps = FAITHFUL_STEPS if faithful else DEFAULT_STEPS
         self.checkpoint, self.faithful = checkpoint, faithful
@@ -146,11 +152,14 @@ class HideAndSeek(Method):
         self.opening_px = 0 if faithful else int(opening_px)
         self.eq3_floor = "target" if faithful else eq3_floor
         self.projection = "invert" if faithful else projection
+        self.boundary = "difference" if faithful else boundary
+        self.boundary_px = int(boundary_px)
         for value, allowed, what in [
             (reference, ("input", "reconstruction"), "reference"),
             (edit_direction, ("normal", "standardised"), "edit_direction"),
             (phenotype, ("hint", "auto"), "phenotype"),
             (self.eq3_floor, ("target", "reencoded"), "eq3_floor"),
+            (self.boundary, ("difference", "image"), "boundary"),
             (projection, hs.PROJECTIONS, "projection"),
             (self.slices, (1, N_CENTRAL_SLICES), "slices"),
         ]:
@@ -178,12 +187,16 @@ class HideAndSeek(Method):
         self.classifier = classifier_for(self.dae, checkpoint_identity(path), training)
 
     def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> Segmentation:
-        """Hide-and-Seek on the mid slice (or the central five, fused into the mid slice)."""
+        """Hide-and-Seek on the mid slice (or the central five, fused into the mid slice); with
+        ``boundary=image`` the kept lesions are then redrawn along the input's own edges."""
         if self.slices == 1:
             stack, bodies = image[None], body_mask[None]
         else:
             stack, bodies = context["stack"], context["stack_body"]
-        return self.attribute(stack, bodies, context.get("phenotype")).segmentation(image.shape)
+        seg = self.attribute(stack, bodies, context.get("phenotype")).segmentation(image.shape)
+        if self.boundary == "image":
+            seg.labels = hs.image_boundaries(seg.labels, image, body_mask, self.boundary_px)
+        return seg
 
     def attribute(
         self, stack: np.ndarray, bodies: np.ndarray, phenotype: Phenotype | None

@@ -20,6 +20,8 @@ from wsbench.attribution import (
     hidden_probabilities,
     hide_others,
     hyperplane_from_standardised,
+    image_boundaries,
+    image_boundary,
     polarity_maps,
     probability_logit,
     project,
@@ -157,6 +159,36 @@ def test_opening_removes_lines_and_speckle_but_keeps_a_blob():
     blob[4, 7] = True  # but it fits centred on the blob's edge (4, 6), so it keeps the line's root
     assert len(opened) == 1
     np.testing.assert_array_equal(opened[0].mask, blob)
+
+
+def test_image_boundaries_redraw_a_haloed_blastic_candidate_exactly():
+    image = np.full((24, 24), 200.0)
+    image[:2, :] = 1500.0  # cortex-bright rim of the body, outside the eroded body
+    image[2:6, 8:12] = 800.0  # the lesion, touching the eroded body's edge
+    image[3:5, 14:16] = 800.0  # a bright blob in reach of the dilation, not touching the candidate
+    labels = np.zeros((24, 24), np.uint8)
+    labels[0:7, 7:13] = BLASTIC  # the difference map's blurred candidate, reaching the rim
+    body = np.ones((24, 24), bool)
+    lesion = np.zeros((24, 24), np.uint8)
+    lesion[2:6, 8:12] = BLASTIC
+    np.testing.assert_array_equal(image_boundaries(labels, image, body, dilation_px=2), lesion)
+
+
+def test_image_boundary_fills_holes_and_falls_back_to_the_candidate():
+    image = np.full((20, 20), 200.0)
+    image[8:14, 8:14] = -100.0  # lytic square ...
+    image[10, 10] = 200.0  # ... with a pixel of ordinary bone inside
+    inside = np.ones((20, 20), bool)
+    candidate = np.zeros((20, 20), bool)
+    candidate[9:13, 9:13] = True  # too small: the dilation lets it grow to the lesion
+    square = np.zeros((20, 20), bool)
+    square[8:14, 8:14] = True
+    np.testing.assert_array_equal(image_boundary(image, inside, candidate, LYTIC, 2), square)
+    flat = np.full((20, 20), 200.0)
+    np.testing.assert_array_equal(image_boundary(flat, inside, candidate, LYTIC, 2), candidate)
+    speck = flat.copy()
+    speck[10, 10] = -100.0  # the only dark pixel: a 1-pixel result is below MIN_COMPONENT_PX
+    np.testing.assert_array_equal(image_boundary(speck, inside, candidate, LYTIC, 0), candidate)
 
 
 def test_extract_candidates_exact_on_a_constructed_difference_map():

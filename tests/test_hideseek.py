@@ -154,10 +154,12 @@ def test_bad_parameters_are_named():
         HideAndSeek(projection="skip")
     with pytest.raises(ValueError, match="eq3_floor='zero'"):
         HideAndSeek(eq3_floor="zero")
+    with pytest.raises(ValueError, match="boundary='sharp'"):
+        HideAndSeek(boundary="sharp")
     paper = HideAndSeek(faithful=True, projection="none", reference="reconstruction",
-                        min_candidate_px=40, opening_px=2)  # fmt: skip
+                        min_candidate_px=40, opening_px=2, boundary="image")  # fmt: skip
     assert (paper.projection, paper.reference, paper.batch_size) == ("invert", "input", 1)
-    assert (paper.min_candidate_px, paper.opening_px) == (5, 0)
+    assert (paper.min_candidate_px, paper.opening_px, paper.boundary) == (5, 0, "difference")
     with pytest.raises(RuntimeError, match="fit"):
         HideAndSeek().segment(*vertebra(), phenotype=None)
 

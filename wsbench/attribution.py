@@ -17,11 +17,13 @@ from typing import Literal, Protocol
 
 import numpy as np
 import torch
+from scipy.ndimage import binary_dilation, binary_fill_holes
 from scipy.special import expit
 from scipy.special import logit as _logit
+from skimage.filters import threshold_otsu
 from skimage.morphology import disk, opening
 
-from wsbench.postprocess import components
+from wsbench.postprocess import MIN_COMPONENT_PX, components, eroded_body
 from wsbench.types import BLASTIC, LYTIC
 
 P_TARGET = 1e-4
@@ -175,6 +177,46 @@ def extract_candidates(
         labelled = components(mask)
         found += [Candidate(labelled == k, label) for k in range(1, int(labelled.max()) + 1)]
     return found
+
+
+def image_boundary(
+    image: np.ndarray, inside: np.ndarray, lesion: np.ndarray, label: int, dilation_px: int
+) -> np.ndarray:
+    """``lesion`` redrawn along the image's own edges.
+
+    Within ``lesion`` dilated by ``dilation_px`` (a disk) and restricted to ``inside``, the
+    pixels on the lesion's side of Otsu's threshold of their HU (above it for blastic, below
+    for lytic), the connected pieces of them that touch ``lesion``, holes filled. ``lesion``
+    itself is returned when that region is uniform or the redrawn mask is smaller than
+    ``MIN_COMPONENT_PX``."""
+    lesion = np.asarray(lesion, dtype=bool)
+    grown = binary_dilation(lesion, disk(dilation_px)) if dilation_px > 0 else lesion
+    region = grown & np.asarray(inside, dtype=bool)
+    values = image[region]
+    if np.unique(values).size < 2:
+        return lesion
+    cut = threshold_otsu(values)
+    side = region & ((image > cut) if label == BLASTIC else (image < cut))
+    pieces = components(side)
+    touching = np.unique(pieces[lesion & side])
+    redrawn = binary_fill_holes(np.isin(pieces, touching[touching > 0]))
+    return redrawn if redrawn.sum() >= MIN_COMPONENT_PX else lesion
+
+
+def image_boundaries(
+    labels: np.ndarray, image: np.ndarray, body: np.ndarray, dilation_px: int
+) -> np.ndarray:
+    """Label map with every lesion component redrawn by :func:`image_boundary` inside the
+    eroded body (the region the harness scores); lytic first, each pixel claimed once."""
+    inside = eroded_body(body)
+    image = np.asarray(image, dtype=np.float64)
+    out = np.zeros(labels.shape, dtype=np.uint8)
+    for label in (LYTIC, BLASTIC):
+        found = components(labels == label)
+        for k in range(1, int(found.max()) + 1):
+            lesion = image_boundary(image, inside, found == k, label, dilation_px)
+            out[lesion & (out == 0)] = label
+    return out
 
 
 def hide_others(

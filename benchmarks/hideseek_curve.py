@@ -61,7 +61,12 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "figures"
 FAITHFUL = "faithful"
 KEY = ["setting", "vertebra"]
-PAPER = {"projection": "invert", "reference": "input", "min_candidate_px": 5, "boundary": "difference"}
+PAPER = {
+    "projection": "invert",
+    "reference": "input",
+    "min_candidate_px": 5,
+    "boundary": "difference",
+}
 """The paper's (and the authors' code's) choices where the method offers other variants."""
 
 app = typer.Typer(add_completion=False, help=__doc__)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from wsbench import attribution as hs
-from wsbench.modelstore import SHIPPED_DIR, cache_root
+from wsbench.modelstore import SHIPPED_DIR, cache_root, file_identity
 from wsbench.nets.dae import DiffusionAutoencoder, find_dae
 from wsbench.types import BLASTIC, LYTIC, LesionScore, Method, Phenotype, Segmentation, TrainingSet
 
@@ -57,9 +57,15 @@ class AnomalyDetection(Method):
         self.steps_stochastic, self.steps_decode = int(steps_stochastic), int(steps_decode)
         self.binarisation = binarisation
         self.dae: DiffusionAutoencoder | None = None
+        self.dae_identity: str | None = None
 
     def params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k != "dae"}
+        return {k: v for k, v in vars(self).items() if k not in ("dae", "dae_identity")}
+
+    def models(self) -> dict[str, str]:
+        """The healthy-only DAE ``fit`` loaded, as ``<file stem>-<sha256[:12]>``; ``{}`` before
+        fit or when built by :meth:`from_dae`."""
+        return {"dae": self.dae_identity} if self.dae_identity else {}
 
     @classmethod
     def from_dae(cls, dae: DiffusionAutoencoder, **params: Any) -> AnomalyDetection:
@@ -73,6 +79,7 @@ class AnomalyDetection(Method):
         """Load the healthy-only DAE of this dataset (``checkpoint`` overrides the search)."""
         path = Path(self.checkpoint) if self.checkpoint else healthy_dae_checkpoint(training)
         self.dae = DiffusionAutoencoder.load(path).eval()
+        self.dae_identity = file_identity(path)
 
     def pseudo_healthy(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(x, x̂)``: the HU slice in network units and its healthy-DAE reconstruction."""

@@ -23,6 +23,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from skimage.filters import threshold_otsu
 from torch import nn
 
+from wsbench.modelstore import file_identity
 from wsbench.nets.classifier import (
     ClassifierConfig,
     ensure_classifier,
@@ -96,6 +97,11 @@ class CAMMethod(Method):
             "seed": self.seed,
             "target_layer": self.target_layer,
         }
+
+    def models(self) -> dict[str, str]:
+        """The classifier ``fit`` trained or loaded, as ``<file stem>-<sha256[:12]>``; ``{}``
+        before fit."""
+        return {"classifier": file_identity(self.model_path)} if self.model_path else {}
 
     def fit(self, training: TrainingSet, workdir: Path) -> None:
         """Load the given checkpoint (checked against this dataset and config) or the stored

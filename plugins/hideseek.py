@@ -18,7 +18,6 @@ near the lesion) instead of the blurred difference map. See docs/hideseek.md.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ import torch
 
 from wsbench import attribution as hs
 from wsbench.intensity import hu_to_unit
-from wsbench.latent_classifier import LatentClassifier, classifier_for
-from wsbench.modelstore import SHIPPED_DIR, cache_root
+from wsbench.latent_classifier import LatentClassifier, classifier_for, classifier_key
+from wsbench.modelstore import SHIPPED_DIR, cache_root, file_identity, find_model
 from wsbench.postprocess import MIN_COMPONENT_PX
 from wsbench.types import (
     BLASTIC,
@@ -71,11 +70,6 @@ def dae_checkpoint(training: TrainingSet) -> Path:
             "dae` or pass --checkpoint"
         )
     return path
-
-
-def checkpoint_identity(path: Path) -> str:
-    """``<stem>-<sha256 of the file>``: names one exact set of DAE weights."""
-    return f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
 
 
 @dataclass
@@ -167,9 +161,12 @@ class HideAndSeek(Method):
                 raise ValueError(f"{what}={value!r} is not one of {allowed}")
         self.dae: hs.Autoencoder | None = None
         self.classifier: LatentClassifier | None = None
+        self.fitted_models: dict[str, str] = {}
 
     def params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k not in ("dae", "classifier")}
+        return {
+            k: v for k, v in vars(self).items() if k not in ("dae", "classifier", "fitted_models")
+        }
 
     @classmethod
     def from_parts(cls, dae: hs.Autoencoder, classifier: LatentClassifier, **params: Any):
@@ -184,7 +181,15 @@ class HideAndSeek(Method):
 
         path = Path(self.checkpoint) if self.checkpoint else dae_checkpoint(training)
         self.dae = DiffusionAutoencoder.load(path).eval()
-        self.classifier = classifier_for(self.dae, checkpoint_identity(path), training)
+        dae_identity = file_identity(path)
+        self.classifier = classifier_for(self.dae, dae_identity, training)
+        stored = find_model(classifier_key(dae_identity, training.fingerprint))
+        self.fitted_models = {"dae": dae_identity, "classifier": file_identity(stored)}
+
+    def models(self) -> dict[str, str]:
+        """The DAE and the latent classifier ``fit`` loaded, each as ``<file stem>-<sha256[:12]>``
+        of its weights file; ``{}`` before fit or when built by :meth:`from_parts`."""
+        return dict(self.fitted_models)
 
     def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> Segmentation:
         """Hide-and-Seek on the mid slice (or the central five, fused into the mid slice); with

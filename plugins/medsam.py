@@ -15,7 +15,6 @@ through the same loader.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ from segment_anything.modeling import (
 from skimage.transform import resize
 
 from wsbench.intensity import HU_WINDOW
+from wsbench.modelstore import file_identity
 from wsbench.types import Method, WeightsNotSuppliedError
 
 ENV_VAR = "WSBENCH_MEDSAM_CHECKPOINT"
@@ -230,15 +230,6 @@ def resolve_checkpoint(checkpoint: str | os.PathLike[str] | None) -> Path:
     return path.resolve()
 
 
-def sha256_prefix(path: Path, length: int = 12) -> str:
-    """The first ``length`` hex digits of the file's SHA-256."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
-
-
 def parse_window(window: str | Sequence[float]) -> tuple[float, float]:
     """An HU window from ``(low, high)`` or the CLI text ``"low,high"``."""
     parts = window.split(",") if isinstance(window, str) else list(window)
@@ -320,7 +311,8 @@ class MedSAM(Method):
         device: str = "cpu",
     ) -> None:
         self.checkpoint = resolve_checkpoint(checkpoint)
-        self.checkpoint_sha256 = sha256_prefix(self.checkpoint)
+        self.checkpoint_identity = file_identity(self.checkpoint)  # <stem>-<sha256[:12]>
+        self.checkpoint_sha256 = self.checkpoint_identity.rsplit("-", 1)[1]
         self.box_margin = float(box_margin)
         if self.box_margin < 0:
             raise ValueError(f"box_margin={box_margin!r} mm must be ≥ 0")
@@ -341,6 +333,10 @@ class MedSAM(Method):
             "window": list(self.window),
             "device": str(self.device),
         }
+
+    def models(self) -> dict[str, str]:
+        """The SAM weights file it loaded, as ``<file stem>-<sha256[:12]>``."""
+        return {"sam": self.checkpoint_identity}
 
     def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
         """Binary foreground (uint8 0/1) of MedSAM on the mid-sagittal slice."""

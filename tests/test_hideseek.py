@@ -238,9 +238,9 @@ def test_batched_and_unbatched_paths_give_the_same_delta_on_a_tiny_dae(projectio
 
 def test_dae_checkpoint_is_found_by_its_card_and_identified_by_content(tmp_path):
     from fakes import TinyDataset
-    from wsbench.plugins.hideseek import checkpoint_identity, dae_checkpoint
+    from wsbench.plugins.hideseek import dae_checkpoint
 
-    from wsbench.modelstore import cache_root
+    from wsbench.modelstore import cache_root, file_identity
 
     training = TinyDataset().prepare().training_set()
     with pytest.raises(FileNotFoundError, match="--checkpoint"):
@@ -258,6 +258,6 @@ def test_dae_checkpoint_is_found_by_its_card_and_identified_by_content(tmp_path)
         (folder / f"{stem}.json").write_text(json.dumps(card))
     found = dae_checkpoint(training)
     assert found.name == "dae-mine.pt"
-    assert checkpoint_identity(found).startswith("dae-mine-")
+    assert file_identity(found).startswith("dae-mine-")
     (folder / "dae-mine.pt").write_bytes(b"retrained")
-    assert checkpoint_identity(found) != checkpoint_identity(folder / "dae-other.pt")
+    assert file_identity(found) != file_identity(folder / "dae-other.pt")

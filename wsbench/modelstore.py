@@ -29,6 +29,21 @@ def digest(value: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+IDENTITY_HEX_DIGITS = 12
+"""Hex digits of a weights file's SHA-256 kept in its identity (:func:`file_identity`)."""
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def file_identity(path: Path) -> str:
+    """``<stem>-<first 12 hex digits of the file's SHA-256>``: names one exact weights file, e.g.
+    ``dae-a78ecb8779ef-1a2b3c4d5e6f`` for ``dae-a78ecb8779ef.pt`` (read in chunks)."""
+    sha = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(HASH_CHUNK_BYTES):
+            sha.update(block)
+    return f"{Path(path).stem}-{sha.hexdigest()[:IDENTITY_HEX_DIGITS]}"
+
+
 @dataclass(frozen=True)
 class ModelKey:
     """Identity of a trained model: what it is, what data it saw, how it was configured."""

@@ -60,8 +60,19 @@ def commit_label(manifest: dict) -> str:
     return commit + (" +uncommitted changes" if manifest.get("git_dirty") else "")
 
 
+def models_lines(runs: dict[str, MethodRun]) -> list[str]:
+    """``- models: hideseek dae `…`, classifier `…`; ad dae `…```: the trained weights each run
+    used (``method.models`` of its manifest); no line when no run recorded any."""
+    parts = []
+    for method, run in runs.items():
+        models = run.manifest.get("method", {}).get("models") or {}
+        if models:
+            parts.append(f"{method} " + ", ".join(f"{r} `{i}`" for r, i in models.items()))
+    return [f"- models: {'; '.join(parts)}"] if parts else []
+
+
 def header_lines(dataset: str, runs: dict[str, MethodRun]) -> list[str]:
-    """Dataset fingerprint, split sizes, versions and commits of the runs."""
+    """Dataset fingerprint, split sizes, versions and commits of the runs, the models used."""
     manifests = [r.manifest for r in runs.values()]
     fingerprints = sorted({m["dataset"]["fingerprint"] for m in manifests})
     versions = sorted({m["packages"].get("wsbench", "?") for m in manifests})
@@ -74,6 +85,7 @@ def header_lines(dataset: str, runs: dict[str, MethodRun]) -> list[str]:
         f"- dataset fingerprint: `{', '.join(fingerprints)}`",
         f"- split: {', '.join(splits)} — {len(any_cases)} vertebrae ({sizes})",
         f"- wsbench {', '.join(versions)}; runs made at commit {', '.join(commits)}",
+        *models_lines(runs),
         f"- mean ± SD over vertebrae; **bold** = best; `*` = worse than the best "
         f"(paired Wilcoxon signed-rank, p < {ALPHA}); 95% CIs from {BOOTSTRAP_SAMPLES} "
         "bootstrap resamples of vertebrae (seed 0) are in the CSV and HTML",

@@ -409,6 +409,8 @@ def run(
             "class": f"{method_cls.__module__}:{method_cls.__name__}",
             "version": method_cls.version,
             "params": method.params(),
+            # known after fit; a method that does not learn loaded its weights (if any) when built
+            "models": {} if method.learns else method.models(),
         },
         "dataset": {
             "name": dataset.name,
@@ -435,6 +437,8 @@ def run(
         seed_everything(config.seed)
         with timed(timings, "fit"):
             method.fit(dataset.training_set(), cache_root() / "work" / method_cls.name)
+        manifest["method"]["models"] = method.models()
+        write_json_atomic(run_dir / "manifest.json", manifest)
     records, hints = [], patient_hints(dataset.vertebrae)
     with timed(timings, "segment"):
         for index, vertebra in enumerate(vertebrae):

@@ -306,6 +306,12 @@ class Method:
         """The method's parameters, for the run manifest (override when there are any)."""
         return {}
 
+    def models(self) -> dict[str, str]:
+        """The identities of the trained weights the fitted method uses, by role (e.g.
+        ``{"dae": "dae-a78ecb8779ef-<sha256[:12]>"}``), for the run manifest; ``{}`` for a
+        method without weights."""
+        return {}
+
     @property
     def learns(self) -> bool:
         """True when the method overrides :meth:`fit`."""

@@ -284,3 +284,16 @@ class HideAndSeek(Method):
             polarities=polarities,
             tau=self.tau,
         )
+
+
+class HideAndSeekUngated(HideAndSeek):
+    """Hide-and-Seek on every vertebra: the paper's gate off (``only_malignant=false``).
+
+    Published beside the gated default so that the leaderboard shows both sides of the gate's
+    trade-off: vertebrae the latent classifier misses (most lytic ones here) against false
+    positives on healthy vertebrae (docs/hideseek.md, "The gate on the leaderboard")."""
+
+    name = "hideseek-ungated"
+
+    def __init__(self, only_malignant: bool = False, **params: Any) -> None:
+        super().__init__(only_malignant=only_malignant, **params)

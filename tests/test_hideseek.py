@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.special import expit, logit
 from test_attribution import LinearAutoencoder
-from wsbench.plugins.hideseek import HideAndSeek
+from wsbench.plugins.hideseek import HideAndSeek, HideAndSeekUngated
 
 from wsbench.intensity import hu_to_unit
 from wsbench.latent_classifier import LatentClassifier
@@ -108,6 +108,18 @@ def test_only_malignant_vertebrae_are_segmented():
     assert not method().segment(image, body, phenotype=None).lesions
     seg = method(only_malignant=False).segment(image, body, phenotype=None)
     assert [lesion.label for lesion in seg.lesions] == [LYTIC, BLASTIC]
+
+
+def test_the_ungated_entry_segments_what_the_gate_skips():
+    from wsbench.registry import load_method
+
+    assert load_method("hideseek-ungated") is HideAndSeekUngated
+    image, body = vertebra(blastic=300.0)  # c(z) < 0.5: the default skips it
+    parts = (LinearAutoencoder(rows=region_rows()), classifier())
+    seg = HideAndSeekUngated.from_parts(*parts, min_candidate_px=5).segment(image, body)
+    assert [lesion.label for lesion in seg.lesions] == [LYTIC, BLASTIC]
+    gated = HideAndSeekUngated.from_parts(*parts, min_candidate_px=5, only_malignant=True)
+    assert not gated.segment(image, body).lesions
 
 
 def test_a_vertebra_already_below_p_target_is_not_attributed():

@@ -31,10 +31,10 @@ def bench(
 ) -> dict[str, dict[str, Any]]:
     """Run every registered method (or ``methods``) on ``dataset``; record each outcome.
 
-    A method whose finished run of the same configuration and method version exists is not run
-    again; an unfinished one is resumed; one made by another version is run afresh. ``fresh`` runs
-    every method afresh regardless (after a change to the harness itself, which neither the
-    configuration nor a method's version records); earlier run directories are left in place. A
+    A method whose finished run of the same configuration, method version and harness version
+    (:data:`wsbench.runner.HARNESS_VERSION`) exists is not run again; an unfinished one is
+    resumed; one made by another version is run afresh. ``fresh`` runs every method afresh
+    regardless; earlier run directories are left in place. A
     failing method is recorded with its error and the bench goes on; one whose weights are not
     supplied is recorded as not run. The record ``<out>/<dataset>/bench.json`` is updated after
     every method (outcomes of methods not in this bench are kept). Returns this bench's outcomes.

@@ -44,6 +44,12 @@ from wsbench.types import (
     patient_hints,
 )
 
+HARNESS_VERSION = "1"
+"""Version of what the harness does around a method: the sample it is given (crop, slices,
+hint), the post-processing and the scoring. Bump it with any change to those, so that
+``wsbench bench`` runs every method again instead of reusing runs made the old way. Manifests
+written before it existed count as ``"1"`` (the harness of 2026-11-26, patient-level hints)."""
+
 PACKAGES = ("numpy", "scipy", "scikit-image", "scikit-learn", "torch", "monai", "panoptica")
 
 
@@ -341,8 +347,9 @@ def safe_name(name: str) -> str:
 
 
 def made_otherwise(run_dir: Path, version: str, fingerprint: str | None = None) -> str | None:
-    """Why ``run_dir`` was not made by method ``version`` on data ``fingerprint`` (``None``
-    when it was, or when the fingerprint is not given and the version matches)."""
+    """Why ``run_dir`` was not made by method ``version`` and this :data:`HARNESS_VERSION` on
+    data ``fingerprint`` (``None`` when it was, or when the fingerprint is not given and both
+    versions match)."""
     manifest = run_dir / "manifest.json"
     if not manifest.exists():
         return None
@@ -350,6 +357,9 @@ def made_otherwise(run_dir: Path, version: str, fingerprint: str | None = None) 
     made = record.get("method", {}).get("version")
     if made != version:
         return f"it was made by method version {made!r}, the installed one is {version!r}"
+    harness = record.get("harness_version", "1")
+    if harness != HARNESS_VERSION:
+        return f"it was made by harness version {harness!r}, this one is {HARNESS_VERSION!r}"
     data = record.get("dataset", {}).get("fingerprint")
     if fingerprint is not None and data != fingerprint:
         return f"its data fingerprint {data} differs from the dataset's now ({fingerprint})"
@@ -427,6 +437,7 @@ def run(
         "packages": package_versions(),
         "git_commit": git_commit(),
         "git_dirty": git_dirty(),
+        "harness_version": HARNESS_VERSION,
         "started": started,
         "resumed": resume,
         "finished": None,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from wsbench.formats import SubjectFiles, find_subjects
-from wsbench.modelstore import cache_root
+from wsbench.modelstore import cache_root, sha256_file
 from wsbench.preprocess import (
     CROP_AXES,
     PreprocessParams,
@@ -26,7 +26,6 @@ from wsbench.preprocess import (
     cached_result,
     fingerprint,
     preprocess_subject,
-    sha256_file,
 )
 from wsbench.splits import DEFAULT_SEED, DEFAULT_TEST_FRACTION, progress_over, seeded_split
 from wsbench.types import (

@@ -34,7 +34,7 @@ from wsbench.dicomio import (
     read_seg_levels,
     scan_series,
 )
-from wsbench.modelstore import cache_root
+from wsbench.modelstore import cache_root, sha256_file
 from wsbench.preprocess import (
     PreprocessParams,
     SubjectResult,
@@ -44,7 +44,6 @@ from wsbench.preprocess import (
     preprocess_subject,
     psr_lattice,
     sample_on_grid,
-    sha256_file,
 )
 from wsbench.splits import DEFAULT_SEED, DEFAULT_TEST_FRACTION, progress_over, seeded_split
 from wsbench.types import (

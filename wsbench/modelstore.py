@@ -34,14 +34,19 @@ IDENTITY_HEX_DIGITS = 12
 HASH_CHUNK_BYTES = 1 << 20
 
 
-def file_identity(path: Path) -> str:
-    """``<stem>-<first 12 hex digits of the file's SHA-256>``: names one exact weights file, e.g.
-    ``dae-a78ecb8779ef-1a2b3c4d5e6f`` for ``dae-a78ecb8779ef.pt`` (read in chunks)."""
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in chunks)."""
     sha = hashlib.sha256()
     with Path(path).open("rb") as handle:
         while block := handle.read(HASH_CHUNK_BYTES):
             sha.update(block)
-    return f"{Path(path).stem}-{sha.hexdigest()[:IDENTITY_HEX_DIGITS]}"
+    return sha.hexdigest()
+
+
+def file_identity(path: Path) -> str:
+    """``<stem>-<first 12 hex digits of the file's SHA-256>``: names one exact weights file, e.g.
+    ``dae-a78ecb8779ef-1a2b3c4d5e6f`` for ``dae-a78ecb8779ef.pt``."""
+    return f"{Path(path).stem}-{sha256_file(path)[:IDENTITY_HEX_DIGITS]}"
 
 
 @dataclass(frozen=True)

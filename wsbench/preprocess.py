@@ -503,15 +503,6 @@ def mask_to_source(
 # --- caching -------------------------------------------------------------------------------------
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(*parts: Any) -> str:
     """Hex sha256 of JSON-serialisable parts (sorted keys)."""
     text = json.dumps(parts, sort_keys=True, default=str)

@@ -157,6 +157,22 @@ def test_cli_run_prints_summary(tmp_path: Path) -> None:
     assert "Detection F1" in result.output and "blastic" in result.output
 
 
+def test_cli_threads_are_set_and_recorded(tmp_path: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        args = ["run", "--method", "otsu", "--dataset", "fakes:TinyDataset", "--out", str(tmp_path)]
+        result = CliRunner().invoke(app, [*args, "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        (manifest,) = tmp_path.glob("*/otsu/*/manifest.json")
+        assert json.loads(manifest.read_text())["torch_threads"] == 1 == torch.get_num_threads()
+        refused = CliRunner().invoke(app, [*args, "--threads", "0"])
+        assert refused.exit_code != 0 and "--threads 0" in refused.output
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_cli_unknown_method_is_one_clear_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", "--method", "otsuu", "--out", str(tmp_path)])
     assert result.exit_code != 0

@@ -56,6 +56,14 @@ app.add_typer(cli_phantom.app, name="phantom")
 
 STATE = {"debug": False}
 
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU threads for torch (default: torch's choice, usually every core). The DDIM "
+        "methods' masks can differ in a few pixels between thread counts; the manifest records it."
+    ),
+]
+
 
 @contextmanager
 def user_errors() -> Iterator[None]:
@@ -157,13 +165,15 @@ def run(
         bool, typer.Option(help="Continue the newest interrupted run of this configuration.")
     ] = False,
     dataset_option: DatasetOptions = None,
+    threads: Threads = None,
 ) -> None:
     """Run a method on a dataset split, evaluate every vertebra and print the summary."""
     from wsbench.report import print_summary
-    from wsbench.runner import RunConfig
+    from wsbench.runner import RunConfig, torch_threads
     from wsbench.runner import run as run_config
 
     with user_errors():
+        torch_threads(threads)
         if split not in {"test", "train"}:
             raise typer.BadParameter(f"{split!r} is not test or train", param_hint="--split")
         params = parse_params(param or [], method)
@@ -220,15 +230,18 @@ def bench_command(
     fresh: Annotated[
         bool,
         typer.Option(
-            help="Run every method afresh even if a finished run of the same configuration and "
-            "version exists (after a change to the harness)."
+            help="Run every method afresh even if a finished run of the same configuration, "
+            "method version and harness version exists."
         ),
     ] = False,
+    threads: Threads = None,
 ) -> None:
     """Run every method (or --methods) on a dataset; failures are recorded, finished runs kept."""
     from wsbench.bench import bench
+    from wsbench.runner import torch_threads
 
     with user_errors(), progress_bar() as bar:
+        torch_threads(threads)
 
         def on_method(name: str, config: object):
             task = bar.add_task(name, total=None)

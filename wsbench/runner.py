@@ -127,6 +127,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def torch_threads(threads: int | None = None) -> int | None:
+    """Set torch's CPU thread count when ``threads`` is given; return the count in use (``None``
+    without torch). Results of DDIM-based methods can differ in a few pixels between counts."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads {threads}: give a positive number of CPU threads")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def vertebra_seed(seed: int, vertebra_id: str) -> int:
     """Per-vertebra seed, independent of order, so a resumed run gives the same numbers."""
     return int(digest([seed, vertebra_id], length=8), 16)
@@ -438,6 +452,7 @@ def run(
         "git_commit": git_commit(),
         "git_dirty": git_dirty(),
         "harness_version": HARNESS_VERSION,
+        "torch_threads": torch_threads(),
         "started": started,
         "resumed": resume,
         "finished": None,

@@ -27,8 +27,8 @@ import torch
 
 from wsbench import attribution as hs
 from wsbench.intensity import hu_to_unit
-from wsbench.latent_classifier import LatentClassifier, classifier_for, classifier_key
-from wsbench.modelstore import SHIPPED_DIR, cache_root, file_identity, find_model
+from wsbench.latent_classifier import LatentClassifier, classifier_for
+from wsbench.modelstore import SHIPPED_DIR, cache_root, file_identity
 from wsbench.postprocess import MIN_COMPONENT_PX
 from wsbench.types import (
     BLASTIC,
@@ -182,8 +182,7 @@ class HideAndSeek(Method):
         path = Path(self.checkpoint) if self.checkpoint else dae_checkpoint(training)
         self.dae = DiffusionAutoencoder.load(path).eval()
         dae_identity = file_identity(path)
-        self.classifier = classifier_for(self.dae, dae_identity, training)
-        stored = find_model(classifier_key(dae_identity, training.fingerprint))
+        self.classifier, stored = classifier_for(self.dae, dae_identity, training)
         self.fitted_models = {"dae": dae_identity, "classifier": file_identity(stored)}
 
     def models(self) -> dict[str, str]:

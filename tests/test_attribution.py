@@ -325,9 +325,9 @@ def test_classifier_for_fits_once_then_reloads_from_the_model_store():
 
     training = TinyDataset().prepare().training_set()
     dae = LinearAutoencoder(size=32, latent=4)
-    first = classifier_for(dae, "dae-test", training)
+    first, _ = classifier_for(dae, "dae-test", training)
     stored = find_model(classifier_key("dae-test", training.fingerprint))
     assert stored is not None and stored.with_suffix(".json").exists()
-    again = classifier_for(dae, "dae-test", training)
+    again, _ = classifier_for(dae, "dae-test", training)
     np.testing.assert_array_equal(again.weights, first.weights)
     assert again.C in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)

@@ -34,10 +34,10 @@ def bench(
     A method whose finished run of the same configuration, method version and harness version
     (:data:`wsbench.runner.HARNESS_VERSION`) exists is not run again; an unfinished one is
     resumed; one made by another version is run afresh. ``fresh`` runs every method afresh
-    regardless; earlier run directories are left in place. A
-    failing method is recorded with its error and the bench goes on; one whose weights are not
-    supplied is recorded as not run. The record ``<out>/<dataset>/bench.json`` is updated after
-    every method (outcomes of methods not in this bench are kept). Returns this bench's outcomes.
+    regardless; earlier run directories are left in place. A failing method is recorded with
+    its error and the bench goes on; one whose weights are not supplied is recorded as not run.
+    The record ``<out>/<dataset>/bench.json`` is updated after every method (outcomes of methods
+    not in this bench are kept). Returns this bench's outcomes.
     """
     names = methods or list(declared(METHODS_GROUP))
     record_path = out / safe_name(dataset) / "bench.json"

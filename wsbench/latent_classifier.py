@@ -144,8 +144,11 @@ def encode_slices(dae: Autoencoder, slices_hu: np.ndarray, batch_size: int = 64)
         return torch.cat([dae.encode(part) for part in x.split(batch_size)]).double().numpy()
 
 
-def classifier_for(dae: Autoencoder, dae_identity: str, training: TrainingSet) -> LatentClassifier:
-    """The stored classifier of this DAE and training set, or a new one fitted and stored.
+def classifier_for(
+    dae: Autoencoder, dae_identity: str, training: TrainingSet
+) -> tuple[LatentClassifier, Path]:
+    """The stored classifier of this DAE and training set, or a new one fitted and stored, with
+    the file it is stored in.
 
     Every labelled training vertebra contributes its central slices (all with its label), so
     cross-validation groups them by vertebra.
@@ -153,7 +156,7 @@ def classifier_for(dae: Autoencoder, dae_identity: str, training: TrainingSet) -
     key = classifier_key(dae_identity, training.fingerprint)
     stored = find_model(key)
     if stored is not None:
-        return LatentClassifier.load(stored, key)
+        return LatentClassifier.load(stored, key), stored
     labelled = training.labelled()
     if not len(labelled):
         raise ValueError(f"training split of {training.name!r} has no labelled vertebra")
@@ -169,5 +172,6 @@ def classifier_for(dae: Autoencoder, dae_identity: str, training: TrainingSet) -
         "slices_per_vertebra": per_vertebra,
         "cv_log_loss": classifier.cv_log_loss,
     }
-    classifier.save(new_model_path(key), key, facts)
-    return classifier
+    path = new_model_path(key)
+    classifier.save(path, key, facts)
+    return classifier, path

@@ -433,8 +433,7 @@ def run(
             "class": f"{method_cls.__module__}:{method_cls.__name__}",
             "version": method_cls.version,
             "params": method.params(),
-            # known after fit; a method that does not learn loaded its weights (if any) when built
-            "models": {} if method.learns else method.models(),
+            "models": method.models(),  # a learning method's are known after fit (below)
         },
         "dataset": {
             "name": dataset.name,

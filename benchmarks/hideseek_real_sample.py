@@ -13,7 +13,8 @@ Eq. (1) target (the paper's 1e-4 is the default; the method refuses a vertebra w
 is already below it, and so does this script, saying so). It prints every candidate and
 writes docs/figures/hideseek_real_sample.png: input, healthy edit, |input − healthy edit|, the
 candidates of each run (blastic blue, lytic red; solid = kept, dotted = dropped; Δ written on
-each), the harness's post-processed result (yellow), and Δ per candidate against τ.
+each), the method's output (image boundaries included) after the harness's post-processing
+(blastic yellow, lytic orange), and Δ per candidate against τ.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from wsbench.types import BLASTIC, LYTIC, Phenotype, PreparedVertebra
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = {LYTIC: "red", BLASTIC: "blue"}
+RESULT_COLOURS = {BLASTIC: "yellow", LYTIC: "orange"}
 NAMES = {LYTIC: "lytic", BLASTIC: "blastic"}
 HINTS = (Phenotype.BLASTIC, Phenotype.MIXED)
 
@@ -84,7 +86,8 @@ def candidate_rows(result: Attribution, hint: Phenotype, final: np.ndarray) -> p
 
 
 def outline(ax, result: Attribution, final: np.ndarray) -> None:
-    """Candidate contours with their Δ, and the post-processed result in yellow."""
+    """Candidate contours with their Δ, and the post-processed result (blastic yellow, lytic
+    orange)."""
     from skimage.measure import find_contours
 
     for i, (candidate, delta) in enumerate(zip(result.candidates, result.deltas, strict=True)):
@@ -95,8 +98,9 @@ def outline(ax, result: Attribution, final: np.ndarray) -> None:
         cy, cx = np.argwhere(candidate.mask).mean(axis=0)
         ax.text(cx, cy, f"{delta:.2f}", color=colour, fontsize=7, ha="center", va="center",
                 fontweight="bold" if kept else "normal")  # fmt: skip
-    if final.any():
-        ax.contour(final > 0, [0.5], colors="yellow", linewidths=0.8)
+    for label, colour in RESULT_COLOURS.items():
+        if (final == label).any():
+            ax.contour(final == label, [0.5], colors=colour, linewidths=0.9)
 
 
 def draw(
@@ -137,8 +141,8 @@ def draw(
         ax.imshow(image, **grey)
         outline(ax, result, finals[hint])
         kept = sum(map(result.kept, range(len(result.candidates))))
-        ax.set_title(f"{hint.value} hint: {kept} of {len(result.candidates)} kept "
-                     "(solid kept, yellow result)", fontsize=10)  # fmt: skip
+        ax.set_title(f"{hint.value} hint: {kept} of {len(result.candidates)} candidates kept\n"
+                     "result: blastic yellow, lytic orange", fontsize=10)  # fmt: skip
     mixed = results[Phenotype.MIXED]
     order = np.argsort(mixed.deltas)[::-1]
     colours = [COLOURS[mixed.candidates[i].label] for i in order]
@@ -209,7 +213,7 @@ def main(
                   "(Eq. 1 would move z towards malignancy); pass --p-target below c(z) to see "
                   "the candidates")  # fmt: skip
             raise typer.Exit(1)
-        labels = result.segmentation(sample.image.shape).labels
+        labels = method.result_segmentation(result, sample.image, sample.body_mask).labels
         finals[hint] = postprocess(labels, sample.body_mask)
         results[hint] = result
         rows.append(candidate_rows(result, hint, finals[hint]))

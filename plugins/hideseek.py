@@ -197,7 +197,16 @@ class HideAndSeek(Method):
             stack, bodies = image[None], body_mask[None]
         else:
             stack, bodies = context["stack"], context["stack_body"]
-        seg = self.attribute(stack, bodies, context.get("phenotype")).segmentation(image.shape)
+        return self.result_segmentation(
+            self.attribute(stack, bodies, context.get("phenotype")), image, body_mask
+        )
+
+    def result_segmentation(
+        self, result: Attribution, image: np.ndarray, body_mask: np.ndarray
+    ) -> Segmentation:
+        """The method's output for one attributed mid slice (HU ``image``): the kept candidates,
+        redrawn along the image's own edges when ``boundary=image``."""
+        seg = result.segmentation(image.shape)
         if self.boundary == "image":
             seg.labels = hs.image_boundaries(seg.labels, image, body_mask, self.boundary_px)
         return seg

@@ -67,7 +67,9 @@ def dae_checkpoint(training: TrainingSet) -> Path:
         raise FileNotFoundError(
             f"no trained DAE for dataset {training.name!r} (fingerprint {training.fingerprint}) in "
             f"{SHIPPED_DIR} or {cache_root() / 'models'}; train one with `wsbench train --model "
-            "dae` or pass --checkpoint"
+            f"dae --dataset {training.name}` (add the same --root; the shipped phantom recipe is "
+            "`--config cpu --steps 26000 --lr-decay-from 20000 --threads 1`, about 3 h on one CPU "
+            "core) or pass --checkpoint PATH"
         )
     return path
 

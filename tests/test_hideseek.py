@@ -255,8 +255,9 @@ def test_dae_checkpoint_is_found_by_its_card_and_identified_by_content(tmp_path)
     from wsbench.modelstore import cache_root, file_identity
 
     training = TinyDataset().prepare().training_set()
-    with pytest.raises(FileNotFoundError, match="--checkpoint"):
+    with pytest.raises(FileNotFoundError, match="--checkpoint") as missing:
         dae_checkpoint(training)
+    assert f"wsbench train --model dae --dataset {training.name}`" in str(missing.value)
     folder = cache_root() / "models"
     folder.mkdir(parents=True)
     cards = [

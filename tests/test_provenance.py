@@ -99,6 +99,20 @@ def test_manifest_records_the_models_after_fit(tmp_path: Path) -> None:
     assert manifest_of(result.run_dir)["method"]["models"] == KNOWN
 
 
+def test_the_run_summary_names_the_weights(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from wsbench.report import print_summary
+
+    KnownModels.fitted = False
+    console = Console(record=True, width=200)
+    print_summary(run(RunConfig("test_provenance:KnownModels", TINY), tmp_path), console)
+    assert f"weights: dae {KNOWN['dae']}, classifier {KNOWN['classifier']}" in console.export_text()
+    console = Console(record=True, width=200)
+    print_summary(run(RunConfig("fakes:NoisyMethod", TINY), tmp_path), console)
+    assert "weights:" not in console.export_text()
+
+
 def test_an_interrupted_run_already_records_the_models(tmp_path: Path) -> None:
     InterruptedAfterFit.fitted = False
     with pytest.raises(KeyboardInterrupt):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -53,7 +54,8 @@ def vertebra_table(cases: pd.DataFrame) -> Table:
 
 
 def print_summary(result: RunResult, console: Console) -> None:
-    """Print the summary table, failures and where the run directory is."""
+    """Print the summary table, failures, the trained weights the method used (as recorded in the
+    manifest) and where the run directory is."""
     cases = result.cases
     ok = cases[cases["status"] == "ok"]
     console.print(lesion_table(cases) if result.lesion_metrics else vertebra_table(cases))
@@ -63,4 +65,7 @@ def print_summary(result: RunResult, console: Console) -> None:
             f"[red]{len(failed)} vertebrae failed[/] (reasons in cases.csv), e.g. "
             f"{failed.iloc[0]['vertebra']}: {failed.iloc[0]['reason']}"
         )
+    models = json.loads((result.run_dir / "manifest.json").read_text())["method"]["models"]
+    if models:
+        console.print("weights: " + ", ".join(f"{role} {name}" for role, name in models.items()))
     console.print(f"{len(ok)} vertebrae evaluated → [bold]{result.run_dir}[/]")

@@ -159,7 +159,11 @@ def classifier_for(
         return LatentClassifier.load(stored, key), stored
     labelled = training.labelled()
     if not len(labelled):
-        raise ValueError(f"training split of {training.name!r} has no labelled vertebra")
+        raise ValueError(
+            f"training split of {training.name!r} has no labelled vertebra: the latent "
+            "classifier is fitted on the training split's healthy/malignant labels; give some "
+            "vertebrae split 'train' and a label (docs/datasets.md)"
+        )
     z = encode_slices(dae, np.concatenate([v.slices for v in labelled]))
     per_vertebra = len(labelled[0].slices)
     labels = np.repeat(labelled.labels(), per_vertebra)

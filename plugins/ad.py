@@ -28,7 +28,8 @@ HINTED = {Phenotype.LYTIC: (LYTIC,), Phenotype.BLASTIC: (BLASTIC,)}
 
 
 def healthy_dae_checkpoint(training: TrainingSet) -> Path:
-    """The newest healthy-only DAE stored for ``training``'s fingerprint, else a clear error."""
+    """The healthy-only DAE stored for ``training``'s fingerprint (:func:`find_dae`), else a clear
+    error."""
     path = find_dae(training.fingerprint, KIND)
     if path is None:
         raise FileNotFoundError(

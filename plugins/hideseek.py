@@ -58,8 +58,8 @@ HINTED = {Phenotype.LYTIC: (LYTIC,), Phenotype.BLASTIC: (BLASTIC,), Phenotype.MI
 
 
 def dae_checkpoint(training: TrainingSet) -> Path:
-    """The newest DAE of kind ``dae`` (shipped, then cached) trained on this dataset — never the
-    AD baseline's healthy-only ``dae-healthy`` model."""
+    """The DAE of kind ``dae`` (shipped, then cached; :func:`find_dae`) trained on this dataset,
+    never the AD baseline's healthy-only ``dae-healthy`` model."""
     from wsbench.nets.dae import find_dae
 
     path = find_dae(training.fingerprint, "dae")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ from wsbench.dae_train import (
     training_state_ema,
     training_vertebrae,
 )
-from wsbench.modelstore import find_model
+from wsbench.modelstore import cache_root, find_model
 from wsbench.nets.dae import DiffusionAutoencoder, config_named, find_dae
 from wsbench.types import Phenotype, PreparedDataset, Split, WeakLabel
 
@@ -299,6 +301,33 @@ def test_ensure_dae_trains_cards_evaluates_and_then_reuses():
     assert find_dae("tiny-fingerprint") == path
     assert find_dae("tiny-fingerprint", "dae-healthy") is None
     assert find_dae("another") is None
+
+
+def cached_run(stem: str, fingerprint: str = "fp", **card: object) -> Path:
+    """An empty ``<stem>.pt`` in the model cache with a DAE card for ``fingerprint``."""
+    folder = cache_root() / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"kind": "dae", "dataset_fingerprint": fingerprint, "steps": 10, "seed": 0, **card}
+    (folder / f"{stem}.json").write_text(json.dumps(record))
+    path = folder / f"{stem}.pt"
+    path.touch()
+    return path
+
+
+def test_find_dae_follows_extensions_and_refuses_unrelated_runs():
+    short = cached_run("dae-short")
+    cached_run("dae-other-dataset", fingerprint="elsewhere")
+    cached_run("dae-healthy-x", kind="dae-healthy")
+    assert find_dae("fp") == short
+    longer = cached_run("dae-longer", steps=20, extends="dae-short")
+    os.utime(short, (time.time() + 60, time.time() + 60))  # a newer file date changes nothing
+    assert find_dae("fp") == longer
+    cached_run("dae-seed1", seed=1)
+    with pytest.raises(
+        ValueError, match=r"2 unrelated dae runs.*dae-longer\.pt \(20 steps, seed 0\)"
+    ):
+        find_dae("fp")
+    assert find_dae("elsewhere").name == "dae-other-dataset.pt"
 
 
 def test_train_command_trains_the_tiny_dae_and_checks_its_options():

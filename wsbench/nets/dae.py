@@ -409,17 +409,33 @@ class DiffusionAutoencoder(nn.Module):
 
 
 def find_dae(fingerprint: str, kind: str = "dae") -> Path | None:
-    """Newest ``<kind>-*.pt`` (shipped weights first, then the cache) whose card has
-    ``kind`` and this ``dataset_fingerprint``; ``None`` when there is none."""
+    """The ``<kind>-*.pt`` trained on this dataset (shipped weights first, then the cache): the
+    one whose card has ``kind`` and this ``dataset_fingerprint``, a run that a longer matching run
+    extends (``--resume``) giving way to it; ``None`` when there is none.
+
+    Raises ``ValueError`` naming the candidates when several unrelated runs match, so that which
+    weights a run uses never depends on file dates.
+    """
     for folder in (SHIPPED_DIR, cache_root() / "models"):
-        found = []
-        for path in folder.glob(f"{kind}-*.pt"):
+        cards = {}
+        for path in sorted(folder.glob(f"{kind}-*.pt")):
             card = path.with_suffix(".json")
-            if not card.exists():
-                continue
-            record = json.loads(card.read_text())
-            if record.get("kind") == kind and record.get("dataset_fingerprint") == fingerprint:
-                found.append(path)
-        if found:
-            return max(found, key=lambda p: p.stat().st_mtime)
+            if card.exists():
+                record = json.loads(card.read_text())
+                if record.get("kind") == kind and record.get("dataset_fingerprint") == fingerprint:
+                    cards[path] = record
+        extended = {record.get("extends") for record in cards.values()}
+        latest = [path for path in cards if path.stem not in extended]
+        if len(latest) > 1:
+            listed = "; ".join(
+                f"{path.name} ({cards[path].get('steps')} steps, seed {cards[path].get('seed')})"
+                for path in latest
+            )
+            raise ValueError(
+                f"{len(latest)} unrelated {kind} runs in {folder} were trained on this dataset "
+                f"(fingerprint {fingerprint}): {listed}; choose one with "
+                "`wsbench run … --checkpoint PATH`, or move the others out of the folder"
+            )
+        if latest:
+            return latest[0]
     return None

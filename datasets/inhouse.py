@@ -120,6 +120,10 @@ class InHouseDataset(DatasetAdapter):
     """
 
     name: ClassVar[str] = "inhouse"
+    root_hint: ClassVar[str] = (
+        "a BIDS-like folder of your CT (NIfTI + vertebra masks + labels.csv) or a "
+        "Hide-and-Seek manifest file; docs/datasets.md"
+    )
 
     def prepare(self) -> PreparedDataset:
         """Read, validate and preprocess the source (per-subject results cached as npz)."""

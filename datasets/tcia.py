@@ -358,6 +358,12 @@ class TciaDataset(DatasetAdapter):
     name: ClassVar[str] = "tcia"
     lesion_metrics: ClassVar[bool] = False
     needs_root: ClassVar[bool] = True
+    root_hint: ClassVar[str] = (
+        "the folder of the TCIA collection Spine-Mets-CT-SEG (DOI 10.7937/kh36-ds04, ~25 GB), "
+        "downloaded with the NBIA Data Retriever or `idc download spine_mets_ct_seg "
+        "--download-dir DIR` (pip install idc-index), plus the collection page's "
+        "Spine-Mets-CT-SEG_Clinical.xlsx; see docs/tcia.md"
+    )
 
     @property
     def params(self) -> PreprocessParams:

@@ -180,6 +180,15 @@ def test_cli_unknown_method_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
+def test_cli_run_without_root_says_where_the_data_comes_from(tmp_path: Path) -> None:
+    args = ["run", "--method", "otsu", "--dataset", "tcia", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in said
+    for text in ("needs --root", "Spine-Mets-CT-SEG", "idc download spine_mets_ct_seg", "tcia.md"):
+        assert text in said
+
+
 def test_cli_unknown_param_is_named(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app,

@@ -337,11 +337,18 @@ class DatasetAdapter:
     name: ClassVar[str] = ""
     lesion_metrics: ClassVar[bool] = True
     needs_root: ClassVar[bool] = True
+    root_hint: ClassVar[str] = "the folder of its files"
+    """What ``--root`` must point at and where to get it (shown when ``--root`` is missing)."""
 
     def __init__(self, root: Path | None = None, cache_dir: Path | None = None, **options: Any):
         self.root = root
         self.cache_dir = cache_dir
         self.options = options
+
+    @classmethod
+    def missing_root(cls) -> str:
+        """The message for a run or check of this dataset without ``--root``."""
+        return f"dataset {cls.name!r} needs --root: {cls.root_hint}"
 
     def prepare(self) -> PreparedDataset:
         """Read, validate and preprocess the source (cached)."""

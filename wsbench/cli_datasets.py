@@ -113,7 +113,7 @@ def check(
     except PluginError as exc:
         raise typer.BadParameter(str(exc), param_hint="--dataset") from None
     if adapter_cls.needs_root and root is None:
-        raise typer.BadParameter(adapter_cls.missing_root(), param_hint="--root")
+        raise typer.BadParameter(adapter_cls.missing_root(dataset), param_hint="--root")
     try:
         options = parse_options(dataset_option or [])
         data = adapter_cls(root=root, cache_dir=cache_root() / "prepared", **options).prepare()

@@ -349,7 +349,7 @@ def prepare_dataset(config: RunConfig) -> tuple[DatasetAdapter, PreparedDataset]
     """Instantiate the dataset adapter and prepare the data."""
     adapter_cls = load_dataset(config.dataset)
     if adapter_cls.needs_root and config.root is None:
-        raise RunError(adapter_cls.missing_root())
+        raise RunError(adapter_cls.missing_root(config.dataset))
     root = Path(config.root).expanduser() if config.root else None
     adapter = adapter_cls(root=root, cache_dir=cache_root() / "prepared", **config.dataset_options)
     return adapter, adapter.prepare()

@@ -346,9 +346,10 @@ class DatasetAdapter:
         self.options = options
 
     @classmethod
-    def missing_root(cls) -> str:
-        """The message for a run or check of this dataset without ``--root``."""
-        return f"dataset {cls.name!r} needs --root: {cls.root_hint}"
+    def missing_root(cls, asked: str) -> str:
+        """The message for a run or check of this dataset, named ``asked`` by the user, without
+        ``--root``."""
+        return f"dataset {asked!r} needs --root: {cls.root_hint}"
 
     def prepare(self) -> PreparedDataset:
         """Read, validate and preprocess the source (cached)."""

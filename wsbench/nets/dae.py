@@ -408,6 +408,19 @@ class DiffusionAutoencoder(nn.Module):
         return model.eval()
 
 
+def dae_cards(folder: Path, fingerprint: str, kind: str) -> dict[Path, dict[str, Any]]:
+    """The cards of the ``<kind>-*.pt`` files in ``folder`` (sorted by name) whose card has ``kind``
+    and this ``dataset_fingerprint``."""
+    cards = {}
+    for path in sorted(folder.glob(f"{kind}-*.pt")):
+        card = path.with_suffix(".json")
+        if card.exists():
+            record = json.loads(card.read_text())
+            if record.get("kind") == kind and record.get("dataset_fingerprint") == fingerprint:
+                cards[path] = record
+    return cards
+
+
 def find_dae(fingerprint: str, kind: str = "dae") -> Path | None:
     """The ``<kind>-*.pt`` trained on this dataset (shipped weights first, then the cache): the
     one whose card has ``kind`` and this ``dataset_fingerprint``, a run that a longer matching run
@@ -417,13 +430,7 @@ def find_dae(fingerprint: str, kind: str = "dae") -> Path | None:
     weights a run uses never depends on file dates.
     """
     for folder in (SHIPPED_DIR, cache_root() / "models"):
-        cards = {}
-        for path in sorted(folder.glob(f"{kind}-*.pt")):
-            card = path.with_suffix(".json")
-            if card.exists():
-                record = json.loads(card.read_text())
-                if record.get("kind") == kind and record.get("dataset_fingerprint") == fingerprint:
-                    cards[path] = record
+        cards = dae_cards(folder, fingerprint, kind)
         extended = {record.get("extends") for record in cards.values()}
         latest = [path for path in cards if path.stem not in extended]
         if len(latest) > 1:

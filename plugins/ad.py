@@ -21,6 +21,7 @@ import torch
 from wsbench import attribution as hs
 from wsbench.modelstore import SHIPPED_DIR, cache_root, file_identity
 from wsbench.nets.dae import DiffusionAutoencoder, find_dae
+from wsbench.nets.device import module_device, torch_device
 from wsbench.types import BLASTIC, LYTIC, LesionScore, Method, Phenotype, Segmentation, TrainingSet
 
 KIND = "dae-healthy"
@@ -53,10 +54,12 @@ class AnomalyDetection(Method):
         steps_stochastic: int = 20,
         steps_decode: int = 20,
         binarisation: hs.Binarisation = "mean",
+        device: str = "cpu",
     ) -> None:
         self.checkpoint = checkpoint
         self.steps_stochastic, self.steps_decode = int(steps_stochastic), int(steps_decode)
         self.binarisation = binarisation
+        self.device = str(torch_device(device))
         self.dae: DiffusionAutoencoder | None = None
         self.dae_identity: str | None = None
 
@@ -79,19 +82,19 @@ class AnomalyDetection(Method):
     def fit(self, training: TrainingSet, workdir: Path) -> None:
         """Load the healthy-only DAE of this dataset (``checkpoint`` overrides the search)."""
         path = Path(self.checkpoint) if self.checkpoint else healthy_dae_checkpoint(training)
-        self.dae = DiffusionAutoencoder.load(path).eval()
+        self.dae = DiffusionAutoencoder.load(path).to(torch_device(self.device)).eval()
         self.dae_identity = file_identity(path)
 
     def pseudo_healthy(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(x, x̂)``: the HU slice in network units and its healthy-DAE reconstruction."""
         if self.dae is None:
             raise RuntimeError("ad has no DAE yet: call fit() or from_dae()")
-        x = hs.to_tensor(self.dae.to_unit(image)[None])
+        x = hs.to_tensor(self.dae.to_unit(image)[None], module_device(self.dae))
         with torch.inference_mode():
             z = self.dae.encode(x)
             x_t = self.dae.stochastic_encode(x, z, self.steps_stochastic)
             recon = self.dae.decode(x_t, z, self.steps_decode)
-        return x[0, 0].double().numpy(), recon[0, 0].double().numpy()
+        return hs.to_array(x[0, 0]), hs.to_array(recon[0, 0])
 
     def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> Segmentation:
         """Lytic/blastic residual components of the hinted polarities; score ``|x − x̂|``."""

@@ -29,6 +29,7 @@ from wsbench import attribution as hs
 from wsbench.intensity import hu_to_unit
 from wsbench.latent_classifier import LatentClassifier, classifier_for
 from wsbench.modelstore import SHIPPED_DIR, cache_root, file_identity
+from wsbench.nets.device import module_device, torch_device
 from wsbench.postprocess import MIN_COMPONENT_PX
 from wsbench.types import (
     BLASTIC,
@@ -134,6 +135,7 @@ class HideAndSeek(Method):
         projection: hs.Projection = "none",
         boundary: str = "image",
         boundary_px: int = DEFAULT_BOUNDARY_PX,
+        device: str = "cpu",
     ) -> None:
         steps = FAITHFUL_STEPS if faithful else DEFAULT_STEPS
         self.checkpoint, self.faithful = checkpoint, faithful
@@ -150,6 +152,7 @@ class HideAndSeek(Method):
         self.projection = "invert" if faithful else projection
         self.boundary = "difference" if faithful else boundary
         self.boundary_px = int(boundary_px)
+        self.device = str(torch_device(device))
         for value, allowed, what in [
             (reference, ("input", "reconstruction"), "reference"),
             (edit_direction, ("normal", "standardised"), "edit_direction"),
@@ -182,7 +185,7 @@ class HideAndSeek(Method):
         from wsbench.nets.dae import DiffusionAutoencoder
 
         path = Path(self.checkpoint) if self.checkpoint else dae_checkpoint(training)
-        self.dae = DiffusionAutoencoder.load(path).eval()
+        self.dae = DiffusionAutoencoder.load(path).to(torch_device(self.device)).eval()
         dae_identity = file_identity(path)
         self.classifier, stored = classifier_for(self.dae, dae_identity, training)
         self.fitted_models = {"dae": dae_identity, "classifier": file_identity(stored)}
@@ -222,31 +225,31 @@ class HideAndSeek(Method):
         dae, plane, mid = self.dae, self.classifier.plane, len(stack) // 2
         bodies = np.asarray(bodies, dtype=bool)
         with torch.inference_mode():
-            x = hs.to_tensor(hu_to_unit(stack))
+            x = hs.to_tensor(hu_to_unit(stack), module_device(dae))
             z = dae.encode(x)
-            p_orig = plane.probability(z.double().numpy())
+            p_orig = plane.probability(hs.to_array(z))
             gated = self.only_malignant and p_orig.mean() < 0.5
             if gated or p_orig.min() <= self.p_target:  # at or below p_target Eq. 1 adds malignancy
                 return Attribution(p_orig=float(p_orig[mid]))
             direction = None
             if self.edit_direction == "standardised":
                 direction = self.classifier.standardised_direction()
-            z_healthy = hs.healthy_latent(z.double().numpy(), plane, self.p_target, direction)
+            z_healthy = hs.healthy_latent(hs.to_array(z), plane, self.p_target, direction)
             x_t = dae.stochastic_encode(x, z, self.steps_stochastic)
-            z_edit = torch.as_tensor(z_healthy, dtype=z.dtype)
+            z_edit = torch.as_tensor(z_healthy, dtype=z.dtype, device=z.device)
             if self.reference == "input":
                 healthy, base = dae.decode(x_t, z_edit, self.steps_decode), x
             else:  # I_healthy and the reconstruction in one DDIM pass
                 both = dae.decode(torch.cat([x_t, x_t]), torch.cat([z_edit, z]), self.steps_decode)
                 healthy, base = both.split(len(x))
             # Eq. (3) compares each I_hide with the image it was built from: c(encode(base))
-            p_base = p_orig if base is x else plane.probability(dae.encode(base).double().numpy())
+            p_base = p_orig if base is x else plane.probability(hs.to_array(dae.encode(base)))
             p_floor = None  # Eq. (3)'s c(z_healthy) when it is not p_target
             if self.eq3_floor == "reencoded":  # what hiding everything actually reaches
-                p_floor = plane.probability(dae.encode(healthy).double().numpy())
+                p_floor = plane.probability(hs.to_array(dae.encode(healthy)))
         if p_base.min() <= self.p_target:
             return Attribution(p_orig=float(p_orig[mid]), p_base=float(p_base[mid]))
-        healthy, base = healthy[:, 0].double().numpy(), base[:, 0].double().numpy()
+        healthy, base = hs.to_array(healthy[:, 0]), hs.to_array(base[:, 0])
         image = base[mid]
         p_healthy = plane.probability(z_healthy) if p_floor is None else p_floor
         wanted = BOTH if self.phenotype == "auto" else HINTED.get(phenotype, BOTH)

@@ -38,6 +38,7 @@ from skimage.transform import resize
 
 from wsbench.intensity import HU_WINDOW
 from wsbench.modelstore import file_identity
+from wsbench.nets.device import torch_device
 from wsbench.types import Method, WeightsNotSuppliedError
 
 ENV_VAR = "WSBENCH_MEDSAM_CHECKPOINT"
@@ -317,9 +318,7 @@ class MedSAM(Method):
         if self.box_margin < 0:
             raise ValueError(f"box_margin={box_margin!r} mm must be ≥ 0")
         self.window = parse_window(window)
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but CUDA is not available; use device=cpu")
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         sam, self.architecture = load_sam(self.checkpoint)
         self.sam = sam.to(self.device)
 

@@ -347,3 +347,8 @@ def test_train_command_trains_the_tiny_dae_and_checks_its_options():
     assert unknown.exit_code != 0 and "unknown model" in unknown.output
     late = runner.invoke(app, [*base, "--model", "dae", "--steps", "2", "--lr-decay-from", "2"])
     assert late.exit_code == 1 and "lr_decay_from=2" in late.output
+    assert card["device"] == "cpu"
+    gpu_cam = runner.invoke(app, [*base, "--method", "gradcam", "--device", "cuda"])
+    assert gpu_cam.exit_code == 1 and "CAM classifier trains on the CPU" in gpu_cam.output
+    bad = runner.invoke(app, [*base, "--model", "dae", "--steps", "2", "--device", "gpu"])
+    assert bad.exit_code == 1 and "device='gpu' is not a torch device" in bad.output

@@ -23,6 +23,7 @@ from scipy.special import logit as _logit
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk, opening
 
+from wsbench.nets.device import module_device
 from wsbench.postprocess import MIN_COMPONENT_PX, components, eroded_body
 from wsbench.types import BLASTIC, LYTIC
 
@@ -249,9 +250,16 @@ def choose_polarities(delta_by_label: dict[int, float], tau: float = TAU) -> tup
     return (best,) if np.isfinite(delta_by_label[best]) else ()
 
 
-def to_tensor(images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
-    """``(B, H, W)`` arrays as a float32 ``(B, 1, H, W)`` tensor."""
-    return torch.as_tensor(np.asarray(images, dtype=np.float32)).unsqueeze(1)
+def to_tensor(
+    images: np.ndarray | Sequence[np.ndarray], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``(B, H, W)`` arrays as a float32 ``(B, 1, H, W)`` tensor on ``device``."""
+    return torch.as_tensor(np.asarray(images, dtype=np.float32), device=device).unsqueeze(1)
+
+
+def to_array(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor on any device as a float64 NumPy array."""
+    return tensor.detach().double().cpu().numpy()
 
 
 @torch.inference_mode()
@@ -297,10 +305,10 @@ def hidden_probabilities(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out = []
     for start in range(0, len(images), batch_size):
-        x = to_tensor(images[start : start + batch_size])
+        x = to_tensor(images[start : start + batch_size], module_device(dae))
         codes = None if x_t is None else x_t[start : start + batch_size]
         z = project(dae, x, projection, steps_stochastic, steps_decode, codes)
-        out.append(plane.probability(z.double().numpy()))
+        out.append(plane.probability(to_array(z)))
     return np.concatenate(out) if out else np.zeros(0)
 
 

@@ -3,7 +3,7 @@
 Mount with ``app.add_typer(cli_train.app, name="train")``. Trainers are looked up by method name
 in :data:`TRAINERS`; a module adds its own with ``TRAINERS["name"] = function``. The diffusion
 autoencoder has its own options: ``wsbench train --model dae --dataset D [--config cpu|paper]
-[--healthy-only] [--resume] [--steps N] [--lr-decay-from N] [--reevaluate]``
+[--healthy-only] [--resume] [--steps N] [--lr-decay-from N] [--reevaluate] [--device cuda]``
 (``--method hideseek`` / ``--method ad`` are shortcuts for the default DAE of those methods).
 """
 
@@ -87,6 +87,10 @@ def train(
     threads: Annotated[
         int | None, typer.Option(min=1, help="Torch threads (1 on a shared machine).")
     ] = None,
+    device: Annotated[
+        str,
+        typer.Option(help="Torch device of DAE training and its report: cpu, cuda, cuda:N, mps."),
+    ] = "cpu",
 ) -> None:
     """Train the model of --method (or --model) on the training split of --dataset.
 
@@ -105,11 +109,18 @@ def train(
     import torch  # torch and the trainers load only when a command trains (fast --help)
 
     from wsbench import dae_train
+    from wsbench.nets.device import torch_device
     from wsbench.runner import RunConfig, RunError, prepare_dataset
 
     if threads is not None:
         torch.set_num_threads(threads)
     try:
+        if method in TRAINERS and device != "cpu":
+            raise ValueError(
+                f"--device {device}: only the DAE (--model dae, --method hideseek or ad) trains "
+                "on another device; the CAM classifier trains on the CPU (drop --device)"
+            )
+        torch_device(device)  # a device this machine lacks stops before any data work
         name = method or model or ""
         _, prepared = prepare_dataset(RunConfig(name, dataset, root=str(root) if root else None))
         if method in TRAINERS:
@@ -130,6 +141,7 @@ def train(
                 eval_steps or dae_train.EVAL_STEPS,
                 checkpoint_every=checkpoint_every,
                 reevaluate=reevaluate,
+                device=device,
             )
     except (OSError, ValueError, RuntimeError, RunError, PluginError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)

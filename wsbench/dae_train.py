@@ -44,10 +44,12 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from wsbench.attribution import to_array, to_tensor
 from wsbench.intensity import HU_WINDOW
 from wsbench.latent_classifier import LatentClassifier, encode_slices, fit_latent_classifier
 from wsbench.modelstore import ModelKey, check_key, find_model, new_model_path, write_card
 from wsbench.nets.dae import DAEConfig, DiffusionAutoencoder, config_named
+from wsbench.nets.device import module_device, torch_device
 from wsbench.training import (
     augment_batch,
     augmentations,
@@ -195,10 +197,10 @@ class Session:
         }
 
 
-def new_session(key: ModelKey, train: TrainConfig) -> Session:
-    """Fresh weights (seeded), their EMA copy and Adam."""
+def new_session(key: ModelKey, train: TrainConfig, device: str = "cpu") -> Session:
+    """Fresh weights (seeded, drawn on the CPU whatever ``device``), their EMA copy and Adam."""
     torch.manual_seed(train.seed)
-    model = DiffusionAutoencoder(config_named(train.config))
+    model = DiffusionAutoencoder(config_named(train.config)).to(torch_device(device))
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     optimiser = torch.optim.Adam(model.parameters(), lr=train.lr)
     return Session(key, train, model, ema, optimiser)
@@ -212,15 +214,20 @@ def save_session(session: Session, path: Path) -> None:
 
 
 def load_session(
-    path: Path, key: ModelKey, train: TrainConfig, extends: ModelKey | None = None
+    path: Path,
+    key: ModelKey,
+    train: TrainConfig,
+    extends: ModelKey | None = None,
+    device: str = "cpu",
 ) -> Session:
-    """Read a resume state for ``key``, refusing one of another dataset or configuration.
+    """Read a resume state for ``key`` onto ``device``, refusing one of another dataset or
+    configuration.
 
     ``extends``: the state is the final one of that shorter run, continued as ``key``.
     """
     record = torch.load(path, map_location="cpu", weights_only=True)
     check_key(record["key"], extends or key, path)
-    session = new_session(key, train)
+    session = new_session(key, train, device)
     session.model.load_state_dict(record["model"])
     session.ema.load_state_dict(record["ema"])
     session.optimiser.load_state_dict(record["optimiser"])
@@ -278,9 +285,12 @@ def training_batch(
 def diffusion_loss(
     model: DiffusionAutoencoder, x0: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
-    """ε-prediction MSE at uniform timesteps, conditioned on the encoder's ``z_sem`` of ``x0``."""
-    t = torch.randint(0, model.config.timesteps, (len(x0),), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator)
+    """ε-prediction MSE at uniform timesteps, conditioned on the encoder's ``z_sem`` of ``x0``.
+
+    Timesteps and noise come from the CPU ``generator`` whatever ``x0``'s device, so a step
+    draws the same numbers on every device."""
+    t = torch.randint(0, model.config.timesteps, (len(x0),), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     x_t = model.scheduler.add_noise(x0, noise, t)
     return nn.functional.mse_loss(model(x_t, t, model.encode(x0)), noise)
 
@@ -296,6 +306,7 @@ def train_step(session: Session, vertebrae: Sequence[TrainingVertebra]) -> float
     """One optimisation step (randomness from ``(seed, step)``); the loss."""
     seed = step_seed(session.train.seed, session.step)
     batch = training_batch(vertebrae, session.train.batch_size, seed)
+    batch = batch.to(module_device(session.model))
     session.model.train()
     for group in session.optimiser.param_groups:
         group["lr"] = learning_rate(session.train, session.step)
@@ -348,8 +359,10 @@ def run_training(
     checkpoint_every: int = 200,
     log_every: int = 25,
     progress: bool = True,
+    device: str = "cpu",
 ) -> tuple[Path, Session]:
-    """Train (or resume) and save the EMA checkpoint with a first card; ``(path, session)``.
+    """Train (or resume) on ``device`` and save the EMA checkpoint with a first card;
+    ``(path, session)``.
 
     An existing resume state is refused without ``resume`` (so nothing is silently discarded).
     ``resume`` continues it, or else extends the longest finished shorter run of the same
@@ -371,10 +384,13 @@ def run_training(
             "configuration to extend; train without --resume"
         )
     if shorter is not None:
-        session = load_session(shorter[0], key, train, extends=shorter[1])
+        session = load_session(shorter[0], key, train, extends=shorter[1], device=device)
         what = f"extend {shorter[1].stem}"
     else:
-        session = load_session(resume_path, key, train) if resume else new_session(key, train)
+        if resume:
+            session = load_session(resume_path, key, train, device=device)
+        else:
+            session = new_session(key, train, device)
         what = "resume" if resume else "start"
     vertebrae = training_vertebrae(training, train)
     log.info("%s %s on %s (%d vertebrae) from step %d to %d", what, key.stem, training.name,
@@ -414,6 +430,7 @@ def run_training(
         "vertebrae": len(vertebrae),
         "wall_time_s": round(session.wall_s, 1),
         "torch_threads": torch.get_num_threads(),
+        "device": device,
         "parameters": session.model.parameter_count(),
         "weights": "EMA, fp32",
         "final_loss": round(float(np.mean(window[-log_every:])), 5) if window else None,
@@ -436,9 +453,9 @@ def reconstruct_slices(
     dae: DiffusionAutoencoder, slices_hu: np.ndarray, steps: tuple[int, int], batch_size: int = 64
 ) -> np.ndarray:
     """``decode(stochastic_encode(x, z), z)`` of HU slices, returned in network units."""
-    x = torch.from_numpy(dae.to_unit(slices_hu)).unsqueeze(1)
+    x = to_tensor(dae.to_unit(slices_hu), module_device(dae))
     out = [dae.reconstruct(part, *steps) for part in x.split(batch_size)]
-    return torch.cat(out)[:, 0].numpy()
+    return torch.cat(out)[:, 0].float().cpu().numpy()
 
 
 def report_sample(slices: np.ndarray, seed: int) -> np.ndarray:
@@ -455,11 +472,11 @@ def latent_swap_hu(
 
     Zero means the decoder ignores ``z_sem`` (an edit of ``z`` cannot change the image).
     """
-    x = torch.from_numpy(dae.to_unit(slices_hu)).unsqueeze(1)
+    x = to_tensor(dae.to_unit(slices_hu), module_device(dae))
     z = dae.encode(x)
     x_t = dae.stochastic_encode(x, z, steps[0])
-    own = dae.decode(x_t, z, steps[1])[:, 0].numpy()
-    swapped = dae.decode(x_t, z.roll(1, dims=0), steps[1])[:, 0].numpy()
+    own = to_array(dae.decode(x_t, z, steps[1])[:, 0])
+    swapped = to_array(dae.decode(x_t, z.roll(1, dims=0), steps[1])[:, 0])
     return float(np.abs(dae.to_hu(swapped) - dae.to_hu(own)).mean())
 
 
@@ -520,7 +537,7 @@ def untrained_twin(dae: DiffusionAutoencoder, seed: int) -> DiffusionAutoencoder
     """A freshly initialised DAE of ``dae``'s config and HU window (weights from ``seed``)."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return DiffusionAutoencoder(dae.config, dae.hu_window).eval()
+        return DiffusionAutoencoder(dae.config, dae.hu_window).to(module_device(dae)).eval()
 
 
 def latent_auc(dae: DiffusionAutoencoder, training: TrainingSet, seed: int) -> dict[str, Any]:
@@ -617,10 +634,11 @@ def quality_report(
 
 
 def evaluate_and_card(
-    path: Path, prepared: PreparedDataset, steps: tuple[int, int], seed: int
+    path: Path, prepared: PreparedDataset, steps: tuple[int, int], seed: int, device: str = "cpu"
 ) -> dict[str, Any]:
-    """Run :func:`quality_report` on the checkpoint at ``path`` and add it to its model card."""
-    dae = DiffusionAutoencoder.load(path)
+    """Run :func:`quality_report` on ``device`` on the checkpoint at ``path`` and add it to its
+    model card."""
+    dae = DiffusionAutoencoder.load(path).to(torch_device(device))
     report = quality_report(dae, prepared, steps, seed, figure=path.with_suffix(".png"))
     card = path.with_suffix(".json")
     record = json.loads(card.read_text())
@@ -638,20 +656,23 @@ def ensure_dae(
     progress: bool = True,
     checkpoint_every: int = 200,
     reevaluate: bool = False,
+    device: str = "cpu",
 ) -> tuple[Path, bool]:
     """The DAE for ``prepared``'s training split and ``train``: found, or trained; evaluated.
 
     The quality report is added to the card when the card lacks it (e.g. after a crash in the
     evaluation), has other step counts, or ``reevaluate`` asks for it (the report gained fields).
-    Returns ``(checkpoint, newly trained)``.
+    Training and evaluation run on ``device``. Returns ``(checkpoint, newly trained)``.
     """
     training = prepared.training_set()
     stored = find_model(model_key(training.fingerprint, train))
     trained = stored is None
     if stored is None:
-        stored, _ = run_training(training, train, resume, checkpoint_every, progress=progress)
+        stored, _ = run_training(
+            training, train, resume, checkpoint_every, progress=progress, device=device
+        )
     card = json.loads(stored.with_suffix(".json").read_text())
     stale = card.get("eval_steps_stochastic_decode") != list(evaluate_steps)
     if reevaluate or "ssim_mean" not in card or stale:
-        evaluate_and_card(stored, prepared, evaluate_steps, train.seed)
+        evaluate_and_card(stored, prepared, evaluate_steps, train.seed, device)
     return stored, trained

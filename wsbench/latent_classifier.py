@@ -24,9 +24,16 @@ from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from wsbench.attribution import Autoencoder, Hyperplane, hyperplane_from_standardised, to_tensor
+from wsbench.attribution import (
+    Autoencoder,
+    Hyperplane,
+    hyperplane_from_standardised,
+    to_array,
+    to_tensor,
+)
 from wsbench.intensity import hu_to_unit
 from wsbench.modelstore import ModelKey, check_key, find_model, new_model_path, write_card
+from wsbench.nets.device import module_device
 from wsbench.types import TrainingSet
 
 KIND = "hideseek-classifier"
@@ -138,10 +145,10 @@ def fit_latent_classifier(
 
 
 def encode_slices(dae: Autoencoder, slices_hu: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Semantic latents ``(N, d)`` of ``(N, H, W)`` HU slices."""
-    x = to_tensor(hu_to_unit(slices_hu))
+    """Semantic latents ``(N, d)`` of ``(N, H, W)`` HU slices (on the DAE's device)."""
+    x = to_tensor(hu_to_unit(slices_hu), module_device(dae))
     with torch.inference_mode():
-        return torch.cat([dae.encode(part) for part in x.split(batch_size)]).double().numpy()
+        return to_array(torch.cat([dae.encode(part) for part in x.split(batch_size)]))
 
 
 def classifier_for(

@@ -7,7 +7,9 @@ publishes for ``runs/phantom``: the one its bench recorded, else the newest fini
 scored candidate is a row of ``lesions.csv`` with ``score`` = Δ (Eq. 3), ``c_hide`` = the classifier
 probability of the image revealing only that candidate, and ``overlaps_reference`` = whether it
 touches a reference lesion of its own polarity (the true/false label). Per candidate polarity it
-prints the ROC-AUC of Δ and of ``c_hide``, with 95 % intervals and the interval of their difference
+prints the ROC-AUC of Δ, of ``c_hide`` and of ``c_z`` = ``c(z)``, the classifier probability of
+the unedited vertebra (the paper's Table 7 ``p_orig``; A.4.2's "raw malignancy probability" may
+mean either), with 95 % intervals and the interval of the difference Δ − ``c_hide``
 from a bootstrap that resamples vertebrae (candidates of one vertebra are not independent), and
 draws the ROC curves to ``docs/figures/hideseek_delta_auc.png``; both for all scored candidates and
 for those of malignant vertebrae only (a healthy vertebra the gate lets through has only false
@@ -32,7 +34,7 @@ from wsbench.types import BLASTIC, LYTIC
 
 ROOT = Path(__file__).resolve().parents[1]
 POLARITIES = {"lytic": (LYTIC,), "blastic": (BLASTIC,), "both": (LYTIC, BLASTIC)}
-SCORES = {"Δ": "score", "c(z_hide)": "c_hide"}
+SCORES = {"Δ": "score", "c(z_hide)": "c_hide", "c(z)": "c_z"}
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -48,7 +50,7 @@ def published_run(dataset_dir: Path) -> Path:
 def candidates_of(run_dir: Path) -> pd.DataFrame:
     """``lesions.csv`` joined with each vertebra's label and category from ``cases.csv``."""
     lesions = pd.read_csv(run_dir / "lesions.csv")
-    missing = {"score", "c_hide", "overlaps_reference", "label"} - set(lesions.columns)
+    missing = {"score", "c_hide", "c_z", "overlaps_reference", "label"} - set(lesions.columns)
     if missing:
         raise typer.BadParameter(
             f"{run_dir / 'lesions.csv'} lacks {sorted(missing)}: is it a hideseek run on a "
@@ -86,7 +88,7 @@ def bootstrap_aucs(
 
 
 def draw(scopes: dict[str, pd.DataFrame], out: Path, title: str) -> None:
-    """ROC curves of Δ and c(z_hide): one row per scope of vertebrae, one panel per polarity."""
+    """ROC curves of the :data:`SCORES`: one row per scope of vertebrae, one panel per polarity."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,7 +109,7 @@ def draw(scopes: dict[str, pd.DataFrame], out: Path, title: str) -> None:
             ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls=":")
             counts = f"{int(part['truth'].sum())} true / {len(part)}"
             ax.set(xlabel="false candidates kept (FPR)", ylabel="true candidates kept (TPR)",
-                   title=f"{name} candidates, {scope} vertebrae ({counts})")  # fmt: skip
+                   title=f"{name} candidates, {scope} vertebrae\n({counts})")  # fmt: skip
             ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -125,27 +127,27 @@ def main(
     out: Annotated[Path, typer.Option(help="ROC figure")] = ROOT
     / "docs/figures/hideseek_delta_auc.png",
 ) -> None:
-    """Print ROC-AUC of Δ and c(z_hide) per candidate polarity; draw the ROC curves."""
+    """Print ROC-AUC of Δ, c(z_hide) and c(z) per candidate polarity; draw the ROC curves."""
     run_dir = run_dir or published_run(runs)
     table = candidates_of(run_dir)
     print(f"run {run_dir}: {len(table)} scored candidates in "
           f"{table['vertebra'].nunique()} vertebrae")  # fmt: skip
     print("| candidates | vertebrae | n | true | AUC Δ [95% CI] | AUC c(z_hide) [95% CI] "
-          "| Δ − c [95% CI] |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          "| AUC c(z) [95% CI] | Δ − c(z_hide) [95% CI] |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     scopes = {"all": table, "malignant": table[table["vertebra_label"] == "malignant"]}
     for scope, rows in scopes.items():
         for name, labels in POLARITIES.items():
             part = rows[rows["label"].isin(labels)]
             if part["truth"].nunique() < 2:
                 print(f"| {name} | {scope} | {len(part)} | {int(part['truth'].sum())} | "
-                      "one class only | | |")  # fmt: skip
+                      "one class only | | | |")  # fmt: skip
                 continue
             result = bootstrap_aucs(part, bootstrap, seed)
             cells = [f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for p, lo, hi in result.values()]
             print(f"| {name} | {scope} | {len(part)} | {int(part['truth'].sum())} | "
                   + " | ".join(cells) + " |")  # fmt: skip
-    draw(scopes, out, f"Δ vs c(z_hide) for true/false candidates — {run_dir.name}")
+    draw(scopes, out, f"Δ vs c(z_hide) and c(z) for true/false candidates — {run_dir.name}")
     print(f"wrote {out}")
 
 

@@ -94,6 +94,21 @@ class NoisyMethod(Method):
         return (np.random.random(image.shape) > 0.7).astype(np.uint8)
 
 
+class OnDevice(Method):
+    """Segments nothing; takes a torch ``device`` parameter, as the DAE methods do."""
+
+    name = "ondevice"
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+
+    def params(self) -> dict[str, Any]:
+        return {"device": self.device}
+
+    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
+        return np.zeros(image.shape, np.uint8)
+
+
 class HintRecorder(Method):
     """Segments nothing; records the phenotype hint each vertebra was given."""
 

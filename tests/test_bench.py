@@ -73,3 +73,18 @@ def test_fresh_bench_runs_again_and_keeps_the_earlier_run(tmp_path: Path):
     old, new = first["fakes:NoisyMethod"]["run_dir"], second["fakes:NoisyMethod"]["run_dir"]
     assert new != old and Path(old).is_dir()
     assert (Path(new) / "cases.csv").read_bytes() == (Path(old) / "cases.csv").read_bytes()
+
+
+def test_bench_device_reaches_only_the_methods_that_take_one(tmp_path: Path):
+    methods = ["fakes:NoisyMethod", "fakes:OnDevice"]
+    outcomes = bench("fakes:TinyDataset", tmp_path, methods=methods, device="cpu:0")
+
+    def manifest(name: str) -> dict:
+        return json.loads((Path(outcomes[name]["run_dir"]) / "manifest.json").read_text())
+
+    assert manifest("fakes:OnDevice")["config"]["params"] == {"device": "cpu:0"}
+    assert manifest("fakes:OnDevice")["method"]["params"] == {"device": "cpu:0"}
+    assert manifest("fakes:NoisyMethod")["config"]["params"] == {}
+    plain = bench("fakes:TinyDataset", tmp_path, methods=methods)
+    assert plain["fakes:NoisyMethod"]["run_dir"] == outcomes["fakes:NoisyMethod"]["run_dir"]
+    assert plain["fakes:OnDevice"]["run_dir"] != outcomes["fakes:OnDevice"]["run_dir"]

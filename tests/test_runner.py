@@ -219,3 +219,10 @@ def test_cli_dataset_options_reach_the_adapter_and_the_manifest(tmp_path: Path) 
 
     bad = CliRunner().invoke(app, [*args, "-o", "colour"])
     assert bad.exit_code != 0 and "'colour' is not of the form key=value" in bad.output
+
+
+def test_cli_bench_refuses_a_device_it_cannot_use_before_any_run(tmp_path: Path) -> None:
+    args = ["bench", "--dataset", "fakes:TinyDataset", "--methods", "fakes:OnDevice"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path), "--device", "gpu"])
+    assert result.exit_code == 1 and "device='gpu' is not a torch device" in result.output
+    assert not (tmp_path / "fakes-TinyDataset").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,15 @@ from wsbench.runner import (
 from wsbench.types import WeightsNotSuppliedError
 
 
+def device_params(method: str, device: str | None) -> dict[str, str]:
+    """``{"device": device}`` when ``device`` is given and ``method``'s constructor takes a
+    ``device`` parameter; ``{}`` otherwise."""
+    if device is None:
+        return {}
+    accepted = inspect.signature(load_method(method).__init__).parameters
+    return {"device": device} if "device" in accepted else {}
+
+
 def bench(
     dataset: str,
     out: Path,
@@ -28,8 +38,12 @@ def bench(
     on_method: Callable[[str, RunConfig], Callable[[int, int, str], None] | None] | None = None,
     dataset_options: dict[str, Any] | None = None,
     fresh: bool = False,
+    device: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every registered method (or ``methods``) on ``dataset``; record each outcome.
+
+    ``device`` is given as the ``device`` parameter to every method whose constructor takes one
+    (:func:`device_params`); the others run as they always do.
 
     A method whose finished run of the same configuration, method version and harness version
     (:data:`wsbench.runner.HARNESS_VERSION`) exists is not run again; an unfinished one is
@@ -45,10 +59,11 @@ def bench(
     earlier = json.loads(record_path.read_text())["methods"] if record_path.exists() else {}
     outcomes: dict[str, dict[str, Any]] = {}
     for name in names:
-        config = RunConfig(name, dataset, seed=seed, root=root,
-                           dataset_options=dict(dataset_options or {}))  # fmt: skip
-        progress = on_method(name, config) if on_method else None
         try:
+            config = RunConfig(name, dataset, seed=seed, root=root,
+                               params=device_params(name, device),
+                               dataset_options=dict(dataset_options or {}))  # fmt: skip
+            progress = on_method(name, config) if on_method else None
             previous = find_resumable(out / safe_name(dataset) / safe_name(name), config)
             if previous is not None and (
                 fresh or made_otherwise(previous, load_method(name).version)

@@ -235,13 +235,23 @@ def bench_command(
         ),
     ] = False,
     threads: Threads = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="Torch device (cpu, cuda, cuda:N, mps) for every method that takes a `device` "
+            "parameter (hideseek, ad, medsam); `wsbench run` takes it as -p device=…"
+        ),
+    ] = None,
 ) -> None:
     """Run every method (or --methods) on a dataset; failures are recorded, finished runs kept."""
     from wsbench.bench import bench
+    from wsbench.nets.device import torch_device
     from wsbench.runner import torch_threads
 
     with user_errors(), progress_bar() as bar:
         torch_threads(threads)
+        if device is not None:
+            torch_device(device)  # a device this machine lacks stops the bench before any run
 
         def on_method(name: str, config: object):
             task = bar.add_task(name, total=None)
@@ -254,7 +264,7 @@ def bench_command(
         names = [m.strip() for m in methods.split(",")] if methods else None
         options = parse_options(dataset_option or [])
         root_text = str(root) if root else None
-        outcomes = bench(dataset, out, names, root_text, seed, on_method, options, fresh)
+        outcomes = bench(dataset, out, names, root_text, seed, on_method, options, fresh, device)
     table = Table(title=f"bench on {dataset}")
     for column in ("method", "status", "run directory or reason"):
         table.add_column(column)

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from wsbench.plugins.ad import AnomalyDetection
+from wsbench.plugins.hideseek import HideAndSeek
 
-from plugins.ad import AnomalyDetection
-from plugins.hideseek import HideAndSeek
 from wsbench.nets.dae import DiffusionAutoencoder
 from wsbench.nets.device import module_device, torch_device
 

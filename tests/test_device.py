@@ -1,10 +1,12 @@
 """The one ``device`` parser of wsbench, and the methods and trainer that take it."""
 
+import numpy as np
 import pytest
 import torch
 from wsbench.plugins.ad import AnomalyDetection
 from wsbench.plugins.hideseek import HideAndSeek
 
+from wsbench.attribution import PROJECTIONS, project
 from wsbench.nets.dae import DiffusionAutoencoder
 from wsbench.nets.device import module_device, torch_device
 
@@ -43,5 +45,9 @@ def test_training_loss_and_ddim_passes_stay_on_the_models_device():
     x = torch.zeros(2, 1, 16, 16, device="meta")
     loss = diffusion_loss(dae, x, torch.Generator().manual_seed(0))
     z = dae.encode(x)
-    decoded = dae.decode(dae.stochastic_encode(x, z, 3), z, 3)
+    x_t = dae.stochastic_encode(x, z, 3)
+    decoded = dae.decode(x_t, z, 3)
     assert loss.device.type == decoded.device.type == "meta" and decoded.shape == x.shape
+    for projection in PROJECTIONS:  # Hide-and-Seek's z_hide, on the images' own device
+        z_hide = project(dae, x, projection, 3, 3, x_t[np.array([1, 0])])
+        assert z_hide.device.type == "meta" and z_hide.shape == z.shape

@@ -82,7 +82,7 @@ class AnomalyDetection(Method):
     def fit(self, training: TrainingSet, workdir: Path) -> None:
         """Load the healthy-only DAE of this dataset (``checkpoint`` overrides the search)."""
         path = Path(self.checkpoint) if self.checkpoint else healthy_dae_checkpoint(training)
-        self.dae = DiffusionAutoencoder.load(path).to(torch_device(self.device)).eval()
+        self.dae = DiffusionAutoencoder.load(path, device=self.device)
         self.dae_identity = file_identity(path)
 
     def pseudo_healthy(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -185,7 +185,7 @@ class HideAndSeek(Method):
         from wsbench.nets.dae import DiffusionAutoencoder
 
         path = Path(self.checkpoint) if self.checkpoint else dae_checkpoint(training)
-        self.dae = DiffusionAutoencoder.load(path).to(torch_device(self.device)).eval()
+        self.dae = DiffusionAutoencoder.load(path, device=self.device)
         dae_identity = file_identity(path)
         self.classifier, stored = classifier_for(self.dae, dae_identity, training)
         self.fitted_models = {"dae": dae_identity, "classifier": file_identity(stored)}

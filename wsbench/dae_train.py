@@ -638,7 +638,7 @@ def evaluate_and_card(
 ) -> dict[str, Any]:
     """Run :func:`quality_report` on ``device`` on the checkpoint at ``path`` and add it to its
     model card."""
-    dae = DiffusionAutoencoder.load(path).to(torch_device(device))
+    dae = DiffusionAutoencoder.load(path, device=device)
     report = quality_report(dae, prepared, steps, seed, figure=path.with_suffix(".png"))
     card = path.with_suffix(".json")
     record = json.loads(card.read_text())

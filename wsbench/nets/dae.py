@@ -36,6 +36,7 @@ from torch import nn
 
 from wsbench.intensity import HU_WINDOW, hu_to_unit, unit_to_hu
 from wsbench.modelstore import SHIPPED_DIR, cache_root
+from wsbench.nets.device import torch_device
 
 FORMAT = "wsbench-dae"
 FORMAT_VERSION = 1
@@ -386,8 +387,11 @@ class DiffusionAutoencoder(nn.Module):
         torch.save(record, path)
 
     @classmethod
-    def load(cls, path: Path | str, config: str | DAEConfig | None = None) -> DiffusionAutoencoder:
-        """Read a checkpoint written by :meth:`save`; with ``config``, refuse any other config."""
+    def load(
+        cls, path: Path | str, config: str | DAEConfig | None = None, device: str = "cpu"
+    ) -> DiffusionAutoencoder:
+        """Read a checkpoint written by :meth:`save` onto ``device``, in eval mode; with
+        ``config``, refuse any other config."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"DAE checkpoint {path} does not exist")
@@ -405,7 +409,7 @@ class DiffusionAutoencoder(nn.Module):
                 )
         model = cls(stored, tuple(record["hu_window"]))
         model.load_state_dict(record["state_dict"])
-        return model.eval()
+        return model.to(torch_device(device)).eval()
 
 
 def dae_cards(folder: Path, fingerprint: str, kind: str) -> dict[Path, dict[str, Any]]:

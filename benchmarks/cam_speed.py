@@ -19,17 +19,17 @@ from pathlib import Path
 
 import torch
 from wsbench.plugins.cam import EigenCAMMethod, GradCAMMethod, GradCAMPlusPlusMethod, LayerCAMMethod
-
-from wsbench.modelstore import find_model
-from wsbench.nets.classifier import (
+from wsbench.plugins.cam.classifier import (
     ClassifierConfig,
     build_resnet18,
     load_classifier,
     model_key,
     train_classifier,
 )
-from wsbench.runner import RunConfig, prepare_dataset
-from wsbench.types import PreparedDataset, Split
+
+from wsbench.contract import PreparedDataset, Split
+from wsbench.harness.runner import RunConfig, prepare_dataset
+from wsbench.models.store import find_model
 
 
 def time_cams(dataset: PreparedDataset, n_vertebrae: int) -> dict[str, float]:

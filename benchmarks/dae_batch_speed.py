@@ -16,10 +16,10 @@ from typing import Annotated
 
 import torch
 import typer
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder, find_dae
 
-from wsbench.modelstore import SHIPPED_DIR
-from wsbench.nets.dae import DiffusionAutoencoder, find_dae
-from wsbench.runner import RunConfig, prepare_dataset
+from wsbench.harness.runner import RunConfig, prepare_dataset
+from wsbench.models.store import SHIPPED_DIR
 
 app = typer.Typer(add_completion=False)
 

@@ -17,11 +17,16 @@ from typing import Annotated
 import pandas as pd
 import torch
 import typer
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
+from wsbench.plugins.shared.dae.training import (
+    mid_slices,
+    reconstruct_slices,
+    report_sample,
+    similarity,
+)
 
-from wsbench.dae_train import mid_slices, reconstruct_slices, report_sample, similarity
-from wsbench.nets.dae import DiffusionAutoencoder
-from wsbench.runner import RunConfig, prepare_dataset
-from wsbench.types import Split
+from wsbench.contract import Split
+from wsbench.harness.runner import RunConfig, prepare_dataset
 
 app = typer.Typer(add_completion=False, help=__doc__)
 

@@ -3,17 +3,17 @@ a supervised ceiling, all on the quality report's hold-out.
 
     python benchmarks/dae_latent_baselines.py [DAE.pt ...] [--dataset phantom] [--no-supervised]
 
-The DAE quality report fits the latent classifier on 70 % of the training subjects and scores
-the held-out 30 % (:func:`wsbench.dae_train.latent_auc`). Here the same classifier (standardised,
-balanced logistic regression, C by grouped CV) and the same split are applied to:
+The DAE quality report fits the latent classifier on 70 % of the training subjects and scores the
+held-out 30 % (:func:`wsbench.plugins.shared.dae.training.latent_auc`). Here the same classifier
+(standardised, balanced logistic regression, C by grouped CV) and the same split are applied to:
 
 - ``z_sem`` of each DAE given (default: the dataset's Hide-and-Seek DAE);
 - ``z_sem`` of an untrained DAE of the first one's config (random convolutional features);
 - a HU histogram of the whole crop, and one of the vertebral body only (30 bins over the
   network's HU window, as fractions of the pixels): features with no learning at all;
 - a supervised ResNet-18 (the CAM baselines' network and recipe,
-  :func:`wsbench.nets.classifier.fit_resnet`) trained on the fitted subjects' labels: what the
-  labels and this data allow (its probability is scored directly, no logistic regression).
+  :func:`wsbench.plugins.cam.classifier.fit_resnet`) trained on the fitted subjects' labels: what
+  the labels and this data allow (its probability is scored directly, no logistic regression).
 
 Prints one row per feature: held-out ROC-AUC and chosen C; then, per phenotype (read from the
 dataset's ground truth, which the DAE and the classifier never see), the AUC of that classifier
@@ -34,20 +34,20 @@ import pandas as pd
 import torch
 import typer
 from sklearn.metrics import roc_auc_score
+from wsbench.plugins.cam.classifier import ClassifierConfig, fit_resnet, malignancy
 from wsbench.plugins.hideseek import dae_checkpoint
-
-from wsbench.dae_train import (
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
+from wsbench.plugins.shared.dae.training import (
     holdout_fit,
     holdout_latents,
     latent_auc_split,
     mid_slices,
     untrained_twin,
 )
-from wsbench.intensity import HU_WINDOW
-from wsbench.nets.classifier import ClassifierConfig, fit_resnet, malignancy
-from wsbench.nets.dae import DiffusionAutoencoder
-from wsbench.runner import RunConfig, prepare_dataset
-from wsbench.types import Phenotype, TrainingSet, TrainingVertebra, VertebraKey, WeakLabel
+
+from wsbench.contract import Phenotype, TrainingSet, TrainingVertebra, VertebraKey, WeakLabel
+from wsbench.data.intensity import HU_WINDOW
+from wsbench.harness.runner import RunConfig, prepare_dataset
 
 HISTOGRAM_BINS = 30
 """Bins of the HU histogram features, spread evenly over the HU window."""

@@ -3,14 +3,14 @@
     python benchmarks/dae_latent_subspace.py [--checkpoint DAE.pt] [--dataset phantom]
 
 Hide-and-Seek's healthy edit moves ``z_sem`` along the latent classifier's normal; it can only
-change the decoded image if that direction is one the decoder reads. The decoder reads what
-varies between images' latents, i.e. the leading principal components. For the DAE (default:
-the dataset's Hide-and-Seek DAE) and for an untrained DAE of the same config (the level random
-convolutional features reach), this prints the cumulative variance of the leading components and
-the held-out ROC-AUC of the latent classifier fitted on the top k components only, with exactly
-the quality report's protocol (:func:`wsbench.dae_train.latent_auc`: all central slices of 70 %
-of the training subjects, standardised, balanced logistic regression with C by grouped CV, AUC
-on the held-out subjects' mid slices).
+change the decoded image if that direction is one the decoder reads. The decoder reads what varies
+between images' latents, i.e. the leading principal components. For the DAE (default: the dataset's
+Hide-and-Seek DAE) and for an untrained DAE of the same config (the level random convolutional
+features reach), this prints the cumulative variance of the leading components and the held-out
+ROC-AUC of the latent classifier fitted on the top k components only, with exactly the quality
+report's protocol (:func:`wsbench.plugins.shared.dae.training.latent_auc`: all central slices of 70
+% of the training subjects, standardised, balanced logistic regression with C by grouped CV, AUC on
+the held-out subjects' mid slices).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import typer
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 from wsbench.plugins.hideseek import dae_checkpoint
+from wsbench.plugins.hideseek.latent_classifier import encode_slices, fit_latent_classifier
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
+from wsbench.plugins.shared.dae.training import latent_auc_split, mid_slices, untrained_twin
 
-from wsbench.dae_train import latent_auc_split, mid_slices, untrained_twin
-from wsbench.latent_classifier import encode_slices, fit_latent_classifier
-from wsbench.nets.dae import DiffusionAutoencoder
-from wsbench.runner import RunConfig, prepare_dataset
-from wsbench.types import TrainingSet, TrainingVertebra
+from wsbench.contract import TrainingSet, TrainingVertebra
+from wsbench.harness.runner import RunConfig, prepare_dataset
 
 COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128, 512)
 """Numbers of leading principal components tried."""

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 import typer
-
-from wsbench.dae_train import (
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
+from wsbench.plugins.shared.dae.training import (
     EVAL_STEPS,
     latent_auc,
     latent_swap_hu,
@@ -31,9 +31,9 @@ from wsbench.dae_train import (
     similarity,
     training_state_ema,
 )
-from wsbench.nets.dae import DiffusionAutoencoder
-from wsbench.runner import RunConfig, prepare_dataset
-from wsbench.types import Split
+
+from wsbench.contract import Split
+from wsbench.harness.runner import RunConfig, prepare_dataset
 
 app = typer.Typer(add_completion=False, help=__doc__)
 

@@ -18,9 +18,8 @@ import statistics
 import time
 
 import torch
-
-from wsbench.dae_train import diffusion_loss, update_ema
-from wsbench.nets.dae import DiffusionAutoencoder, config_named
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder, config_named
+from wsbench.plugins.shared.dae.training import diffusion_loss, update_ema
 
 
 def peak_mb() -> float:

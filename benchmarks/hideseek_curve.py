@@ -18,15 +18,15 @@ another seeded order: their false-positive lesions (``fp``, ``fp_gated``) give t
 ``fp_per_healthy`` columns; every other column of the table is over malignant vertebrae only.
 Each vertebra gets its patient's phenotype hint, as in a run.
 
-Every vertebra goes through the harness's own code: ``wsbench.runner.segment_vertebra``
+Every vertebra goes through the harness's own code: ``wsbench.harness.runner.segment_vertebra``
 (method, output validation, post-processing) under the runner's per-vertebra seed, scored by
-``wsbench.runner.case_record`` (``wsbench.evaluation.evaluate_case``: Detection F1 ``f1``,
-Instance Dice ``sq``). The gate (``c(z) ≥ 0.5``) is turned off so that every vertebra is
-segmented and timed; ``*_gated`` columns give what the default gate would have scored (an
-empty prediction when ``c(z) < 0.5``). ``measure`` merges its rows into the CSV (one row per
-setting × vertebra); ``report`` prints the table and draws the figure from the CSV. One torch
-thread throughout; wall and CPU seconds are both recorded (CPU time of the one-thread process
-is the figure that other jobs on a shared machine disturb least).
+``wsbench.harness.runner.case_record`` (``wsbench.harness.evaluation.evaluate_case``: Detection F1
+``f1``, Instance Dice ``sq``). The gate (``c(z) ≥ 0.5``) is turned off so that every vertebra is
+segmented and timed; ``*_gated`` columns give what the default gate would have scored (an empty
+prediction when ``c(z) < 0.5``). ``measure`` merges its rows into the CSV (one row per setting ×
+vertebra); ``report`` prints the table and draws the figure from the CSV. One torch thread
+throughout; wall and CPU seconds are both recorded (CPU time of the one-thread process is the figure
+that other jobs on a shared machine disturb least).
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ import pandas as pd
 import torch
 import typer
 from wsbench.plugins.hideseek import HideAndSeek, dae_checkpoint
+from wsbench.plugins.hideseek.attribution import healthy_latent, to_tensor
+from wsbench.plugins.hideseek.latent_classifier import encode_slices
 
-from wsbench.attribution import healthy_latent, to_tensor
-from wsbench.cli import parse_params
-from wsbench.intensity import hu_to_unit, unit_to_hu
-from wsbench.latent_classifier import encode_slices
-from wsbench.modelstore import cache_root
-from wsbench.runner import (
+from wsbench.cli.main import parse_params
+from wsbench.contract import Phenotype, PreparedVertebra, Split, WeakLabel, patient_hints
+from wsbench.data.intensity import hu_to_unit, unit_to_hu
+from wsbench.harness.runner import (
     RunConfig,
     case_record,
     prepare_dataset,
@@ -55,7 +55,7 @@ from wsbench.runner import (
     segment_vertebra,
     vertebra_seed,
 )
-from wsbench.types import Phenotype, PreparedVertebra, Split, WeakLabel, patient_hints
+from wsbench.models.store import cache_root
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "figures"

@@ -29,8 +29,8 @@ import pandas as pd
 import typer
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from wsbench.leaderboard import published_runs
-from wsbench.types import BLASTIC, LYTIC
+from wsbench.contract import BLASTIC, LYTIC
+from wsbench.report.leaderboard import published_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 POLARITIES = {"lytic": (LYTIC,), "blastic": (BLASTIC,), "both": (LYTIC, BLASTIC)}

@@ -8,7 +8,7 @@ directly with the phantom's lesion masks, which no method sees. Per DAE (default
 
 * the latent classifier is fitted exactly as the method fits it (standardised ``z_sem``, C by
   grouped CV) on the labelled training vertebrae of the subjects the DAE quality report keeps
-  (:func:`wsbench.dae_train.latent_auc_split`); its held-out AUC is printed;
+  (:func:`wsbench.plugins.shared.dae.training.latent_auc_split`); its held-out AUC is printed;
 * on the held-out subjects' malignant vertebrae (mid slices; the method's default DDIM steps
   unless ``--steps``) each ``z`` is edited to ``p_target`` (the method's 1e-4 unless
   ``--p-target``); ``R = decode(x_T, z)``, ``H = decode(x_T, z_healthy)``;
@@ -34,13 +34,13 @@ import torch
 import typer
 from sklearn.metrics import roc_auc_score
 from wsbench.plugins.hideseek import DEFAULT_STEPS, dae_checkpoint
+from wsbench.plugins.hideseek.attribution import P_TARGET, healthy_latent
+from wsbench.plugins.hideseek.latent_classifier import encode_slices
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
+from wsbench.plugins.shared.dae.training import holdout_classifier, latent_auc_split, mid_slices
 
-from wsbench.attribution import P_TARGET, healthy_latent
-from wsbench.dae_train import holdout_classifier, latent_auc_split, mid_slices
-from wsbench.latent_classifier import encode_slices
-from wsbench.nets.dae import DiffusionAutoencoder
-from wsbench.runner import RunConfig, prepare_dataset
-from wsbench.types import BLASTIC, LYTIC, N_CENTRAL_SLICES, Split, WeakLabel
+from wsbench.contract import BLASTIC, LYTIC, N_CENTRAL_SLICES, Split, WeakLabel
+from wsbench.harness.runner import RunConfig, prepare_dataset
 
 app = typer.Typer(add_completion=False, help=__doc__)
 

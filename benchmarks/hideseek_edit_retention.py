@@ -2,13 +2,13 @@
 
     python benchmarks/hideseek_edit_retention.py [--checkpoint DAE.pt] [--vertebrae 24]
 
-Hide-and-Seek needs an edit of ``z_sem`` that the decoder turns into a visibly healthier image:
-Δ (Eq. 3) compares re-encoded images with ``c(z_healthy)``. For each ``C`` of the latent
-classifier's grid (standardised ``z_sem``, balanced logistic regression fitted on all central
-slices of the labelled training vertebrae, exactly as :mod:`wsbench.latent_classifier` does but
-with ``C`` fixed) and for both edit directions (``normal`` in raw ``z``, ``standardised``), it
-takes a seeded sample of malignant **training** vertebrae (labels only, no lesion mask), edits
-each mid slice's ``z`` to ``c = p_target`` and reports:
+Hide-and-Seek needs an edit of ``z_sem`` that the decoder turns into a visibly healthier image: Δ
+(Eq. 3) compares re-encoded images with ``c(z_healthy)``. For each ``C`` of the latent classifier's
+grid (standardised ``z_sem``, balanced logistic regression fitted on all central slices of the
+labelled training vertebrae, exactly as :mod:`wsbench.plugins.hideseek.latent_classifier` does but
+with ``C`` fixed) and for both edit directions (``normal`` in raw ``z``, ``standardised``), it takes
+a seeded sample of malignant **training** vertebrae (labels only, no lesion mask), edits each mid
+slice's ``z`` to ``c = p_target`` and reports:
 
 * the edit's length in standardised units, and the mean |HU| change it makes to the decoded image
   (``decode(x_T, z_healthy)`` against ``decode(x_T, z)``, the same stochastic code ``x_T``);
@@ -29,12 +29,12 @@ import pandas as pd
 import torch
 import typer
 from wsbench.plugins.hideseek import DEFAULT_STEPS, dae_checkpoint
+from wsbench.plugins.hideseek.attribution import P_TARGET, healthy_latent
+from wsbench.plugins.hideseek.latent_classifier import C_GRID, encode_slices, fit_latent_classifier
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
 
-from wsbench.attribution import P_TARGET, healthy_latent
-from wsbench.latent_classifier import C_GRID, encode_slices, fit_latent_classifier
-from wsbench.nets.dae import DiffusionAutoencoder
-from wsbench.runner import RunConfig, prepare_dataset
-from wsbench.types import N_CENTRAL_SLICES, WeakLabel
+from wsbench.contract import N_CENTRAL_SLICES, WeakLabel
+from wsbench.harness.runner import RunConfig, prepare_dataset
 
 app = typer.Typer(add_completion=False, help=__doc__)
 

@@ -29,14 +29,14 @@ import pandas as pd
 import torch
 import typer
 from wsbench.plugins.hideseek import Attribution, HideAndSeek, dae_checkpoint
+from wsbench.plugins.hideseek.attribution import P_TARGET
+from wsbench.plugins.shared.dae.training import reconstruct_slices, similarity
 
-from wsbench.attribution import P_TARGET
-from wsbench.dae_train import reconstruct_slices, similarity
-from wsbench.intensity import HU_WINDOW, hu_to_unit, unit_to_hu
-from wsbench.modelstore import cache_root
-from wsbench.postprocess import postprocess
-from wsbench.runner import RunConfig, prepare_dataset
-from wsbench.types import BLASTIC, LYTIC, Phenotype, PreparedVertebra
+from wsbench.contract import BLASTIC, LYTIC, Phenotype, PreparedVertebra
+from wsbench.data.intensity import HU_WINDOW, hu_to_unit, unit_to_hu
+from wsbench.harness.postprocess import postprocess
+from wsbench.harness.runner import RunConfig, prepare_dataset
+from wsbench.models.store import cache_root
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = {LYTIC: "red", BLASTIC: "blue"}

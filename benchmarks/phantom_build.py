@@ -23,10 +23,10 @@ import pandas as pd
 
 def otsu_summary(dataset) -> pd.DataFrame:  # type: ignore[no-untyped-def]
     """Mean Detection F1 / Global Dice / FP of Otsu per category on the test split."""
-    from wsbench.evaluation import summarize
-    from wsbench.registry import load_method
-    from wsbench.runner import case_record, segment_vertebra
-    from wsbench.types import Split, patient_hints
+    from wsbench.contract import Split, patient_hints
+    from wsbench.harness.evaluation import summarize
+    from wsbench.harness.registry import load_method
+    from wsbench.harness.runner import case_record, segment_vertebra
 
     method = load_method("otsu")()
     rows, hints = [], patient_hints(dataset.vertebrae)
@@ -52,9 +52,9 @@ def main() -> None:
     os.environ["WSBENCH_CACHE"] = str(cache)
 
     from wsbench.datasets.phantom import PhantomDataset, phantom_options
+    from wsbench.datasets.phantom.generate import build_cached, default_workers
 
-    from wsbench.modelstore import cache_root
-    from wsbench.phantom.generate import build_cached, default_workers
+    from wsbench.models.store import cache_root
 
     given = {"subjects": args.subjects, "seed": args.seed, "test_fraction": args.test_fraction}
     options = {k: v for k, v in given.items() if v is not None}

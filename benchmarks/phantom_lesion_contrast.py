@@ -19,8 +19,8 @@ import numpy as np
 import typer
 from scipy.ndimage import binary_dilation
 
-from wsbench.runner import RunConfig, prepare_dataset
-from wsbench.types import BLASTIC, LYTIC, N_CENTRAL_SLICES, PreparedVertebra, Split
+from wsbench.contract import BLASTIC, LYTIC, N_CENTRAL_SLICES, PreparedVertebra, Split
+from wsbench.harness.runner import RunConfig, prepare_dataset
 
 MIN_PX = 10
 PERCENTILES = (10, 25, 50, 75, 90)

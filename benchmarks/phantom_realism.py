@@ -17,10 +17,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from wsbench.datasets.phantom.generate import render_subject
+from wsbench.datasets.phantom.plan import PhantomOptions, plan_subject
 
-from wsbench.phantom.generate import render_subject
-from wsbench.phantom.plan import PhantomOptions, plan_subject
-from wsbench.volumes import BODY_SUBREGIONS, DISC_SUBREGION
+from wsbench.data.volumes import BODY_SUBREGIONS, DISC_SUBREGION
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "tptbox"
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "phantom_realism.png"

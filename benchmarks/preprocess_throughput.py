@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from nibabel.affines import apply_affine
 from wsbench.datasets.inhouse import InHouseDataset
+from wsbench.datasets.inhouse.layout import write_inhouse
 
-from wsbench.formats import write_inhouse
-from wsbench.types import WeakLabel
-from wsbench.volumes import LEVEL_NUMBERS, SubjectVolumes, VertebraLabel
+from wsbench.contract import WeakLabel
+from wsbench.data.volumes import LEVEL_NUMBERS, SubjectVolumes, VertebraLabel
 
 REAL_TPTBOX = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "tptbox"
 

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import nibabel as nib
 from preprocess_throughput import REAL_TPTBOX, lumbar_subject, report
+from wsbench.datasets.phantom.tcia_writer import write_tcia
 from wsbench.datasets.tcia import TciaDataset, derived_body_dice
-
-from wsbench.dicomio import write_tcia
 
 
 def time_prepare(root: Path, cache: Path) -> tuple[int, float, float]:

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from wsbench.types import (
+from wsbench.contract import (
     BLASTIC,
     LYTIC,
     DatasetAdapter,
@@ -17,6 +17,7 @@ from wsbench.types import (
     Split,
     TrainingSet,
     VertebraKey,
+    VertebraSample,
     WeakLabel,
     WeightsNotSuppliedError,
 )
@@ -90,8 +91,8 @@ class NoisyMethod(Method):
     def fit(self, training: TrainingSet, workdir: Any) -> None:
         NoisyMethod.seen.append(training)
 
-    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
-        return (np.random.random(image.shape) > 0.7).astype(np.uint8)
+    def segment(self, sample: VertebraSample) -> np.ndarray:
+        return (np.random.random(sample.image.shape) > 0.7).astype(np.uint8)
 
 
 class OnDevice(Method):
@@ -102,11 +103,8 @@ class OnDevice(Method):
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
 
-    def params(self) -> dict[str, Any]:
-        return {"device": self.device}
-
-    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
-        return np.zeros(image.shape, np.uint8)
+    def segment(self, sample: VertebraSample) -> np.ndarray:
+        return np.zeros(sample.image.shape, np.uint8)
 
 
 class HintRecorder(Method):
@@ -115,9 +113,9 @@ class HintRecorder(Method):
     name = "hintrecorder"
     seen: ClassVar[dict[str, Phenotype | None]] = {}
 
-    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
-        HintRecorder.seen[context["key"].id] = context["phenotype"]
-        return np.zeros(image.shape, np.uint8)
+    def segment(self, sample: VertebraSample) -> np.ndarray:
+        HintRecorder.seen[sample.key.id] = sample.phenotype
+        return np.zeros(sample.image.shape, np.uint8)
 
 
 class WrongShape(Method):
@@ -125,10 +123,10 @@ class WrongShape(Method):
 
     name = "wrongshape"
 
-    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
-        if context["key"].subject == "s3":
+    def segment(self, sample: VertebraSample) -> np.ndarray:
+        if sample.key.subject == "s3":
             return np.zeros((3, 3), np.uint8)
-        return np.zeros(image.shape, np.uint8)
+        return np.zeros(sample.image.shape, np.uint8)
 
 
 class WrongLabels(Method):
@@ -136,8 +134,8 @@ class WrongLabels(Method):
 
     name = "wronglabels"
 
-    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
-        return np.where(body_mask, 7, 0).astype(np.uint8)
+    def segment(self, sample: VertebraSample) -> np.ndarray:
+        return np.where(sample.body_mask, 7, 0).astype(np.uint8)
 
 
 class CrashAfterTwo(Method):
@@ -147,12 +145,12 @@ class CrashAfterTwo(Method):
     calls: ClassVar[int] = 0
     crash_at: ClassVar[int | None] = 2
 
-    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
+    def segment(self, sample: VertebraSample) -> np.ndarray:
         if CrashAfterTwo.crash_at is not None and CrashAfterTwo.calls == CrashAfterTwo.crash_at:
             raise KeyboardInterrupt
         CrashAfterTwo.calls += 1
-        noise = np.random.random(image.shape) > 0.9
-        return ((image > 600) | (noise & body_mask)).astype(np.uint8) * BLASTIC
+        noise = np.random.random(sample.image.shape) > 0.9
+        return ((sample.image > 600) | (noise & sample.body_mask)).astype(np.uint8) * BLASTIC
 
 
 class NeedsWeights(Method):
@@ -163,7 +161,7 @@ class NeedsWeights(Method):
     def fit(self, training: TrainingSet, workdir: Any) -> None:
         raise WeightsNotSuppliedError("pass --checkpoint with the official weights")
 
-    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
+    def segment(self, sample: VertebraSample) -> np.ndarray:
         raise AssertionError("never reached")
 
 
@@ -175,7 +173,7 @@ class BrokenFit(Method):
     def fit(self, training: TrainingSet, workdir: Any) -> None:
         raise RuntimeError("diverged at step 3")
 
-    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
+    def segment(self, sample: VertebraSample) -> np.ndarray:
         raise AssertionError("never reached")
 
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 from fakes import make_vertebra
-from wsbench.plugins.ad import AnomalyDetection, healthy_dae_checkpoint
+from wsbench.plugins.ad import STORE, AnomalyDetection
+from wsbench.plugins.shared.dae.training import run_training, train_config
 
-from wsbench.dae_train import run_training, train_config
-from wsbench.intensity import hu_to_unit
-from wsbench.types import BLASTIC, LYTIC, Phenotype, PreparedDataset, Split
+from wsbench.contract import BLASTIC, LYTIC, Phenotype, PreparedDataset, Split
+from wsbench.data.intensity import hu_to_unit
+from wsbench.testing import sample_of
 
 SIZE = 16
 BLAST = (slice(2, 6), slice(2, 6))  # 16 px at 1000 HU
@@ -56,7 +57,9 @@ def expected(*labels: int) -> np.ndarray:
 )  # fmt: skip
 def test_residual_polarities_give_exact_lytic_and_blastic_masks(hint, labels):
     image, body = vertebra()
-    seg = AnomalyDetection.from_dae(ConstantHealthy()).segment(image, body, phenotype=hint)
+    seg = AnomalyDetection.from_dae(ConstantHealthy()).segment(
+        sample_of(image, body, phenotype=hint)
+    )
     np.testing.assert_array_equal(seg.labels, expected(*labels))
     assert seg.labels.dtype == np.uint8 and seg.candidates.dtype == np.int32
     assert [lesion.label for lesion in seg.lesions] == list(labels)
@@ -66,7 +69,9 @@ def test_residual_polarities_give_exact_lytic_and_blastic_masks(hint, labels):
 
 def test_score_map_is_the_absolute_residual():
     image, body = vertebra()
-    seg = AnomalyDetection.from_dae(ConstantHealthy()).segment(image, body, phenotype=None)
+    seg = AnomalyDetection.from_dae(ConstantHealthy()).segment(
+        sample_of(image, body, phenotype=None)
+    )
     np.testing.assert_allclose(seg.scores, np.abs(hu_to_unit(image) - hu_to_unit(BACKGROUND_HU)))
     assert seg.lesions[1].score == pytest.approx(hu_to_unit(1000.0) - hu_to_unit(300.0))
 
@@ -74,7 +79,9 @@ def test_score_map_is_the_absolute_residual():
 def test_only_body_pixels_can_be_candidates():
     image, body = vertebra()
     body[:, :7] = False  # hides the blastic square
-    seg = AnomalyDetection.from_dae(ConstantHealthy()).segment(image, body, phenotype=None)
+    seg = AnomalyDetection.from_dae(ConstantHealthy()).segment(
+        sample_of(image, body, phenotype=None)
+    )
     np.testing.assert_array_equal(seg.labels, expected(LYTIC))
 
 
@@ -89,31 +96,30 @@ def dataset() -> PreparedDataset:
 
 def test_fit_without_a_healthy_dae_says_how_to_train_it(tmp_path):
     training = dataset().training_set()
-    with pytest.raises(FileNotFoundError, match="--model dae --dataset tiny --healthy-only"):
+    with pytest.raises(FileNotFoundError, match="wsbench train --method ad --dataset tiny"):
         AnomalyDetection().fit(training, tmp_path)
-    run_training(training, train_config("tiny", steps=1), progress=False)  # not healthy-only
-    with pytest.raises(FileNotFoundError, match="healthy-only"):
-        healthy_dae_checkpoint(training)
+    run_training(training, train_config("tiny", steps=1), STORE, progress=False)  # all vertebrae
+    with pytest.raises(FileNotFoundError, match="no trained dae-healthy DAE"):
+        AnomalyDetection().dae_path(training)
 
 
 def test_fit_finds_the_healthy_dae_and_segments_with_it(tmp_path):
     prepared = dataset()
-    path, _ = run_training(
-        prepared.training_set(), train_config("tiny", steps=2, healthy_only=True), progress=False
-    )
-    assert healthy_dae_checkpoint(prepared.training_set()) == path
+    recipe = train_config("tiny", steps=2, healthy_only=True)
+    path, _ = run_training(prepared.training_set(), recipe, STORE, progress=False)
+    assert AnomalyDetection().dae_path(prepared.training_set()) == path
     method = AnomalyDetection(steps_stochastic=2, steps_decode=2)
     method.fit(prepared.training_set(), tmp_path)
     vertebra = prepared.split(Split.TEST)[1]
     sample = vertebra.sample(vertebra.phenotype)
-    seg = method.segment(sample.image, sample.body_mask, phenotype=sample.phenotype)
+    seg = method.segment(sample)
     x, healthy = method.pseudo_healthy(sample.image)
     np.testing.assert_allclose(seg.scores, np.abs(x - healthy), rtol=1e-6)
     assert seg.labels.shape == sample.image.shape and set(np.unique(seg.labels)) <= {0, BLASTIC}
-    again = method.segment(sample.image, sample.body_mask, phenotype=sample.phenotype)
+    again = method.segment(sample)
     np.testing.assert_array_equal(seg.labels, again.labels)
 
 
 def test_segment_before_fit_is_refused():
     with pytest.raises(RuntimeError, match="fit"):
-        AnomalyDetection().segment(*vertebra(), phenotype=None)
+        AnomalyDetection().segment(sample_of(*vertebra(), phenotype=None))

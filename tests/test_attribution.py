@@ -8,26 +8,32 @@ import torch
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
-
-from wsbench.attribution import (
-    Candidate,
-    Hyperplane,
-    binarise,
-    choose_polarities,
+from wsbench.plugins.hideseek.attribution import (
     delta_score,
-    extract_candidates,
     healthy_latent,
     hidden_probabilities,
     hide_others,
-    hyperplane_from_standardised,
     image_boundaries,
     image_boundary,
-    polarity_maps,
     probability_logit,
     project,
+    scored_candidates,
 )
-from wsbench.latent_classifier import LatentClassifier, classifier_key, fit_latent_classifier
-from wsbench.types import BLASTIC, LYTIC
+from wsbench.plugins.hideseek.latent_classifier import classifier_for, classifier_key
+from wsbench.plugins.shared.dae.candidates import (
+    Candidate,
+    binarise,
+    extract_candidates,
+    polarity_maps,
+)
+from wsbench.plugins.shared.dae.latent import (
+    Hyperplane,
+    LatentClassifier,
+    fit_latent_classifier,
+    hyperplane_from_standardised,
+)
+
+from wsbench.contract import BLASTIC, LYTIC
 
 
 class LinearAutoencoder:
@@ -94,23 +100,11 @@ def test_healthy_edit_through_a_fitted_standardised_classifier():
     np.testing.assert_allclose(
         clf.probability(z), reference.predict_proba(scaler.transform(z))[:, 1], rtol=1e-6
     )
-    for direction in (None, clf.standardised_direction()):
-        edited = healthy_latent(z, clf.plane, p_target=1e-4, direction=direction)
-        np.testing.assert_allclose(clf.probability(edited), 1e-4, rtol=1e-8)
-        np.testing.assert_allclose(
-            reference.predict_proba(scaler.transform(edited))[:, 1], 1e-4, rtol=1e-5
-        )
-
-
-def test_standardised_direction_is_a_step_along_w_in_standardised_space():
-    rng = np.random.default_rng(3)
-    clf = LatentClassifier(rng.normal(size=4), 0.3, rng.normal(size=4), rng.uniform(1, 3, 4),
-                           C=1.0, cv_log_loss=0.0)  # fmt: skip
-    z = rng.normal(size=4)
-    moved = healthy_latent(z, clf.plane, direction=clf.standardised_direction())
-    step = (moved - clf.mean) / clf.scale - (z - clf.mean) / clf.scale
-    assert abs(np.dot(step / np.linalg.norm(step), clf.weights / np.linalg.norm(clf.weights))) \
-        == pytest.approx(1.0)  # fmt: skip
+    edited = healthy_latent(z, clf.plane, p_target=1e-4)
+    np.testing.assert_allclose(clf.probability(edited), 1e-4, rtol=1e-8)
+    np.testing.assert_allclose(
+        reference.predict_proba(scaler.transform(edited))[:, 1], 1e-4, rtol=1e-5
+    )
 
 
 def test_probability_logit_rejects_impossible_targets():
@@ -134,31 +128,8 @@ def test_binarise_at_the_mean_over_all_body_pixels():
     body = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
     # body values 0,1,2,0,0,3,6: mean 12/7 ≈ 1.714 → 2, 3, 6 pass; 9 lies outside the body
     expected = np.array([[0, 0, 1, 0], [0, 0, 1, 1]], bool)
-    np.testing.assert_array_equal(binarise(diff, body, "mean"), expected)
-    # median of the positive body values (1, 2, 3, 6) is 2.5 → only 3 and 6 pass
-    np.testing.assert_array_equal(
-        binarise(diff, body, "median"), np.array([[0, 0, 0, 0], [0, 0, 1, 1]], bool)
-    )
-    assert not binarise(np.zeros((2, 4)), body, "mean").any()
-    assert not binarise(np.zeros((2, 4)), body, "median").any()
-
-
-def test_opening_removes_lines_and_speckle_but_keeps_a_blob():
-    healthy = np.zeros((12, 12))
-    image = np.zeros((12, 12))
-    image[2:7, 2:7] = -4.0  # lytic 5×5 blob
-    image[4, 7:11] = -4.0  # one-pixel line leaving it: same component unopened
-    image[10, 2] = -4.0  # speckle
-    body = np.ones((12, 12), bool)
-    plain = extract_candidates(image, healthy, body)
-    assert [c.size for c in plain] == [29, 1]
-    opened = extract_candidates(image, healthy, body, opening_px=1)
-    blob = np.zeros((12, 12), bool)
-    blob[2:7, 2:7] = True
-    blob[[2, 2, 6, 6], [2, 6, 2, 6]] = False  # a radius-1 disk cannot reach the corners
-    blob[4, 7] = True  # but it fits centred on the blob's edge (4, 6), so it keeps the line's root
-    assert len(opened) == 1
-    np.testing.assert_array_equal(opened[0].mask, blob)
+    np.testing.assert_array_equal(binarise(diff, body), expected)
+    assert not binarise(np.zeros((2, 4)), body).any()
 
 
 def test_image_boundaries_redraw_a_haloed_blastic_candidate_exactly():
@@ -234,14 +205,6 @@ def test_delta_score_and_the_epsilon_case():
     assert delta_score(0.3 + 1e-9, 0.3, 0.3, eps=1e-8) == pytest.approx(0.1, rel=1e-4)
 
 
-def test_choose_polarities_rule():
-    assert choose_polarities({LYTIC: 0.7, BLASTIC: 0.9}) == (LYTIC, BLASTIC)
-    assert choose_polarities({LYTIC: 0.2, BLASTIC: 0.9}) == (BLASTIC,)
-    assert choose_polarities({LYTIC: 0.3, BLASTIC: 0.1}) == (LYTIC,)
-    assert choose_polarities({LYTIC: -np.inf, BLASTIC: 0.1}) == (BLASTIC,)
-    assert choose_polarities({LYTIC: -np.inf, BLASTIC: -np.inf}) == ()
-
-
 # DAE round trip ------------------------------------------------------------------------------
 
 
@@ -252,7 +215,7 @@ def test_hidden_probabilities_by_hand_and_independent_of_batching():
     images = rng.normal(size=(5, 8, 8))
     expected = expit(images.reshape(5, -1) @ dae.W.numpy().T @ plane.normal + plane.bias)
     for batch in (1, 2, 5):
-        got = hidden_probabilities(dae, plane, images, 3, 3, batch_size=batch)
+        got = hidden_probabilities(dae, plane, images, True, (3, 3), batch_size=batch)
         np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -272,23 +235,27 @@ class CountingAutoencoder(LinearAutoencoder):
         return super().decode(x_t, z_sem, steps)
 
 
-@pytest.mark.parametrize(("projection", "passes"), [("invert", 2), ("original-code", 1),
-                                                     ("none", 0)])  # fmt: skip
-def test_projections_agree_on_an_exact_autoencoder_and_skip_their_ddim_passes(projection, passes):
+@pytest.mark.parametrize(("invert", "passes"), [(True, 2), (False, 0)])
+def test_projection_equals_encoding_on_an_exact_autoencoder_and_skips_its_passes(invert, passes):
     dae = CountingAutoencoder()
     x = torch.as_tensor(np.random.default_rng(6).normal(size=(3, 1, 8, 8)), dtype=torch.float32)
-    expected = dae.encode(x)
-    got = project(dae, x, projection, 3, 3, x_t=x.clone())
-    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(project(dae, x, invert, (3, 3)), dae.encode(x))
     assert dae.passes == passes
 
 
-def test_bad_projections_are_named():
-    dae, x = LinearAutoencoder(), torch.zeros(1, 1, 8, 8)
-    with pytest.raises(ValueError, match="needs the originals' codes"):
-        project(dae, x, "original-code", 3, 3)
-    with pytest.raises(ValueError, match="'reuse' is not one of"):
-        project(dae, x, "reuse", 3, 3)
+def test_scored_candidates_filter_by_polarity_and_size_but_hide_every_candidate():
+    healthy = np.zeros((8, 8))
+    image = np.zeros((8, 8))
+    image[1:3, 1:3] = -4.0  # lytic, 4 px
+    image[5:8, 5:8] = 5.0  # blastic, 9 px
+    image[0, 7] = 5.0  # blastic, 1 px: hidden in the others' images, never scored
+    body = np.ones((8, 8), bool)
+    scored, images = scored_candidates(image, healthy, body, (BLASTIC,), min_px=2)
+    assert [(c.label, c.size) for c in scored] == [(BLASTIC, 9)]
+    expected = image.copy()
+    expected[1:3, 1:3] = 0.0
+    expected[0, 7] = 0.0
+    np.testing.assert_array_equal(images[0], expected)
 
 
 # classifier persistence ----------------------------------------------------------------------
@@ -319,15 +286,14 @@ def test_candidate_size():
 
 def test_classifier_for_fits_once_then_reloads_from_the_model_store():
     from fakes import TinyDataset
-
-    from wsbench.latent_classifier import classifier_for, classifier_key
-    from wsbench.modelstore import find_model
+    from wsbench.plugins.hideseek import STORE
 
     training = TinyDataset().prepare().training_set()
     dae = LinearAutoencoder(size=32, latent=4)
-    first, _ = classifier_for(dae, "dae-test", training)
-    stored = find_model(classifier_key("dae-test", training.fingerprint))
+    first, _ = classifier_for(dae, "dae-test", training, STORE)
+    key = classifier_key("dae-test", training.fingerprint)
+    stored = STORE.find(key.kind, key.dataset_fingerprint, key.config)
     assert stored is not None and stored.with_suffix(".json").exists()
-    again, _ = classifier_for(dae, "dae-test", training)
+    again, _ = classifier_for(dae, "dae-test", training, STORE)
     np.testing.assert_array_equal(again.weights, first.weights)
     assert again.C in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)

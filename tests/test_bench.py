@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wsbench.bench import bench
-from wsbench.leaderboard import not_run
+from wsbench.harness.bench import bench
+from wsbench.report.leaderboard import not_run
 
 METHODS = ["fakes:NoisyMethod", "fakes:NeedsWeights", "fakes:BrokenFit", "fakes:WrongShape"]
 
@@ -50,21 +50,24 @@ def test_bench_reruns_a_method_whose_version_changed(tmp_path: Path, monkeypatch
 
 
 def test_bench_reruns_every_method_when_the_harness_version_changed(tmp_path: Path, monkeypatch):
-    import wsbench.runner
+    import wsbench.harness.runner
 
     first = bench("fakes:TinyDataset", tmp_path, methods=METHODS[:1])
     manifest = Path(first["fakes:NoisyMethod"]["run_dir"]) / "manifest.json"
-    assert json.loads(manifest.read_text())["harness_version"] == wsbench.runner.HARNESS_VERSION
+    assert (
+        json.loads(manifest.read_text())["harness_version"]
+        == wsbench.harness.runner.HARNESS_VERSION
+    )
     assert bench("fakes:TinyDataset", tmp_path, methods=METHODS[:1]) == first
-    monkeypatch.setattr(wsbench.runner, "HARNESS_VERSION", "next")
+    monkeypatch.setattr(wsbench.harness.runner, "HARNESS_VERSION", "next")
     second = bench("fakes:TinyDataset", tmp_path, methods=METHODS[:1])
     assert second["fakes:NoisyMethod"]["run_dir"] != first["fakes:NoisyMethod"]["run_dir"]
     record = json.loads(manifest.read_text())
     del record["harness_version"]  # a manifest from before the field: counts as "1"
     manifest.write_text(json.dumps(record))
-    assert wsbench.runner.made_otherwise(manifest.parent, "1") is not None
-    monkeypatch.setattr(wsbench.runner, "HARNESS_VERSION", "1")
-    assert wsbench.runner.made_otherwise(manifest.parent, "1") is None
+    assert wsbench.harness.runner.made_otherwise(manifest.parent, "1") is not None
+    monkeypatch.setattr(wsbench.harness.runner, "HARNESS_VERSION", "1")
+    assert wsbench.harness.runner.made_otherwise(manifest.parent, "1") is None
 
 
 def test_fresh_bench_runs_again_and_keeps_the_earlier_run(tmp_path: Path):

@@ -14,12 +14,18 @@ from wsbench.plugins.cam import (
     GradCAMMethod,
     GradCAMPlusPlusMethod,
     LayerCAMMethod,
+    classifier,
     otsu_inside,
 )
+from wsbench.plugins.cam.classifier import (
+    ClassifierConfig,
+    build_resnet18,
+    model_key,
+    save_classifier,
+)
 
-from wsbench.nets import classifier
-from wsbench.nets.classifier import ClassifierConfig, build_resnet18, model_key, save_classifier
-from wsbench.runner import RunConfig, run
+from wsbench.harness.runner import RunConfig, run
+from wsbench.testing import sample_of
 
 CONFIG = ClassifierConfig(epochs=1, seed=0)
 """The classifier config of a CAM plugin built with ``epochs=1``."""
@@ -44,7 +50,7 @@ def test_plugin_gives_slice_sized_heatmap_and_binary_mask_in_body(plugin, random
     method = plugin(checkpoint=str(random_checkpoint), epochs=CONFIG.epochs, seed=CONFIG.seed)
     method.fit(synthetic_dataset().training_set(), random_checkpoint.parent)
     vertebra = synthetic_dataset().vertebrae[-1].sample()
-    seg = method.segment(vertebra.image, vertebra.body_mask)
+    seg = method.segment(sample_of(vertebra.image, vertebra.body_mask))
     assert method.distinguishes_phenotype is False
     assert seg.labels.shape == vertebra.image.shape and seg.labels.dtype == np.uint8
     assert set(np.unique(seg.labels).tolist()) <= {0, 1}
@@ -55,9 +61,10 @@ def test_plugin_gives_slice_sized_heatmap_and_binary_mask_in_body(plugin, random
 
 
 def test_eigencam_heatmap_varies_over_the_slice(random_checkpoint):
-    method = EigenCAMMethod(checkpoint=str(random_checkpoint))
+    method = EigenCAMMethod(checkpoint=str(random_checkpoint), epochs=CONFIG.epochs)
+    method.fit(synthetic_dataset().training_set(), random_checkpoint.parent)
     vertebra = synthetic_dataset().vertebrae[-1].sample()
-    seg = method.segment(vertebra.image, vertebra.body_mask)
+    seg = method.segment(sample_of(vertebra.image, vertebra.body_mask))
     assert np.ptp(seg.scores) > 0.5 and seg.labels.any()
 
 
@@ -95,16 +102,17 @@ def test_otsu_inside_a_flat_heatmap_is_empty():
 
 
 def test_empty_body_mask_is_a_clear_error(random_checkpoint):
-    method = GradCAMMethod(checkpoint=str(random_checkpoint))
+    method = GradCAMMethod(checkpoint=str(random_checkpoint), epochs=CONFIG.epochs)
+    method.fit(synthetic_dataset().training_set(), random_checkpoint.parent)
     image = synthetic_dataset().vertebrae[0].slices[2]
     with pytest.raises(ValueError, match="vertebral-body mask is empty"):
-        method.segment(image, np.zeros(image.shape, bool))
+        method.segment(sample_of(image, np.zeros(image.shape, bool)))
 
 
-def test_segment_before_fit_without_checkpoint_is_a_clear_error():
+def test_segment_before_fit_is_a_clear_error():
     image = synthetic_dataset().vertebrae[0].slices[2]
     with pytest.raises(RuntimeError, match=r"call fit\(\) first"):
-        GradCAMMethod().segment(image, np.ones(image.shape, bool))
+        GradCAMMethod().segment(sample_of(image, np.ones(image.shape, bool)))
 
 
 def test_checkpoint_of_another_dataset_is_refused(random_checkpoint):

@@ -8,12 +8,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from fakes import TinyDataset
 from typer.testing import CliRunner
-
-from wsbench.intensity import hu_to_unit
-from wsbench.modelstore import find_model
-from wsbench.nets import classifier
-from wsbench.nets.classifier import (
+from wsbench.plugins.cam import classifier
+from wsbench.plugins.cam.classifier import (
     ClassifierConfig,
     build_resnet18,
     ensure_classifier,
@@ -22,8 +20,8 @@ from wsbench.nets.classifier import (
     model_key,
     save_classifier,
 )
-from wsbench.training import augment_batch, augmentations, sample_slices, subject_holdout
-from wsbench.types import (
+
+from wsbench.contract import (
     PreparedDataset,
     PreparedVertebra,
     Split,
@@ -32,6 +30,8 @@ from wsbench.types import (
     VertebraKey,
     WeakLabel,
 )
+from wsbench.data.intensity import hu_to_unit
+from wsbench.models.training import augment_batch, augmentations, sample_slices, subject_holdout
 
 SIZE = 64
 TINY = ClassifierConfig(epochs=1, batch_size=16, seed=0)
@@ -154,7 +154,8 @@ def test_training_uses_the_train_split_only() -> None:
 def test_trained_model_is_reused_when_key_matches_and_retrained_otherwise() -> None:
     training = synthetic_dataset().training_set()
     path, trained = ensure_classifier(training, TINY, progress=False)
-    assert trained and path == find_model(model_key(training.fingerprint, TINY))
+    key = model_key(training.fingerprint, TINY)
+    assert trained and path == classifier.STORE.find(key.kind, key.dataset_fingerprint, key.config)
     stamp = path.stat().st_mtime_ns
     again, trained_again = ensure_classifier(training, TINY, progress=False)
     assert (again, trained_again) == (path, False)
@@ -210,19 +211,23 @@ def test_resnet18_has_one_input_channel_and_one_logit() -> None:
 
 
 def test_cli_trains_then_reuses() -> None:
-    from wsbench.cli_train import app
+    from wsbench.cli.main import app
 
-    args = ["--method", "gradcam", "--dataset", "fakes:TinyDataset", "--epochs", "1"]
+    args = ["train", "--method", "gradcam", "--dataset", "fakes:TinyDataset", "-p", "epochs=1"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
-    assert "trained" in first.output and "val_auc" in first.output
+    assert "val_auc" in first.output
+    training = TinyDataset().prepare().training_set()
+    key = model_key(training.fingerprint, ClassifierConfig(epochs=1))
+    path = classifier.STORE.find(key.kind, key.dataset_fingerprint, key.config)
+    stamp = path.stat().st_mtime_ns
     second = CliRunner().invoke(app, args)
-    assert second.exit_code == 0 and "reused" in second.output
+    assert second.exit_code == 0 and path.stat().st_mtime_ns == stamp
 
 
 def test_cli_unknown_method_is_a_clear_error() -> None:
-    from wsbench.cli_train import app
+    from wsbench.cli.main import app
 
-    result = CliRunner().invoke(app, ["--method", "nope", "--dataset", "fakes:TinyDataset"])
-    assert result.exit_code == 2
-    assert "no trainer for 'nope'" in result.output
+    result = CliRunner().invoke(app, ["train", "--method", "nope", "-d", "fakes:TinyDataset"])
+    assert result.exit_code == 1
+    assert "unknown method 'nope'" in result.output

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fakes import TinyDataset, make_vertebra
 
-from wsbench.types import (
+from wsbench.contract import (
     N_CENTRAL_SLICES,
     Phenotype,
     PreparedVertebra,

@@ -13,13 +13,13 @@ import pytest
 import torch
 from fakes import make_vertebra
 from torch import nn
-
-from wsbench.dae_train import (
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder, config_named
+from wsbench.plugins.shared.dae.quality import latent_swap_hu
+from wsbench.plugins.shared.dae.training import (
     advance,
     ensure_dae,
-    latent_swap_hu,
-    learning_rate,
     load_session,
+    lr_factor,
     model_key,
     new_session,
     run_training,
@@ -29,9 +29,18 @@ from wsbench.dae_train import (
     training_state_ema,
     training_vertebrae,
 )
-from wsbench.modelstore import cache_root, find_model
-from wsbench.nets.dae import DiffusionAutoencoder, config_named, find_dae
-from wsbench.types import Phenotype, PreparedDataset, Split, WeakLabel
+
+from wsbench.contract import Phenotype, PreparedDataset, Split, WeakLabel
+from wsbench.models.store import ModelStore, cache_root
+
+STORE = ModelStore()
+"""The user cache only (no shipped folder): where these tests' DAEs go."""
+
+
+def find_dae(fingerprint: str, kind: str = "dae") -> Path | None:
+    """The DAE of ``kind`` stored for ``fingerprint``."""
+    return STORE.find(kind, fingerprint)
+
 
 SIZE = 16
 
@@ -174,8 +183,8 @@ def test_resume_continues_at_the_right_step_and_matches_an_uninterrupted_run(tmp
     assert resumed.step == 2
     advance(resumed, vertebrae, 4)
     assert resumed.step == 4
-    for name, tensor in straight.ema.state_dict().items():
-        assert torch.equal(tensor, resumed.ema.state_dict()[name]), name
+    for name, tensor in straight.averaged.state_dict().items():
+        assert torch.equal(tensor, resumed.averaged.state_dict()[name]), name
     other = model_key("tiny-fingerprint", train_config("tiny", steps=4, seed=1))
     with pytest.raises(ValueError, match="seed"):
         load_session(tmp_path / "state.resume", other, train)
@@ -184,7 +193,7 @@ def test_resume_continues_at_the_right_step_and_matches_an_uninterrupted_run(tmp
 def test_a_terminated_run_saves_its_state_resumes_and_needs_resume_flag(monkeypatch):
     training = dataset().training_set()
     train = train_config("tiny", steps=3)
-    import wsbench.dae_train as module
+    import wsbench.plugins.shared.dae.training as module
 
     real_step, calls = module.train_step, []
 
@@ -196,47 +205,55 @@ def test_a_terminated_run_saves_its_state_resumes_and_needs_resume_flag(monkeypa
 
     monkeypatch.setattr(module, "train_step", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        run_training(training, train, progress=False)
+        run_training(training, train, STORE, progress=False)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     monkeypatch.setattr(module, "train_step", real_step)
     with pytest.raises(FileExistsError, match="--resume"):
-        run_training(training, train, progress=False)
-    path, session = run_training(training, train, resume=True, progress=False)
+        run_training(training, train, STORE, progress=False)
+    path, session = run_training(training, train, STORE, resume=True, progress=False)
     assert session.step == 3 and path.exists() and not path.with_suffix(".resume").exists()
     assert "resume" in path.with_suffix(".log").read_text()
     with pytest.raises(FileNotFoundError, match="no interrupted run"):
-        run_training(training, train_config("tiny", steps=5, seed=1), resume=True, progress=False)
+        run_training(
+            training, train_config("tiny", steps=5, seed=1), STORE, resume=True, progress=False
+        )
 
 
 def test_resume_extends_a_finished_run_exactly_as_training_that_long_at_once():
     training = dataset().training_set()
-    short, _ = run_training(training, train_config("tiny", steps=2), progress=False)
+    short, _ = run_training(training, train_config("tiny", steps=2), STORE, progress=False)
     assert short.with_suffix(".state").exists()
     longer, extended = run_training(
-        training, train_config("tiny", steps=4), resume=True, progress=False
+        training, train_config("tiny", steps=4), STORE, resume=True, progress=False
     )
     assert longer != short and extended.step == 4
     assert json.loads(longer.with_suffix(".json").read_text())["extends"] == short.stem
     assert f"extend {short.stem}" in longer.with_suffix(".log").read_text()
     straight = new_session(extended.key, train_config("tiny", steps=4))
     advance(straight, list(training), 4)
-    for name, tensor in straight.ema.state_dict().items():
-        assert torch.equal(tensor, extended.ema.state_dict()[name]), name
+    for name, tensor in straight.averaged.state_dict().items():
+        assert torch.equal(tensor, extended.averaged.state_dict()[name]), name
     ema, step = training_state_ema(longer.with_suffix(".state"))
     assert step == 4
     for name, tensor in ema.state_dict().items():
         assert torch.equal(tensor, DiffusionAutoencoder.load(longer).state_dict()[name]), name
     with pytest.raises(FileNotFoundError, match="no finished shorter run"):
-        run_training(training, train_config("tiny", steps=1), resume=True, progress=False)
+        run_training(training, train_config("tiny", steps=1), STORE, resume=True, progress=False)
 
 
 def test_learning_rate_holds_then_follows_a_cosine_to_zero_and_is_validated():
     constant = train_config("tiny", steps=10)
-    assert [learning_rate(constant, s) for s in (0, 9)] == [constant.lr, constant.lr]
+    assert [lr_factor(constant, s) for s in (0, 9)] == [1.0, 1.0]
     decaying = train_config("tiny", steps=10, lr_decay_from=6)
-    lr = decaying.lr
-    assert [learning_rate(decaying, s) for s in (0, 5, 6, 8)] == [lr, lr, lr, pytest.approx(lr / 2)]
-    assert learning_rate(decaying, 10) == pytest.approx(0.0)
+    assert [lr_factor(decaying, s) for s in (0, 5, 6, 8)] == [1, 1, 1, pytest.approx(0.5)]
+    assert lr_factor(decaying, 10) == pytest.approx(0.0)
+    session = new_session(model_key("fp", decaying), decaying)
+    rates = []
+    for _ in range(10):
+        rates.append(session.optimiser.param_groups[0]["lr"])
+        session.optimiser.step()  # no gradients: the weights stay, the schedule advances
+        session.schedule.step()
+    assert rates == pytest.approx([decaying.lr * lr_factor(decaying, s) for s in range(10)])
     assert "lr_decay_from" not in constant.as_dict()  # constant-rate keys predate the option
     assert decaying.as_dict()["lr_decay_from"] == 6
     with pytest.raises(ValueError, match="lr_decay_from=10"):
@@ -245,19 +262,20 @@ def test_learning_rate_holds_then_follows_a_cosine_to_zero_and_is_validated():
 
 def test_a_decaying_run_extends_a_constant_one_exactly_and_is_never_extended_itself():
     training = dataset().training_set()
-    short, _ = run_training(training, train_config("tiny", steps=2), progress=False)
+    short, _ = run_training(training, train_config("tiny", steps=2), STORE, progress=False)
     decaying = train_config("tiny", steps=4, lr_decay_from=2)
-    _, extended = run_training(training, decaying, resume=True, progress=False)
-    assert extended.optimiser.param_groups[0]["lr"] == learning_rate(decaying, 3) > 0
+    _, extended = run_training(training, decaying, STORE, resume=True, progress=False)
+    lr = extended.optimiser.param_groups[0]["lr"]
+    assert lr == pytest.approx(decaying.lr * lr_factor(decaying, 4)) and lr == 0
     straight = new_session(extended.key, decaying)
     advance(straight, list(training), 4)
-    for name, tensor in straight.ema.state_dict().items():
-        assert torch.equal(tensor, extended.ema.state_dict()[name]), name
+    for name, tensor in straight.averaged.state_dict().items():
+        assert torch.equal(tensor, extended.averaged.state_dict()[name]), name
     with pytest.raises(FileNotFoundError, match="no finished shorter run"):  # decays before 2
-        run_training(training, train_config("tiny", steps=4, lr_decay_from=1), resume=True,
+        run_training(training, train_config("tiny", steps=4, lr_decay_from=1), STORE, resume=True,
                      progress=False)  # fmt: skip
     later, _ = run_training(
-        training, train_config("tiny", steps=6, lr_decay_from=4), resume=True, progress=False
+        training, train_config("tiny", steps=6, lr_decay_from=4), STORE, resume=True, progress=False
     )  # the 4-step run has decayed already: only the 2-step constant one is continued
     assert json.loads(later.with_suffix(".json").read_text())["extends"] == short.stem
 
@@ -275,26 +293,38 @@ def test_latent_swap_is_zero_when_z_is_ignored_or_identical_and_positive_otherwi
 def test_ensure_dae_trains_cards_evaluates_and_then_reuses():
     prepared = dataset()
     train = train_config("tiny", steps=2)
-    path, trained = ensure_dae(prepared, train, evaluate_steps=(2, 2), progress=False)
+    path, trained = ensure_dae(
+        prepared.training_set(), train, STORE, evaluate_steps=(2, 2), progress=False
+    )
     assert (
         trained
         and path.name.startswith("dae-")
-        and path == find_model(model_key("tiny-fingerprint", train))
+        and path
+        == STORE.find("dae", "tiny-fingerprint", model_key("tiny-fingerprint", train).config)
     )
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["kind"] == "dae" and card["dataset_fingerprint"] == "tiny-fingerprint"
-    assert card["seed"] == 0 and card["steps"] == 2 and card["test_n"] == 4
+    assert card["seed"] == 0 and card["steps"] == 2 and card["heldout_n"] == 4
     assert 0 <= card["latent_auc"] <= 1 and -1 <= card["ssim_mean"] <= 1
     assert 0 <= card["latent_auc_untrained"] <= 1
     assert card["latent_swap_hu"] > 0
     assert card["eval_steps_stochastic_decode"] == [2, 2] and "command" in card
     assert path.with_suffix(".png").exists()
-    assert ensure_dae(prepared, train, evaluate_steps=(2, 2), progress=False) == (path, False)
+    assert ensure_dae(
+        prepared.training_set(), train, STORE, evaluate_steps=(2, 2), progress=False
+    ) == (path, False)
     card_path = path.with_suffix(".json")
     card_path.write_text(json.dumps({**card, "latent_swap_hu": -1.0}))
-    ensure_dae(prepared, train, evaluate_steps=(2, 2), progress=False)
+    ensure_dae(prepared.training_set(), train, STORE, evaluate_steps=(2, 2), progress=False)
     assert json.loads(card_path.read_text())["latent_swap_hu"] == -1.0
-    ensure_dae(prepared, train, evaluate_steps=(2, 2), progress=False, reevaluate=True)
+    ensure_dae(
+        prepared.training_set(),
+        train,
+        STORE,
+        evaluate_steps=(2, 2),
+        progress=False,
+        reevaluate=True,
+    )
     reevaluated = json.loads(card_path.read_text())
     timing = "eval_seconds_per_image"
     assert reevaluated.pop(timing) >= 0 and reevaluated == {k: card[k] for k in card if k != timing}
@@ -324,31 +354,34 @@ def test_find_dae_follows_extensions_and_refuses_unrelated_runs():
     assert find_dae("fp") == longer
     cached_run("dae-seed1", seed=1)
     with pytest.raises(
-        ValueError, match=r"2 unrelated dae runs.*dae-longer\.pt \(20 steps, seed 0\)"
+        ValueError, match=r"2 unrelated dae models.*dae-longer\.pt \(20 steps, seed 0\)"
     ):
         find_dae("fp")
     assert find_dae("elsewhere").name == "dae-other-dataset.pt"
 
 
-def test_train_command_trains_the_tiny_dae_and_checks_its_options():
+def test_train_command_trains_the_tiny_dae_and_checks_its_settings():
     from typer.testing import CliRunner
 
-    from wsbench.cli_train import app
+    from wsbench.cli.main import app
 
     runner = CliRunner()
-    base = ["--dataset", "fakes:TinyDataset", "--config", "tiny"]
-    result = runner.invoke(app, [*base, "--model", "dae", "--steps", "1", "--eval-steps", "1", "1"])
+    base = ["train", "--dataset", "fakes:TinyDataset", "--method", "hideseek", "-t", "config=tiny"]
+    result = runner.invoke(app, [*base, "-t", "steps=1"])
     assert result.exit_code == 0, result.output
-    card = json.loads(next(find_dae("tiny-fingerprint").parent.glob("dae-*.json")).read_text())
+    card = json.loads(find_dae("tiny-fingerprint").with_suffix(".json").read_text())
     assert card["steps"] == 1 and card["latent_auc"] is None and "two" in card["latent_auc_error"]
-    both = runner.invoke(app, [*base, "--model", "dae", "--method", "gradcam"])
-    assert both.exit_code != 0 and "exactly one" in both.output
-    unknown = runner.invoke(app, [*base, "--model", "vae"])
-    assert unknown.exit_code != 0 and "unknown model" in unknown.output
-    late = runner.invoke(app, [*base, "--model", "dae", "--steps", "2", "--lr-decay-from", "2"])
+    assert card["device"] == "cpu" and card["config"]["config"] == "tiny"
+    healthy = runner.invoke(app, [*base[:-3], "ad", "-t", "config=tiny", "-t", "steps=1"])
+    assert healthy.exit_code == 0, healthy.output
+    assert find_dae("tiny-fingerprint", "dae-healthy") is not None
+    late = runner.invoke(app, [*base, "-t", "steps=2", "-t", "lr_decay_from=2"])
     assert late.exit_code == 1 and "lr_decay_from=2" in late.output
-    assert card["device"] == "cpu"
-    gpu_cam = runner.invoke(app, [*base, "--method", "gradcam", "--device", "cuda"])
-    assert gpu_cam.exit_code == 1 and "CAM classifier trains on the CPU" in gpu_cam.output
-    bad = runner.invoke(app, [*base, "--model", "dae", "--steps", "2", "--device", "gpu"])
+    unknown = runner.invoke(app, [*base, "-t", "stepz=2"])
+    assert unknown.exit_code == 1 and "Did you mean 'steps'?" in unknown.output
+    typed = runner.invoke(app, [*base, "-t", "steps=many"])
+    assert typed.exit_code == 1 and "'many' is not int" in typed.output
+    bad = runner.invoke(app, [*base, "-t", "steps=2", "-p", "device=gpu"])
     assert bad.exit_code == 1 and "device='gpu' is not a torch device" in bad.output
+    nothing = runner.invoke(app, ["train", "--dataset", "fakes:TinyDataset", "--method", "otsu"])
+    assert nothing.exit_code == 1 and "learns nothing" in nothing.output

@@ -1,14 +1,13 @@
 """The one ``device`` parser of wsbench, and the methods and trainer that take it."""
 
-import numpy as np
 import pytest
 import torch
 from wsbench.plugins.ad import AnomalyDetection
 from wsbench.plugins.hideseek import HideAndSeek
+from wsbench.plugins.hideseek.attribution import project
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
 
-from wsbench.attribution import PROJECTIONS, project
-from wsbench.nets.dae import DiffusionAutoencoder
-from wsbench.nets.device import module_device, torch_device
+from wsbench.models.device import module_device, torch_device
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -39,7 +38,7 @@ def test_methods_record_their_device_and_the_dae_runs_where_it_was_put():
 
 def test_training_loss_and_ddim_passes_stay_on_the_models_device():
     # On the meta device any tensor left on the CPU raises, so this checks what a GPU would need.
-    from wsbench.dae_train import diffusion_loss
+    from wsbench.plugins.shared.dae.training import diffusion_loss
 
     dae = DiffusionAutoencoder.tiny().to("meta")
     x = torch.zeros(2, 1, 16, 16, device="meta")
@@ -48,6 +47,6 @@ def test_training_loss_and_ddim_passes_stay_on_the_models_device():
     x_t = dae.stochastic_encode(x, z, 3)
     decoded = dae.decode(x_t, z, 3)
     assert loss.device.type == decoded.device.type == "meta" and decoded.shape == x.shape
-    for projection in PROJECTIONS:  # Hide-and-Seek's z_hide, on the images' own device
-        z_hide = project(dae, x, projection, 3, 3, x_t[np.array([1, 0])])
+    for invert in (True, False):  # Hide-and-Seek's z_hide, on the images' own device
+        z_hide = project(dae, x, invert, (3, 3))
         assert z_hide.device.type == "meta" and z_hide.shape == z.shape

@@ -11,20 +11,19 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from wsbench.datasets.phantom.tcia_writer import write_tcia
+from wsbench.datasets.tcia.layout import CLINICAL_FILE, CLINICAL_SHEET
 
-from wsbench.dicomio import (
-    CLINICAL_FILE,
-    CLINICAL_SHEET,
+from wsbench.contract import Phenotype, WeakLabel
+from wsbench.data.dicom import (
     DicomError,
     read_ct_series,
     read_seg_levels,
     scan_series,
     segment_level,
     write_prediction_seg,
-    write_tcia,
 )
-from wsbench.types import Phenotype, WeakLabel
-from wsbench.volumes import LEVEL_NUMBERS, SubjectVolumes, VertebraLabel
+from wsbench.data.volumes import LEVEL_NUMBERS, SubjectVolumes, VertebraLabel
 
 BOX_AFFINE = np.array(
     [[1.0, 0, 0, -24.0], [0, 1.0, 0, -30.0], [0, 0, 1.5, -60.0], [0, 0, 0, 1]], dtype=float

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wsbench.evaluation import (
+from wsbench.contract import BLASTIC, LYTIC, Phenotype, WeakLabel
+from wsbench.harness.evaluation import (
     COUNT_COLUMNS,
     LESION_METRIC_COLUMNS,
     METRICS,
@@ -20,7 +21,6 @@ from wsbench.evaluation import (
     vertebra_level_case,
     vertebra_level_summary,
 )
-from wsbench.types import BLASTIC, LYTIC, Phenotype, WeakLabel
 
 SHAPE = (24, 24)
 UNIT = (1.0, 1.0)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from test_inhouse import subject
 from typer.testing import CliRunner
+from wsbench.datasets.inhouse.layout import write_inhouse
 
-from wsbench.cli import app
-from wsbench.formats import write_inhouse
-from wsbench.runner import RunConfig, RunError, run
-from wsbench.types import Phenotype, Split, WeakLabel
+from wsbench.cli.main import app
+from wsbench.contract import Phenotype, Split, WeakLabel
+from wsbench.harness.runner import RunConfig, RunError, run
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -46,7 +46,7 @@ def test_otsu_masks_land_on_the_source_lesions(tmp_path: Path):
 
 
 def test_export_refuses_a_folder_that_is_not_a_run(tmp_path: Path):
-    from wsbench.export import export_run
+    from wsbench.report.export import export_run
 
     with pytest.raises(RunError, match=r"no manifest\.json"):
         export_run(tmp_path, tmp_path / "out")
@@ -54,9 +54,10 @@ def test_export_refuses_a_folder_that_is_not_a_run(tmp_path: Path):
 
 def test_dicom_seg_export_matches_the_nifti_export(tmp_path: Path):
     from test_dicomio import box_spine
+    from wsbench.datasets.phantom.tcia_writer import write_tcia
 
-    from wsbench.dicomio import read_ct_series, scan_series, write_tcia
-    from wsbench.export import export_run
+    from wsbench.data.dicom import read_ct_series, scan_series
+    from wsbench.report.export import export_run
 
     labels = {"L1": (WeakLabel.MALIGNANT, Phenotype.BLASTIC), "L2": (WeakLabel.HEALTHY, None)}
     write_tcia(tmp_path / "tcia", [box_spine("s01", labels), box_spine("s02", labels)])

@@ -9,11 +9,12 @@ import pytest
 import torch
 from scipy.special import expit, logit
 from test_attribution import LinearAutoencoder
-from wsbench.plugins.hideseek import HideAndSeek, HideAndSeekUngated
+from wsbench.plugins.hideseek import HideAndSeek, HideAndSeekPaper, HideAndSeekUngated
+from wsbench.plugins.hideseek.latent_classifier import LatentClassifier
 
-from wsbench.intensity import hu_to_unit
-from wsbench.latent_classifier import LatentClassifier
-from wsbench.types import BLASTIC, LYTIC, Phenotype
+from wsbench.contract import BLASTIC, LYTIC, Phenotype
+from wsbench.data.intensity import hu_to_unit
+from wsbench.testing import sample_of
 
 SIZE = 16
 BLAST = (slice(2, 6), slice(2, 6))  # 16 px, 1000 HU
@@ -61,7 +62,7 @@ def expected_deltas(image: np.ndarray) -> tuple[float, float]:
 
 def test_blastic_hint_scores_and_keeps_the_blastic_region_exactly():
     image, body = vertebra()
-    seg = method().segment(image, body, phenotype=Phenotype.BLASTIC)
+    seg = method().segment(sample_of(image, body, phenotype=Phenotype.BLASTIC))
     d_blast, _ = expected_deltas(image)
     assert d_blast > 0.9
     assert [lesion.label for lesion in seg.lesions] == [BLASTIC]
@@ -77,7 +78,7 @@ def test_blastic_hint_scores_and_keeps_the_blastic_region_exactly():
 
 def test_mixed_scores_both_polarities_and_keeps_only_the_explaining_one():
     image, body = vertebra()
-    seg = method().segment(image, body, phenotype=None)
+    seg = method().segment(sample_of(image, body, phenotype=None))
     d_blast, d_lysis = expected_deltas(image)
     assert [lesion.label for lesion in seg.lesions] == [LYTIC, BLASTIC]
     assert [lesion.score for lesion in seg.lesions] == pytest.approx([d_lysis, d_blast], rel=1e-4)
@@ -88,100 +89,77 @@ def test_mixed_scores_both_polarities_and_keeps_only_the_explaining_one():
 
 def test_lytic_hint_keeps_nothing_here():
     image, body = vertebra()
-    seg = method().segment(image, body, phenotype=Phenotype.LYTIC)
+    seg = method().segment(sample_of(image, body, phenotype=Phenotype.LYTIC))
     assert [lesion.label for lesion in seg.lesions] == [LYTIC]
     assert not seg.labels.any()
 
 
 def test_candidates_under_the_size_prior_are_hidden_but_not_scored():
     image, body = vertebra()
-    small = method(min_candidate_px=17).segment(image, body, phenotype=None)
+    small = method(min_candidate_px=17).segment(sample_of(image, body, phenotype=None))
     assert not small.lesions and not small.labels.any()
     default = HideAndSeek.from_parts(LinearAutoencoder(rows=region_rows()), classifier())
-    assert default.min_candidate_px == 25 and not default.segment(image, body).lesions
-    at_size = method(min_candidate_px=16).segment(image, body, phenotype=None)
+    assert default.min_candidate_px == 25 and not default.segment(sample_of(image, body)).lesions
+    at_size = method(min_candidate_px=16).segment(sample_of(image, body, phenotype=None))
     assert [lesion.size for lesion in at_size.lesions] == [16, 16]
 
 
 def test_only_malignant_vertebrae_are_segmented():
     image, body = vertebra(blastic=300.0)  # c(z) < 0.5
-    assert not method().segment(image, body, phenotype=None).lesions
-    seg = method(only_malignant=False).segment(image, body, phenotype=None)
+    assert not method().segment(sample_of(image, body, phenotype=None)).lesions
+    seg = method(only_malignant=False).segment(sample_of(image, body, phenotype=None))
     assert [lesion.label for lesion in seg.lesions] == [LYTIC, BLASTIC]
 
 
 def test_the_ungated_entry_segments_what_the_gate_skips():
-    from wsbench.registry import load_method
+    from wsbench.harness.registry import load_method
 
     assert load_method("hideseek-ungated") is HideAndSeekUngated
     image, body = vertebra(blastic=300.0)  # c(z) < 0.5: the default skips it
     parts = (LinearAutoencoder(rows=region_rows()), classifier())
-    seg = HideAndSeekUngated.from_parts(*parts, min_candidate_px=5).segment(image, body)
+    seg = HideAndSeekUngated.from_parts(*parts, min_candidate_px=5).segment(sample_of(image, body))
     assert [lesion.label for lesion in seg.lesions] == [LYTIC, BLASTIC]
     gated = HideAndSeekUngated.from_parts(*parts, min_candidate_px=5, only_malignant=True)
-    assert not gated.segment(image, body).lesions
+    assert not gated.segment(sample_of(image, body)).lesions
 
 
 def test_a_vertebra_already_below_p_target_is_not_attributed():
     image, body = vertebra(blastic=300.0)  # c(z) < 0.5 < p_target: Eq. 1 would add malignancy
-    assert not method(only_malignant=False, p_target=0.6).segment(image, body).lesions
+    assert not method(only_malignant=False, p_target=0.6).segment(sample_of(image, body)).lesions
 
 
-def test_auto_phenotype_picks_the_explaining_polarity():
+def test_the_paper_configuration_and_the_default_agree_on_an_exact_autoencoder():
+    """On a 'DAE' whose reconstruction is exact and whose projection returns ``encode``, the
+    paper's algorithm (input reference, projected ``I_hide``, unbatched) and the default give the
+    same Δ; the paper keeps the difference map's outlines."""
     image, body = vertebra()
-    seg = method(phenotype="auto").segment(image, body, phenotype=Phenotype.LYTIC)
-    assert [(lesion.label, lesion.kept) for lesion in seg.lesions] == [
-        (LYTIC, False),
-        (BLASTIC, True),
-    ]
-
-
-def test_faithful_and_batched_paths_agree():
-    image, body = vertebra()
-    fast = method(batch_size=8).segment(image, body, phenotype=None)
-    slow = method(faithful=True).segment(image, body, phenotype=None)
+    parts = (LinearAutoencoder(rows=region_rows()), classifier())
+    fast = method(batch_size=8).segment(sample_of(image, body, phenotype=None))
+    paper = HideAndSeekPaper.from_parts(*parts, steps_stochastic=3, steps_decode=3)
+    slow = paper.segment(sample_of(image, body, phenotype=None))
     assert [x.score for x in fast.lesions] == pytest.approx([x.score for x in slow.lesions])
+    np.testing.assert_array_equal(fast.labels, slow.labels)
 
 
-def test_two_and_a_half_d_on_identical_slices_equals_2d():
-    image, body = vertebra()
-    stack, bodies = np.repeat(image[None], 5, 0), np.repeat(body[None], 5, 0)
-    flat = method().segment(image, body, phenotype=None)
-    fused = method(slices=5).segment(image, body, phenotype=None, stack=stack, stack_body=bodies)
-    assert [x.score for x in fused.lesions] == pytest.approx([x.score for x in flat.lesions])
-    np.testing.assert_array_equal(fused.labels, flat.labels)
+def test_the_paper_configuration_is_registered_outside_the_default_bench():
+    from wsbench.harness.bench import default_methods
+    from wsbench.harness.registry import load_method
 
-
-def test_reconstruction_reference_equals_input_for_an_exact_autoencoder():
-    image, body = vertebra()
-    a = method(reference="reconstruction").segment(image, body, phenotype=None)
-    b = method().segment(image, body, phenotype=None)
-    assert [x.score for x in a.lesions] == pytest.approx([x.score for x in b.lesions], rel=1e-5)
+    assert load_method("hideseek-paper") is HideAndSeekPaper
+    assert "hideseek-paper" not in default_methods() and "hideseek" in default_methods()
+    paper = HideAndSeekPaper()
+    assert (paper.steps_stochastic, paper.steps_decode, paper.batch_size) == (250, 100, 1)
+    assert (paper.min_candidate_px, paper.boundary_px) == (5, 0)
+    assert (HideAndSeekPaper.reference, HideAndSeekPaper.invert) == ("input", True)
+    assert (HideAndSeek.reference, HideAndSeek.invert) == ("reconstruction", False)
+    assert HideAndSeekPaper(steps_decode=20).params()["steps_decode"] == 20
 
 
 def test_bad_parameters_are_named():
-    with pytest.raises(ValueError, match="phenotype='sometimes'"):
-        HideAndSeek(phenotype="sometimes")
-    with pytest.raises(ValueError, match="projection='skip'"):
-        HideAndSeek(projection="skip")
-    with pytest.raises(ValueError, match="eq3_floor='zero'"):
-        HideAndSeek(eq3_floor="zero")
-    with pytest.raises(ValueError, match="boundary='sharp'"):
-        HideAndSeek(boundary="sharp")
-    paper = HideAndSeek(faithful=True, projection="none", reference="reconstruction",
-                        min_candidate_px=40, opening_px=2, boundary="image")  # fmt: skip
-    assert (paper.projection, paper.reference, paper.batch_size) == ("invert", "input", 1)
-    assert (paper.min_candidate_px, paper.opening_px, paper.boundary) == (5, 0, "difference")
+    with pytest.raises(ValueError, match="boundary_px=-1"):
+        HideAndSeek(boundary_px=-1)
     with pytest.raises(RuntimeError, match="fit"):
-        HideAndSeek().segment(*vertebra(), phenotype=None)
-
-
-@pytest.mark.parametrize("projection", ["original-code", "none"])
-def test_cheaper_projections_equal_inversion_for_an_exact_autoencoder(projection):
-    image, body = vertebra()
-    a = method(projection=projection).segment(image, body, phenotype=None)
-    b = method().segment(image, body, phenotype=None)
-    assert [x.score for x in a.lesions] == pytest.approx([x.score for x in b.lesions], rel=1e-5)
+        HideAndSeek().segment(sample_of(*vertebra(), phenotype=None))
 
 
 class OffsetAutoencoder(LinearAutoencoder):
@@ -193,16 +171,13 @@ class OffsetAutoencoder(LinearAutoencoder):
         return super().decode(x_t, z_sem, steps) + self.OFFSET
 
 
-@pytest.mark.parametrize("floor", ["target", "reencoded"])
-def test_reconstruction_reference_scores_against_the_reconstruction(floor):
+def test_reconstruction_reference_scores_against_the_reconstruction():
     """Eq. (3)'s ``c(z)`` is the classifier on the image ``I_hide`` is built from: ``R``; its
-    ``c(z_healthy)`` is ``p_target``, or with ``eq3_floor=reencoded`` ``c(encode(I_healthy))``."""
+    ``c(z_healthy)`` is ``p_target``."""
     image, body = vertebra()
     dae = OffsetAutoencoder(rows=region_rows())
-    method = HideAndSeek.from_parts(dae, classifier(), reference="reconstruction",
-                                    projection="none", min_candidate_px=5,
-                                    eq3_floor=floor)  # fmt: skip
-    seg = method.segment(image, body, phenotype=None)
+    method = HideAndSeek.from_parts(dae, classifier(), min_candidate_px=5)
+    seg = method.segment(sample_of(image, body, phenotype=None))
     z = region_rows() @ hu_to_unit(image).ravel().astype(np.float64)
     shift = dae.OFFSET * region_rows().sum(axis=1)  # encode(R) = z + shift
     z_h = z - (NORMAL @ z + BIAS - logit(1e-4)) / (NORMAL @ NORMAL) * NORMAL
@@ -213,8 +188,7 @@ def test_reconstruction_reference_scores_against_the_reconstruction(floor):
 
     p_base = c(z)
     p_blast, p_lysis = c([z[0], z_h[1]]), c([z_h[0], z[1]])  # one region R, the other H
-    c_floor = 1e-4 if floor == "target" else c(z_h)  # encode(I_healthy) = z_h + shift
-    assert c_floor > 1e-2 or floor == "target"  # the two floors really differ here
+    c_floor = 1e-4
     expected = [(p - c_floor) / (p_base - c_floor + 1e-8) for p in (p_lysis, p_blast)]
     assert [x.label for x in seg.lesions] == [LYTIC, BLASTIC]
     assert [x.score for x in seg.lesions] == pytest.approx(expected, rel=1e-4)
@@ -223,14 +197,14 @@ def test_reconstruction_reference_scores_against_the_reconstruction(floor):
 
 def tiny_dae():
     """The DAE's tiny config, seeded."""
-    from wsbench.nets.dae import DiffusionAutoencoder
+    from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
 
     torch.manual_seed(0)
     return DiffusionAutoencoder.tiny().eval()
 
 
-@pytest.mark.parametrize("projection", ["invert", "original-code", "none"])
-def test_batched_and_unbatched_paths_give_the_same_delta_on_a_tiny_dae(projection):
+@pytest.mark.parametrize("configuration", [HideAndSeek, HideAndSeekPaper])
+def test_batched_and_unbatched_paths_give_the_same_delta_on_a_tiny_dae(configuration):
     dae = tiny_dae()
     image, body = vertebra()
     with torch.inference_mode():
@@ -238,11 +212,11 @@ def test_batched_and_unbatched_paths_give_the_same_delta_on_a_tiny_dae(projectio
     rng = np.random.default_rng(5)
     clf = LatentClassifier(rng.normal(size=latent), 3.0, np.zeros(latent), np.ones(latent), 1, 0)
     params = {"only_malignant": False, "steps_stochastic": 3, "steps_decode": 3, "tau": -1.0,
-              "projection": projection, "min_candidate_px": 5}  # fmt: skip
-    batched = HideAndSeek.from_parts(dae, clf, batch_size=16, **params)
-    looped = HideAndSeek.from_parts(dae, clf, batch_size=1, **params)
-    a = batched.segment(image, body, phenotype=None)
-    b = looped.segment(image, body, phenotype=None)
+              "min_candidate_px": 5}  # fmt: skip
+    batched = configuration.from_parts(dae, clf, batch_size=16, **params)
+    looped = configuration.from_parts(dae, clf, batch_size=1, **params)
+    a = batched.segment(sample_of(image, body, phenotype=None))
+    b = looped.segment(sample_of(image, body, phenotype=None))
     assert len(a.lesions) >= 2
     assert [x.score for x in a.lesions] == pytest.approx([x.score for x in b.lesions], abs=1e-5)
     np.testing.assert_array_equal(a.labels, b.labels)
@@ -250,14 +224,13 @@ def test_batched_and_unbatched_paths_give_the_same_delta_on_a_tiny_dae(projectio
 
 def test_dae_checkpoint_is_found_by_its_card_and_identified_by_content(tmp_path):
     from fakes import TinyDataset
-    from wsbench.plugins.hideseek import dae_checkpoint
 
-    from wsbench.modelstore import cache_root, file_identity
+    from wsbench.models.store import cache_root, file_identity
 
     training = TinyDataset().prepare().training_set()
     with pytest.raises(FileNotFoundError, match="--checkpoint") as missing:
-        dae_checkpoint(training)
-    assert f"wsbench train --model dae --dataset {training.name}`" in str(missing.value)
+        HideAndSeek().dae_path(training)
+    assert f"wsbench train --method hideseek --dataset {training.name}`" in str(missing.value)
     folder = cache_root() / "models"
     folder.mkdir(parents=True)
     cards = [
@@ -269,8 +242,11 @@ def test_dae_checkpoint_is_found_by_its_card_and_identified_by_content(tmp_path)
         (folder / f"{stem}.pt").write_bytes(stem.encode())
         card = {"kind": kind, "dataset_fingerprint": fingerprint}
         (folder / f"{stem}.json").write_text(json.dumps(card))
-    found = dae_checkpoint(training)
+    found = HideAndSeek().dae_path(training)
     assert found.name == "dae-mine.pt"
     assert file_identity(found).startswith("dae-mine-")
+    assert HideAndSeek(checkpoint=file_identity(found)).dae_path(training) == found
     (folder / "dae-mine.pt").write_bytes(b"retrained")
     assert file_identity(found) != file_identity(folder / "dae-other.pt")
+    with pytest.raises(FileNotFoundError, match="neither a file nor the identity"):
+        HideAndSeek(checkpoint="dae-mine-000000000000").dae_path(training)

@@ -14,12 +14,12 @@ import typer
 from test_preprocess import PSR_0P8, PSR_SHAPE, anatomy
 from typer.testing import CliRunner
 from wsbench.datasets.inhouse import HIDESEEK_HU, InHouseDataset
+from wsbench.datasets.inhouse.layout import parse_bids_name, write_inhouse
 
-from wsbench.formats import parse_bids_name, write_inhouse
-from wsbench.preprocess import mask_to_source, preprocess_volumes
-from wsbench.splits import seeded_split
-from wsbench.types import Phenotype, Split, WeakLabel
-from wsbench.volumes import SubjectVolumes, VertebraLabel
+from wsbench.contract import Phenotype, Split, WeakLabel
+from wsbench.data.preprocess import mask_to_source, preprocess_volumes
+from wsbench.data.splits import seeded_split
+from wsbench.data.volumes import SubjectVolumes, VertebraLabel
 
 
 def subject(
@@ -267,7 +267,7 @@ def test_hideseek_manifest(real_data: Path, tmp_path: Path, suffix: str):
 
 
 def test_datasets_check_command(tmp_path: Path):
-    from wsbench.cli_datasets import app
+    from wsbench.cli.datasets import app
 
     write_inhouse(tmp_path, [subject("001")])
     (tmp_path / "labels.csv").write_text("subject,vertebra,label\n001,L3,1\n001,T9,0\n")

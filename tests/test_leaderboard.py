@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from wsbench.leaderboard import (
+from wsbench.report.leaderboard import (
     MethodRun,
     bootstrap,
     leaderboard_stats,
@@ -18,7 +18,7 @@ from wsbench.leaderboard import (
     paired_p,
     ranks,
 )
-from wsbench.publish import commit_label, publish, regenerate_markdown
+from wsbench.report.publish import commit_label, publish, regenerate_markdown
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ def test_commit_label_marks_runs_made_with_uncommitted_changes() -> None:
 
 
 def test_git_dirty_is_recorded_in_the_manifest(tmp_path: Path) -> None:
-    from wsbench.runner import RunConfig, git_dirty, run
+    from wsbench.harness.runner import RunConfig, git_dirty, run
 
     result = run(RunConfig("otsu", "fakes:TinyDataset"), tmp_path)
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
@@ -113,7 +113,7 @@ def test_git_dirty_is_recorded_in_the_manifest(tmp_path: Path) -> None:
 
 
 def test_publish_from_run_directories(tmp_path: Path) -> None:
-    from wsbench.runner import RunConfig, run
+    from wsbench.harness.runner import RunConfig, run
 
     runs_root = tmp_path / "runs"
     for method in ("otsu", "fakes:NoisyMethod"):
@@ -134,7 +134,7 @@ def test_publish_from_run_directories(tmp_path: Path) -> None:
 
 
 def test_publish_takes_the_run_the_bench_recorded_not_a_later_variant(tmp_path: Path) -> None:
-    from wsbench.runner import RunConfig, run
+    from wsbench.harness.runner import RunConfig, run
 
     runs_root = tmp_path / "runs"
     benched = run(RunConfig("otsu", "fakes:TinyDataset"), runs_root).run_dir

@@ -32,8 +32,9 @@ from wsbench.plugins.medsam import (
     scale_box,
 )
 
-from wsbench.cli import app
-from wsbench.runner import RunConfig, run
+from wsbench.cli.main import app
+from wsbench.harness.runner import RunConfig, run
+from wsbench.testing import sample_of
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 16, "window_size": 2}
 
@@ -131,7 +132,7 @@ def test_box_scales_to_the_encoder_grid_like_medsam() -> None:
 def test_empty_body_is_an_error(tiny_checkpoint: tuple[Path, Sam]) -> None:
     method = MedSAM(checkpoint=str(tiny_checkpoint[0]))
     with pytest.raises(ValueError, match="body mask is empty"):
-        method.segment(np.zeros((64, 64)), np.zeros((64, 64), bool), spacing=(0.8, 0.8))
+        method.segment(sample_of(np.zeros((64, 64)), np.zeros((64, 64), bool), spacing=(0.8, 0.8)))
 
 
 # --- preprocessing and decoding ---------------------------------------------------------------
@@ -194,7 +195,8 @@ def test_checkpoint_from_the_environment(
 ) -> None:
     path, _ = tiny_checkpoint
     monkeypatch.setenv(ENV_VAR, str(path))
-    assert MedSAM().params()["checkpoint"] == str(path.resolve())
+    method = MedSAM()
+    assert method.params()["checkpoint"] is None and method.weights == path.resolve()
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -247,13 +249,15 @@ def test_vit_b_layout_is_recognised() -> None:
     assert (arch.mask_in_chans, arch.decoder_mlp_dim, arch.num_multimask_outputs) == (16, 2048, 3)
 
 
-def test_params_record_the_resolved_file_and_its_hash(tiny_checkpoint: tuple[Path, Sam]) -> None:
+def test_params_and_models_record_the_file_and_its_hash(tiny_checkpoint: tuple[Path, Sam]) -> None:
     path, _ = tiny_checkpoint
-    params = MedSAM(checkpoint=str(path), box_margin=2.0, window="-100,1000").params()
-    assert params["checkpoint"] == str(path.resolve())
-    assert params["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    assert params["window"] == [-100.0, 1000.0] and params["box_margin"] == 2.0
-    assert params["architecture"].startswith("vit(embed_dim=32")
+    method = MedSAM(checkpoint=str(path), box_margin=2.0, window="-100,1000")
+    params = method.params()
+    assert params["checkpoint"] == str(path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    assert method.models() == {"sam": f"{path.stem}-{sha}"}
+    assert params["window"] == (-100.0, 1000.0) and params["box_margin"] == 2.0
+    assert method.architecture.name.startswith("vit(embed_dim=32")
     json.dumps(params)
 
 
@@ -292,7 +296,7 @@ def test_segment_matches_medsam_inference_by_hand(tiny_checkpoint: tuple[Path, S
     path, sam = tiny_checkpoint
     image, body = vertebra_slice()
     method = MedSAM(checkpoint=str(path), box_margin=4.0)
-    out = method.segment(image, body, spacing=(0.8, 0.8))
+    out = method.segment(sample_of(image, body, spacing=(0.8, 0.8)))
     assert out.dtype == np.uint8 and out.shape == (64, 64)
     assert np.array_equal(out, reference_mask(sam, image, body, margin_px=5))
     assert 0 < out.sum() < out.size  # the tiny model's answer is not trivially constant
@@ -301,8 +305,12 @@ def test_segment_matches_medsam_inference_by_hand(tiny_checkpoint: tuple[Path, S
 def test_the_box_prompt_reaches_the_decoder(tiny_checkpoint: tuple[Path, Sam]) -> None:
     path, _ = tiny_checkpoint
     image, body = vertebra_slice()
-    tight = MedSAM(checkpoint=str(path), box_margin=0.0).segment(image, body, spacing=(1, 1))
-    loose = MedSAM(checkpoint=str(path), box_margin=8.0).segment(image, body, spacing=(1, 1))
+    tight = MedSAM(checkpoint=str(path), box_margin=0.0).segment(
+        sample_of(image, body, spacing=(1, 1))
+    )
+    loose = MedSAM(checkpoint=str(path), box_margin=8.0).segment(
+        sample_of(image, body, spacing=(1, 1))
+    )
     assert not np.array_equal(tight, loose)
 
 
@@ -311,14 +319,14 @@ def test_any_slice_size_through_a_resizing_model(tmp_path: Path, shape: tuple[in
     path = tmp_path / "tiny128.pth"
     torch.save(tiny_sam(128, seed=1).state_dict(), path)
     image, body = vertebra_slice(shape)
-    out = MedSAM(checkpoint=str(path)).segment(image, body, spacing=(0.8, 0.8))
+    out = MedSAM(checkpoint=str(path)).segment(sample_of(image, body, spacing=(0.8, 0.8)))
     assert out.shape == shape and out.dtype == np.uint8 and set(np.unique(out)) <= {0, 1}
 
 
 def test_batched_encoding_equals_one_by_one(tiny_checkpoint: tuple[Path, Sam]) -> None:
     method = MedSAM(checkpoint=str(tiny_checkpoint[0]))
     slices = [vertebra_slice((64, 64)), vertebra_slice((48, 60))]
-    single = [method.segment(im, b, spacing=(0.8, 0.8)) for im, b in slices]
+    single = [method.segment(sample_of(im, b, spacing=(0.8, 0.8))) for im, b in slices]
     images, bodies = zip(*slices, strict=True)
     batched = method.segment_many(images, bodies, [(0.8, 0.8)] * 2)
     assert all(np.array_equal(a, b) for a, b in zip(single, batched, strict=True))
@@ -330,7 +338,7 @@ def test_runs_through_the_harness(tiny_checkpoint: tuple[Path, Sam], tmp_path: P
     result = run(config, tmp_path / "runs")
     assert (result.cases["status"] == "ok").all() and len(result.cases) == 4
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
-    assert manifest["method"]["params"]["checkpoint_sha256"]
+    assert manifest["method"]["models"]["sam"].startswith(tiny_checkpoint[0].stem)
 
 
 def test_cli_passes_checkpoint_and_window(tiny_checkpoint: tuple[Path, Sam], tmp_path: Path):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from wsbench.plugins.otsu import Otsu
 
-from wsbench.types import BLASTIC, LYTIC, Phenotype
+from wsbench.contract import BLASTIC, LYTIC, Phenotype
+from wsbench.testing import sample_of
 
 
 def three_level_slice(lytic: bool = True, blastic: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -26,7 +27,7 @@ def three_level_slice(lytic: bool = True, blastic: bool = True) -> tuple[np.ndar
 
 def test_blastic_hint_marks_pixels_above_threshold() -> None:
     image, body = three_level_slice(lytic=False)
-    labels = Otsu().segment(image, body, phenotype=Phenotype.BLASTIC)
+    labels = Otsu().segment(sample_of(image, body, phenotype=Phenotype.BLASTIC))
     expected = np.zeros((20, 20), np.uint8)
     expected[10:17, 10:17] = BLASTIC
     assert np.array_equal(labels, expected)
@@ -34,7 +35,7 @@ def test_blastic_hint_marks_pixels_above_threshold() -> None:
 
 def test_lytic_hint_marks_pixels_below_threshold() -> None:
     image, body = three_level_slice(blastic=False)
-    labels = Otsu().segment(image, body, phenotype=Phenotype.LYTIC)
+    labels = Otsu().segment(sample_of(image, body, phenotype=Phenotype.LYTIC))
     expected = np.zeros((20, 20), np.uint8)
     expected[2:9, 2:9] = LYTIC
     assert np.array_equal(labels, expected)
@@ -43,7 +44,7 @@ def test_lytic_hint_marks_pixels_below_threshold() -> None:
 @pytest.mark.parametrize("phenotype", [Phenotype.MIXED, None])
 def test_mixed_or_no_hint_uses_three_classes(phenotype: Phenotype | None) -> None:
     image, body = three_level_slice()
-    labels = Otsu().segment(image, body, phenotype=phenotype)
+    labels = Otsu().segment(sample_of(image, body, phenotype=phenotype))
     expected = np.zeros((20, 20), np.uint8)
     expected[2:9, 2:9] = LYTIC
     expected[10:17, 10:17] = BLASTIC
@@ -52,10 +53,10 @@ def test_mixed_or_no_hint_uses_three_classes(phenotype: Phenotype | None) -> Non
 
 def test_uniform_body_gives_no_lesion() -> None:
     body = np.ones((8, 8), bool)
-    labels = Otsu().segment(np.full((8, 8), 300.0), body, phenotype=Phenotype.BLASTIC)
+    labels = Otsu().segment(sample_of(np.full((8, 8), 300.0), body, phenotype=Phenotype.BLASTIC))
     assert labels.dtype == np.uint8 and not labels.any()
 
 
 def test_empty_body_is_an_error() -> None:
     with pytest.raises(ValueError, match="empty"):
-        Otsu().segment(np.zeros((8, 8)), np.zeros((8, 8), bool), phenotype=None)
+        Otsu().segment(sample_of(np.zeros((8, 8)), np.zeros((8, 8), bool), phenotype=None))

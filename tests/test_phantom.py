@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from wsbench.datasets.inhouse import InHouseDataset
 from wsbench.datasets.phantom import PhantomDataset, phantom_options
+from wsbench.datasets.phantom.generate import build_cached, render_subject, write_phantom
+from wsbench.datasets.phantom.insert import insert_dataset
+from wsbench.datasets.phantom.plan import MIMIC_TYPES, PhantomOptions, plan_dataset, plan_subject
 
-from wsbench.phantom.generate import build_cached, render_subject, write_phantom
-from wsbench.phantom.insert import insert_dataset
-from wsbench.phantom.plan import MIMIC_TYPES, PhantomOptions, plan_dataset, plan_subject
-from wsbench.types import Phenotype, Split, WeakLabel
-from wsbench.volumes import BODY_SUBREGIONS
+from wsbench.contract import Phenotype, Split, WeakLabel
+from wsbench.data.volumes import BODY_SUBREGIONS
 
 TINY = PhantomOptions(subjects=3, seed=5, test_fraction=1.0, min_levels=2, max_levels=2)
 """Three two-vertebra test subjects: blastic, lytic and mixed patients (the test cycle)."""
@@ -163,10 +163,9 @@ def test_insert_into_real_vertebrae(real_data: Path, tmp_path: Path) -> None:
 
 def test_phantom_in_tcia_and_inhouse_layouts_gives_the_same_slices(tmp_path: Path) -> None:
     from wsbench.datasets.inhouse import InHouseDataset
+    from wsbench.datasets.inhouse.layout import write_inhouse
+    from wsbench.datasets.phantom.tcia_writer import write_tcia
     from wsbench.datasets.tcia import TciaDataset
-
-    from wsbench.dicomio import write_tcia
-    from wsbench.formats import write_inhouse
 
     subjects = [render_subject(plan_subject(TINY, i)) for i in range(2)]
     write_inhouse(tmp_path / "inhouse", subjects)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsbench.postprocess import eroded_body, postprocess
+from wsbench.harness.postprocess import eroded_body, postprocess
 
 
 def test_body_eroded_by_two_pixels() -> None:

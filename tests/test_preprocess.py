@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from wsbench.preprocess import (
+from wsbench.data.preprocess import (
     PreprocessParams,
     cached_result,
     derive_body,
@@ -16,7 +16,7 @@ from wsbench.preprocess import (
     preprocess_subject,
     preprocess_volumes,
 )
-from wsbench.volumes import SubjectVolumes, VertebraLabel
+from wsbench.data.volumes import SubjectVolumes, VertebraLabel
 
 PSR_0P8 = np.array(
     [[0, 0, 0.8, -23.6], [-0.8, 0, 0, 39.6], [0, 0.8, 0, -31.6], [0, 0, 0, 1]], dtype=float

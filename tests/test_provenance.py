@@ -14,15 +14,20 @@ import torch
 from test_medsam import tiny_sam
 from wsbench.plugins.ad import AnomalyDetection
 from wsbench.plugins.cam import GradCAMMethod
+from wsbench.plugins.cam.classifier import (
+    ClassifierConfig,
+    build_resnet18,
+    model_key,
+    save_classifier,
+)
 from wsbench.plugins.hideseek import HideAndSeek
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
 
-from wsbench.leaderboard import MethodRun
-from wsbench.modelstore import HASH_CHUNK_BYTES, cache_root, file_identity
-from wsbench.nets.classifier import ClassifierConfig, build_resnet18, model_key, save_classifier
-from wsbench.nets.dae import DiffusionAutoencoder
-from wsbench.publish import header_lines
-from wsbench.runner import RunConfig, run
-from wsbench.types import Method, TrainingSet
+from wsbench.contract import Method, TrainingSet, VertebraSample
+from wsbench.harness.runner import RunConfig, run
+from wsbench.models.store import HASH_CHUNK_BYTES, cache_root, file_identity
+from wsbench.report.leaderboard import MethodRun
+from wsbench.report.publish import header_lines
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,7 +56,7 @@ class KnownModels(Method):
     def models(self) -> dict[str, str]:
         return dict(KNOWN) if KnownModels.fitted else {}
 
-    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
+    def segment(self, sample: VertebraSample) -> np.ndarray:
         return np.zeros(image.shape, np.uint8)
 
 
@@ -60,7 +65,7 @@ class InterruptedAfterFit(KnownModels):
 
     name = "interrupted"
 
-    def segment(self, image: np.ndarray, body_mask: np.ndarray, **context: Any) -> np.ndarray:
+    def segment(self, sample: VertebraSample) -> np.ndarray:
         raise KeyboardInterrupt
 
 
@@ -102,7 +107,7 @@ def test_manifest_records_the_models_after_fit(tmp_path: Path) -> None:
 def test_the_run_summary_names_the_weights(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from wsbench.report import print_summary
+    from wsbench.report.summary import print_summary
 
     KnownModels.fitted = False
     console = Console(record=True, width=200)
@@ -133,7 +138,7 @@ def test_medsam_records_the_weights_file_it_was_given(tmp_path: Path) -> None:
     result = run(RunConfig("medsam", TINY, params={"checkpoint": str(path)}), tmp_path / "runs")
     manifest = manifest_of(result.run_dir)
     assert manifest["method"]["models"] == {"sam": expected_identity(path)}
-    assert manifest["method"]["params"]["checkpoint_sha256"] == expected_identity(path)[-12:]
+    assert manifest["method"]["params"]["checkpoint"] == str(path)
 
 
 # --- the plugins -------------------------------------------------------------------------------

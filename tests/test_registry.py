@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from wsbench import registry
-from wsbench.registry import PluginError, PluginInfo, declared, load_dataset, load_method
-from wsbench.types import DatasetAdapter, Method
+from wsbench.contract import DatasetAdapter, Method
+from wsbench.harness import registry
+from wsbench.harness.registry import PluginError, PluginInfo, declared, load_dataset, load_method
 
 BUILTIN_METHODS = {
     "otsu",
@@ -37,7 +37,7 @@ def test_builtins_are_declared() -> None:
 
 def test_listing_imports_no_plugin_code() -> None:
     code = (
-        "import sys; from wsbench.registry import declared, METHODS_GROUP; "
+        "import sys; from wsbench.harness.registry import declared, METHODS_GROUP; "
         "declared(METHODS_GROUP); "
         "print(sorted(m for m in sys.modules if m.startswith('wsbench.plugins.')))"
     )
@@ -97,7 +97,7 @@ PLUGIN_SOURCE = '''
 
 import numpy as np
 
-from wsbench.types import Method
+from wsbench.contract import Method
 
 
 class BelowThreshold(Method):
@@ -165,7 +165,7 @@ def test_external_plugin_installed_from_a_package(tmp_path: Path) -> None:
     )
     assert "below" in listing.stdout and "wsbench-below" in listing.stdout
     code = (
-        "from wsbench.registry import load_method; c = load_method('below'); "
+        "from wsbench.harness.registry import load_method; c = load_method('below'); "
         "print(c.__module__, c(threshold=5).params())"
     )
     out = subprocess.run(
@@ -197,8 +197,12 @@ def test_wheel_contains_plugins_and_datasets(tmp_path: Path) -> None:
     )
     (wheel,) = tmp_path.glob("wsbench-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "wsbench/plugins/otsu.py" in names
-    assert "wsbench/datasets/__init__.py" in names
+    mapped = {"wsbench": "wsbench", "plugins": "wsbench/plugins", "datasets": "wsbench/datasets"}
+    for top, inside in mapped.items():
+        for module in (PROJECT / top).rglob("*.py"):
+            assert f"{inside}/{module.relative_to(PROJECT / top).as_posix()}" in names, module
+    for weights in (PROJECT / "plugins").glob("*/weights/*.pt"):
+        assert f"wsbench/plugins/{weights.relative_to(PROJECT / 'plugins').as_posix()}" in names
     assert not any(n.startswith(("plugins/", "datasets/")) for n in names)
     (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()

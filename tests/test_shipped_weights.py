@@ -1,14 +1,17 @@
-"""Every shipped checkpoint has a model card whose key names it (so lookups can find it)."""
+"""Every shipped checkpoint has a model card whose key names it (so lookups can find it), and the
+recipes ``wsbench train`` uses for the default phantom are the shipped ones."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import wsbench.plugins
 
-from wsbench.modelstore import SHIPPED_DIR, ModelKey
+from wsbench.models.store import ModelKey
 
-SHIPPED = sorted(SHIPPED_DIR.glob("*.pt"))
+SHIPPED = sorted(Path(wsbench.plugins.__file__).parent.glob("*/weights/*.pt"))
 TRAINED_NETWORKS = ("classifier", "dae", "dae-healthy")
 """Kinds whose card must say how they were trained (the latent classifier is a fitted LR)."""
 
@@ -21,12 +24,30 @@ def test_card_key_names_the_file(checkpoint):
     if card["kind"] in TRAINED_NETWORKS:
         for fact in ("seed", "command", "wall_time_s"):
             assert fact in card, fact
-    if card["kind"] == "classifier":  # looked up by key; DAE files by their card's fingerprint
         key = ModelKey(card["kind"], card["dataset_fingerprint"], card["config"])
         assert key.stem == checkpoint.stem
     assert checkpoint.stat().st_size <= 25 * 2**20
 
 
-def test_something_is_shipped():
-    kinds = {json.loads(p.with_suffix(".json").read_text())["kind"] for p in SHIPPED}
-    assert {"classifier", "dae", "hideseek-classifier"} <= kinds
+def test_each_plugin_ships_its_own_models():
+    kinds = {
+        (p.parent.parent.name, json.loads(p.with_suffix(".json").read_text())["kind"])
+        for p in SHIPPED
+    }
+    assert kinds == {("cam", "classifier"), ("hideseek", "dae"),
+                     ("hideseek", "hideseek-classifier"), ("ad", "dae-healthy")}  # fmt: skip
+
+
+@pytest.mark.parametrize("plugin", ["hideseek", "ad"])
+def test_the_train_recipe_of_a_dae_method_is_the_shipped_one(plugin):
+    """``wsbench train --method hideseek`` (or ``ad``) on the phantom finds the shipped DAE."""
+    from importlib import import_module
+
+    from wsbench.plugins.shared.dae.training import model_key
+
+    module = import_module(f"wsbench.plugins.{plugin}")
+    shipped = next(
+        p for p in SHIPPED if p.parent.parent.name == plugin and "classifier" not in p.stem
+    )
+    fingerprint = json.loads(shipped.with_suffix(".json").read_text())["dataset_fingerprint"]
+    assert model_key(fingerprint, module.DAE_RECIPE).stem == shipped.stem

@@ -18,18 +18,21 @@ from scipy import ndimage
 from skimage.morphology import remove_small_holes
 from test_dicomio import box_spine
 from wsbench.datasets.inhouse import InHouseDataset
+from wsbench.datasets.inhouse.layout import write_inhouse
+from wsbench.datasets.phantom.tcia_writer import write_tcia
 from wsbench.datasets.tcia import (
     TciaDataset,
     derived_body_dice,
     parse_level_list,
     read_clinical,
 )
+from wsbench.datasets.tcia.layout import CLINICAL_FILE, CLINICAL_SHEET
 
-from wsbench.dicomio import CLINICAL_FILE, CLINICAL_SHEET, scan_series, write_tcia
-from wsbench.formats import write_inhouse, write_nifti_gz
-from wsbench.splits import seeded_split
-from wsbench.types import Phenotype, PreparedDataset, Split, WeakLabel
-from wsbench.volumes import LEVEL_NUMBERS
+from wsbench.contract import Phenotype, PreparedDataset, Split, WeakLabel
+from wsbench.data.dicom import scan_series
+from wsbench.data.nifti import write_nifti_gz
+from wsbench.data.splits import seeded_split
+from wsbench.data.volumes import LEVEL_NUMBERS
 
 REAL_PATIENT = "00042"
 

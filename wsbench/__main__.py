@@ -1,5 +1,5 @@
 """``python -m wsbench`` is the ``wsbench`` command."""
 
-from wsbench.cli import app
+from wsbench.cli.main import app
 
 app(prog_name="wsbench")

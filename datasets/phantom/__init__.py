@@ -1,0 +1,77 @@
+"""The built-in synthetic phantom (``--dataset phantom``): generated, written in the in-house
+layout into the cache, and read back by the in-house adapter, so it goes through exactly the
+preprocessing real data goes through. See docs/phantom.md."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+from wsbench.datasets.inhouse import InHouseDataset
+from wsbench.datasets.phantom.generate import build_cached, default_workers
+from wsbench.datasets.phantom.plan import PhantomOptions
+
+from wsbench.contract import DatasetAdapter, PreparedDataset
+from wsbench.models.store import cache_root
+from wsbench.progress import with_progress
+
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(PhantomOptions))
+"""Generator options accepted by :class:`PhantomDataset` (besides ``workers``)."""
+
+
+def phantom_options(options: dict[str, Any]) -> PhantomOptions:
+    """:class:`PhantomOptions` from adapter options (unknown names raise ``ValueError``)."""
+    unknown = sorted(set(options) - set(OPTION_NAMES) - {"workers"})
+    if unknown:
+        raise ValueError(
+            f"unknown phantom option(s) {', '.join(unknown)}; known: {', '.join(OPTION_NAMES)}"
+        )
+    types = {f.name: f.type for f in dataclasses.fields(PhantomOptions)}
+    cast = {"int": int, "float": float}
+    return PhantomOptions(
+        **{k: cast[str(types[k])](v) for k, v in options.items() if k in OPTION_NAMES}
+    )
+
+
+def build_with_progress(cache: Path, options: PhantomOptions, workers: int) -> Path:
+    """:func:`~wsbench.datasets.phantom.generate.build_cached` with a progress bar."""
+    return with_progress(
+        "generating phantom", options.subjects, lambda cb: build_cached(cache, options, workers, cb)
+    )
+
+
+class _PhantomInHouse(InHouseDataset):
+    """The in-house adapter under the phantom's name (vertebra ids ``phantom_p0007_L3``)."""
+
+    name: ClassVar[str] = "phantom"
+
+
+class PhantomDataset(DatasetAdapter):
+    """Synthetic thoracolumbar CT with lytic / blastic / mixed lesions and benign mimics.
+
+    Options (all optional): those of :class:`~wsbench.datasets.phantom.plan.PhantomOptions` —
+    ``subjects`` (340), ``seed`` (0), ``test_fraction`` (0.09), ``min_levels`` / ``max_levels``
+    (5 / 8), ``metastatic_fraction`` (0.35) — and ``workers`` (rendering processes). The
+    generated files live in ``$WSBENCH_CACHE/phantom/<digest>/`` (digest of the generator version
+    and the options) and are reused.
+    """
+
+    name: ClassVar[str] = "phantom"
+    needs_root: ClassVar[bool] = False
+    lesion_metrics: ClassVar[bool] = True
+
+    def prepare(self) -> PreparedDataset:
+        """Build (or reuse) the phantom files and prepare them with the in-house adapter."""
+        if self.root is not None:
+            raise ValueError(
+                "the phantom dataset takes no --root (it is generated); to read a phantom written "
+                "with `wsbench phantom make`, use --dataset inhouse --root <that folder>"
+            )
+        options = dict(self.options)
+        workers = int(options.get("workers", default_workers()))
+        phantom = phantom_options(options)
+        folder = build_with_progress(cache_root() / "phantom", phantom, workers)
+        prepared = _PhantomInHouse(root=folder, cache_dir=self.cache_dir).prepare()
+        prepared.name = self.name
+        return prepared

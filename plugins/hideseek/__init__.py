@@ -1,0 +1,266 @@
+"""Hide-and-Seek Attribution (Atad et al., §4 and Algorithm 1).
+
+1. Encode the slice, ``z``; edit it to ``z_healthy`` with ``c(z_healthy) = p_target`` (Eq. 1);
+   decode the original's stochastic code with ``z_healthy``: ``I_healthy``.
+2. Lytic candidates where ``I_healthy > I``, blastic where ``I > I_healthy``; each polarity
+   binarised at its body mean, split into 8-connected components.
+3. For each candidate ``M``: keep ``I`` on ``M``, put ``I_healthy`` on every other candidate
+   (Eq. 2), project through the DAE, re-encode, and score ``Δ(M)`` (Eq. 3); keep ``Δ ≥ τ``.
+
+Three registered configurations:
+
+* ``hideseek`` (:class:`HideAndSeek`), the default, chosen on the training split: ``D`` and
+  Eq. (2) use the DAE's reconstruction of ``I`` (as the authors' demo does), ``z_hide`` is
+  ``encode(I_hide)`` without projection, 20/20 DDIM steps, only candidates of at least 25 pixels
+  are scored, and each kept lesion's outline is redrawn from the input's HU (Otsu's threshold
+  near the lesion) instead of the blurred difference map;
+* ``hideseek-ungated`` (:class:`HideAndSeekUngated`): the same with the paper's gate off;
+* ``hideseek-paper`` (:class:`HideAndSeekPaper`): the paper's algorithm exactly (``I`` in ``D``
+  and Eq. 2, every ``I_hide`` inverted, decoded and re-encoded, 250/100 steps, 5-pixel
+  candidates, the difference map's outlines); left out of ``wsbench bench`` unless named, as it
+  takes minutes per vertebra on a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from wsbench.plugins.hideseek import attribution as hs
+from wsbench.plugins.hideseek.latent_classifier import classifier_for
+from wsbench.plugins.shared.dae.candidates import Candidate
+from wsbench.plugins.shared.dae.latent import LatentClassifier
+from wsbench.plugins.shared.dae.method import DiffusionMethod
+from wsbench.plugins.shared.dae.network import Autoencoder, DiffusionAutoencoder
+from wsbench.plugins.shared.dae.training import TrainConfig, train_config
+
+from wsbench.api import (
+    BLASTIC,
+    LYTIC,
+    MIN_COMPONENT_PX,
+    LesionScore,
+    ModelStore,
+    Phenotype,
+    Segmentation,
+    TrainingSet,
+    VertebraSample,
+    file_identity,
+    hu_to_unit,
+    module_device,
+    torch_device,
+)
+
+STORE = ModelStore(Path(__file__).parent / "weights")
+"""The DAE and latent classifier shipped for the default phantom, then the user cache."""
+DAE_RECIPE = train_config("cpu", steps=26_000, lr_decay_from=20_000)
+"""The DAE ``wsbench train --method hideseek`` trains (the shipped phantom DAE's recipe)."""
+DEFAULT_MIN_CANDIDATE_PX = 25
+"""Smallest scored candidate by default: a size prior chosen on the training split and confirmed
+on a disjoint training subset (docs/hideseek.md)."""
+DEFAULT_BOUNDARY_PX = 2
+"""How far (pixels) a kept lesion's outline may be redrawn along the image's own edges; chosen
+on the training split (docs/hideseek.md)."""
+BOTH = (LYTIC, BLASTIC)
+HINTED = {Phenotype.LYTIC: (LYTIC,), Phenotype.BLASTIC: (BLASTIC,), Phenotype.MIXED: BOTH}
+
+
+@dataclass
+class Attribution:
+    """Everything Hide-and-Seek computed for the mid slice of one vertebra."""
+
+    p_orig: float
+    p_base: float = float("nan")
+    p_healthy: float = float("nan")
+    image: np.ndarray | None = None
+    healthy: np.ndarray | None = None
+    candidates: tuple[Candidate, ...] = ()
+    deltas: tuple[float, ...] = ()
+    p_hide: tuple[float, ...] = ()
+    tau: float = hs.TAU
+
+    def kept(self, index: int) -> bool:
+        """Whether candidate ``index`` is in the result."""
+        return self.deltas[index] >= self.tau
+
+    def segmentation(self, shape: tuple[int, ...]) -> Segmentation:
+        """Label map, Δ map, candidate map and one :class:`LesionScore` per scored candidate."""
+        labels, scores = np.zeros(shape, np.uint8), np.zeros(shape, np.float32)
+        instances, lesions = np.zeros(shape, np.int32), []
+        for i, (candidate, delta) in enumerate(zip(self.candidates, self.deltas, strict=True)):
+            kept = self.kept(i)
+            labels[candidate.mask & kept] = candidate.label
+            scores[candidate.mask], instances[candidate.mask] = delta, i + 1
+            extra = {"c_z": self.p_orig, "c_base": self.p_base, "c_hide": self.p_hide[i],
+                     "c_healthy": self.p_healthy}  # fmt: skip
+            lesions.append(LesionScore(candidate.label, candidate.size, delta, kept, extra))
+        return Segmentation(labels, scores, lesions, instances)
+
+
+class HideAndSeek(DiffusionMethod):
+    """Weakly supervised lytic/blastic segmentation by Hide-and-Seek Attribution (the default
+    configuration; see the module docstring)."""
+
+    name = "hideseek"
+    version = "6"
+    dae_recipe = DAE_RECIPE
+    dae_hours = "the shipped phantom recipe takes about 3 h on one CPU core"
+    store = STORE
+    reference: ClassVar[str] = "reconstruction"
+    """What Eq. (2) and the difference map compare with: ``input`` (the paper) or
+    ``reconstruction`` (the DAE's reconstruction of the input, decoded in the same DDIM pass)."""
+    invert: ClassVar[bool] = False
+    """Project every ``I_hide`` through the DAE (invert, decode, re-encode; the paper) instead
+    of encoding it."""
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        steps_stochastic: int = 20,
+        steps_decode: int = 20,
+        batch_size: int = 8,
+        p_target: float = hs.P_TARGET,
+        tau: float = hs.TAU,
+        min_candidate_px: int = DEFAULT_MIN_CANDIDATE_PX,
+        boundary_px: int = DEFAULT_BOUNDARY_PX,
+        only_malignant: bool = True,
+        device: str = "cpu",
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.steps_stochastic, self.steps_decode = int(steps_stochastic), int(steps_decode)
+        self.batch_size = int(batch_size)
+        self.p_target, self.tau = float(p_target), float(tau)
+        self.min_candidate_px, self.boundary_px = int(min_candidate_px), int(boundary_px)
+        self.only_malignant = bool(only_malignant)
+        self.device = str(torch_device(device))
+        if self.boundary_px < 0:
+            raise ValueError(f"boundary_px={boundary_px!r} must be ≥ 0 (0 keeps the outlines)")
+        self.dae: Autoencoder | None = None
+        self.classifier: LatentClassifier | None = None
+        self.fitted_models: dict[str, str] = {}
+
+    @classmethod
+    def from_parts(cls, dae: Autoencoder, classifier: LatentClassifier, **params: Any):
+        """A ready method around an already loaded DAE and classifier."""
+        method = cls(**params)
+        method.dae, method.classifier = dae, classifier
+        return method
+
+    def fit(self, training: TrainingSet, workdir: Path) -> None:
+        """Load the dataset's DAE; fit (or reload) the latent classifier on its latents."""
+        path = self.dae_path(training)
+        self.dae = DiffusionAutoencoder.load(path, device=self.device)
+        dae_identity = file_identity(path)
+        self.classifier, stored = classifier_for(self.dae, dae_identity, training, self.store)
+        self.fitted_models = {"dae": dae_identity, "classifier": file_identity(stored)}
+
+    def models(self) -> dict[str, str]:
+        """The DAE and the latent classifier ``fit`` loaded, each as ``<file stem>-<sha256[:12]>``
+        of its weights file; ``{}`` before fit or when built by :meth:`from_parts`."""
+        return dict(self.fitted_models)
+
+    def segment(self, sample: VertebraSample) -> Segmentation:
+        """Hide-and-Seek on the mid slice; with ``boundary_px > 0`` the kept lesions are then
+        redrawn along the input's own edges."""
+        result = self.attribute(sample.image, sample.body_mask, sample.phenotype)
+        return self.result_segmentation(result, sample.image, sample.body_mask)
+
+    def result_segmentation(
+        self, result: Attribution, image: np.ndarray, body_mask: np.ndarray
+    ) -> Segmentation:
+        """The method's output for one attributed mid slice (HU ``image``): the kept candidates,
+        redrawn along the image's own edges when ``boundary_px > 0``."""
+        seg = result.segmentation(image.shape)
+        if self.boundary_px > 0:
+            seg.labels = hs.image_boundaries(seg.labels, image, body_mask, self.boundary_px)
+        return seg
+
+    def attribute(
+        self, image: np.ndarray, body: np.ndarray, phenotype: Phenotype | None
+    ) -> Attribution:
+        """Run Hide-and-Seek on one HU slice."""
+        if self.dae is None or self.classifier is None:
+            raise RuntimeError(f"{self.name} has no DAE/classifier yet: call fit() or from_parts()")
+        dae, plane = self.dae, self.classifier.plane
+        body = np.asarray(body, dtype=bool)
+        steps = (self.steps_stochastic, self.steps_decode)
+        with torch.inference_mode():
+            x = hs.to_tensor(hu_to_unit(image[None]), module_device(dae))
+            z = dae.encode(x)
+            p_orig = float(plane.probability(hs.to_array(z))[0])
+            gated = self.only_malignant and p_orig < 0.5
+            if gated or p_orig <= self.p_target:  # at or below p_target Eq. 1 adds malignancy
+                return Attribution(p_orig=p_orig)
+            z_healthy = hs.healthy_latent(hs.to_array(z), plane, self.p_target)
+            x_t = dae.stochastic_encode(x, z, steps[0])
+            z_edit = torch.as_tensor(z_healthy, dtype=z.dtype, device=z.device)
+            if self.reference == "input":
+                healthy, base = dae.decode(x_t, z_edit, steps[1]), x
+            else:  # I_healthy and the reconstruction in one DDIM pass
+                both = dae.decode(torch.cat([x_t, x_t]), torch.cat([z_edit, z]), steps[1])
+                healthy, base = both.split(len(x))
+            # Eq. (3) compares each I_hide with the image it was built from: c(encode(base))
+            encoded = z if base is x else dae.encode(base)
+            p_base = float(plane.probability(hs.to_array(encoded))[0])
+        if p_base <= self.p_target:
+            return Attribution(p_orig=p_orig, p_base=p_base)
+        healthy, base = hs.to_array(healthy[0, 0]), hs.to_array(base[0, 0])
+        p_healthy = float(plane.probability(z_healthy)[0])
+        wanted = HINTED.get(phenotype, BOTH)
+        scored, images = hs.scored_candidates(base, healthy, body, wanted, self.min_candidate_px)
+        p_hide = hs.hidden_probabilities(dae, plane, images, self.invert, steps, self.batch_size)
+        deltas = hs.delta_score(p_hide, p_base, p_healthy)
+        return Attribution(
+            p_orig=p_orig,
+            p_base=p_base,
+            p_healthy=p_healthy,
+            image=base,
+            healthy=healthy,
+            candidates=tuple(scored),
+            deltas=tuple(float(d) for d in deltas),
+            p_hide=tuple(float(p) for p in p_hide),
+            tau=self.tau,
+        )
+
+
+class HideAndSeekUngated(HideAndSeek):
+    """Hide-and-Seek on every vertebra: the paper's gate off (``only_malignant=false``).
+
+    Published beside the gated default so that the leaderboard shows both sides of the gate's
+    trade-off: vertebrae the latent classifier misses against false positives on healthy
+    vertebrae."""
+
+    name = "hideseek-ungated"
+
+    def __init__(self, only_malignant: bool = False, **params: Any) -> None:
+        super().__init__(only_malignant=only_malignant, **params)
+
+
+class HideAndSeekPaper(HideAndSeek):
+    """The paper's Algorithm 1 exactly: ``I`` in ``D`` and Eq. (2), every ``I_hide`` projected
+    (inverted, decoded, re-encoded) one at a time, 250/100 DDIM steps (Table 3), 5-pixel
+    candidates and the difference map's own outlines."""
+
+    name = "hideseek-paper"
+    bench = False
+    reference = "input"
+    invert = True
+
+    def __init__(
+        self,
+        steps_stochastic: int = 250,
+        steps_decode: int = 100,
+        batch_size: int = 1,
+        min_candidate_px: int = MIN_COMPONENT_PX,
+        boundary_px: int = 0,
+        **params: Any,
+    ) -> None:
+        super().__init__(steps_stochastic=steps_stochastic, steps_decode=steps_decode,
+                         batch_size=batch_size, min_candidate_px=min_candidate_px,
+                         boundary_px=boundary_px, **params)  # fmt: skip
+
+
+__all__ = ["DAE_RECIPE", "STORE", "Attribution", "HideAndSeek", "HideAndSeekPaper",
+           "HideAndSeekUngated", "TrainConfig"]  # fmt: skip

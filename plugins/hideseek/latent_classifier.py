@@ -1,0 +1,57 @@
+"""Hide-and-Seek's latent classifier ``c(·)``: the DAE's latent probe fitted on the training
+split's weak labels, stored beside the DAE it belongs to (keyed by that checkpoint's identity and
+the dataset fingerprint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from wsbench.plugins.shared.dae.latent import LatentClassifier, encode_slices, fit_latent_classifier
+from wsbench.plugins.shared.dae.network import Autoencoder
+
+from wsbench.api import ModelKey, ModelStore, TrainingSet
+
+KIND = "hideseek-classifier"
+
+
+def classifier_key(dae_identity: str, dataset_fingerprint: str) -> ModelKey:
+    """Model-store key of the classifier belonging to one DAE checkpoint and one dataset."""
+    return ModelKey(KIND, dataset_fingerprint, {"dae": dae_identity})
+
+
+def classifier_for(
+    dae: Autoencoder, dae_identity: str, training: TrainingSet, store: ModelStore
+) -> tuple[LatentClassifier, Path]:
+    """The classifier of this DAE and training set found in ``store``, or a new one fitted and
+    stored, with the file it is stored in.
+
+    Every labelled training vertebra contributes its central slices (all with its label), so
+    cross-validation groups them by vertebra.
+    """
+    key = classifier_key(dae_identity, training.fingerprint)
+    stored = store.find(key.kind, key.dataset_fingerprint, key.config)
+    if stored is not None:
+        return LatentClassifier.load(stored, key), stored
+    labelled = training.labelled()
+    if not len(labelled):
+        raise ValueError(
+            f"training split of {training.name!r} has no labelled vertebra: the latent "
+            "classifier is fitted on the training split's healthy/malignant labels; give some "
+            "vertebrae split 'train' and a label (docs/datasets.md)"
+        )
+    z = encode_slices(dae, np.concatenate([v.slices for v in labelled]))
+    per_vertebra = len(labelled[0].slices)
+    labels = np.repeat(labelled.labels(), per_vertebra)
+    groups = np.repeat(np.arange(len(labelled)), per_vertebra)
+    classifier = fit_latent_classifier(z, labels, groups)
+    facts = {
+        "dae": dae_identity,
+        "vertebrae": len(labelled),
+        "malignant": int(labelled.labels().sum()),
+        "slices_per_vertebra": per_vertebra,
+        "cv_log_loss": classifier.cv_log_loss,
+    }
+    path = store.new_path(key)
+    classifier.save(path, key, facts)
+    return classifier, path

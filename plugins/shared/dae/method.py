@@ -1,0 +1,70 @@
+"""What the methods built on a diffusion autoencoder share: training their DAE through
+``wsbench train`` and finding it before a run."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import ClassVar
+
+from wsbench.plugins.shared.dae.training import TrainConfig, ensure_dae, train_config
+
+from wsbench.api import Method, ModelStore, TrainingSet, TrainOptions
+
+
+class DiffusionMethod(Method):
+    """A method that needs a trained DAE: ``dae_recipe`` is the DAE it trains and looks for
+    (kind ``dae`` or ``dae-healthy``), ``store`` the plugin's model store. Subclasses take
+    ``checkpoint`` and ``device`` parameters."""
+
+    dae_recipe: ClassVar[TrainConfig]
+    dae_hours: ClassVar[str] = ""
+    """What training ``dae_recipe`` costs, for the message when no DAE is found."""
+    store: ClassVar[ModelStore]
+    checkpoint: str | None
+    device: str
+
+    def train(
+        self,
+        training: TrainingSet,
+        options: TrainOptions,
+        *,
+        config: str | None = None,
+        steps: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        lr_decay_from: int | None = None,
+        checkpoint_every: int = 200,
+        reevaluate: bool = False,
+    ) -> list[Path]:
+        """Train the DAE (or find it, trained with the same settings) and write its quality
+        report; ``config`` starts from that architecture's defaults instead of the method's
+        recipe; ``reevaluate`` rewrites a stored DAE's report. Trains on the method's device."""
+        base = self.dae_recipe if config is None else train_config(config)
+        given = {"steps": steps, "batch_size": batch_size, "lr": lr, "lr_decay_from": lr_decay_from}
+        recipe = replace(
+            base,
+            seed=options.seed,
+            healthy_only=self.dae_recipe.healthy_only,
+            **{name: value for name, value in given.items() if value is not None},
+        )
+        path, _ = ensure_dae(training, recipe, self.store, options.resume,
+                             progress=options.progress, checkpoint_every=checkpoint_every,
+                             reevaluate=reevaluate, device=self.device)  # fmt: skip
+        return [path]
+
+    def dae_path(self, training: TrainingSet) -> Path:
+        """The DAE this run uses: ``checkpoint`` (a path or a model identity), else the one of
+        the recipe's kind trained on this dataset; a clear error when there is none."""
+        if self.checkpoint:
+            return self.store.resolve(self.checkpoint)
+        path = self.store.find(self.dae_recipe.kind, training.fingerprint)
+        if path is None:
+            where = " or ".join(str(folder) for folder in self.store.folders)
+            raise FileNotFoundError(
+                f"no trained {self.dae_recipe.kind} DAE for dataset {training.name!r} (fingerprint "
+                f"{training.fingerprint}) in {where}; train it with `wsbench train --method "
+                f"{self.name} --dataset {training.name}` (add the same --root; {self.dae_hours}) "
+                "or pass --checkpoint PATH"
+            )
+        return path

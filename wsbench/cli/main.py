@@ -1,0 +1,333 @@
+"""The ``wsbench`` command line.
+
+Commands that plugins add (``wsbench phantom`` comes from the phantom dataset) are declared in
+the ``wsbench.commands`` entry-point group as Typer apps and mounted under their entry-point
+name; one that fails to import is left out with a warning, never stopping the others.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from wsbench import __version__
+from wsbench.cli import datasets as cli_datasets
+from wsbench.cli import train as cli_train
+from wsbench.cli.common import (
+    STATE,
+    DatasetName,
+    DatasetOptions,
+    Param,
+    Root,
+    Threads,
+    console,
+    err_console,
+    parse_dataset_options,
+    plugin_table,
+    user_errors,
+)
+from wsbench.harness.registry import (
+    COMMANDS_GROUP,
+    METHODS_GROUP,
+    PluginError,
+    declared,
+    import_target,
+)
+from wsbench.progress import progress_bar
+
+EXAMPLES = """\
+Examples:
+
+  wsbench run --method otsu --dataset phantom       # built-in phantom, nothing downloaded
+
+  wsbench run --method hideseek --dataset tcia --root ~/data/Spine-Mets-CT-SEG
+
+  wsbench run --method my_pkg.mod:MyMethod --dataset phantom   # a plugin not installed
+
+  wsbench methods                                    # what is registered (nothing imported)
+"""
+
+app = typer.Typer(
+    help=f"Benchmark weakly supervised segmentation of vertebral metastases in CT.\n\n{EXAMPLES}",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(cli_datasets.app, name="datasets")
+app.add_typer(cli_train.app, name="train")
+
+
+def mount_commands(root: typer.Typer) -> None:
+    """Mount every Typer app declared in the ``wsbench.commands`` group under its name."""
+    for info in declared(COMMANDS_GROUP).values():
+        try:
+            command = import_target(info.target)
+        except PluginError as exc:
+            err_console.print(f"[yellow]warning:[/] command {info.name!r} left out: {exc}")
+            continue
+        if not isinstance(command, typer.Typer):
+            err_console.print(f"[yellow]warning:[/] command {info.name!r} left out: "
+                              f"{info.target} is not a typer.Typer")  # fmt: skip
+            continue
+        root.add_typer(command, name=info.name)
+
+
+mount_commands(app)
+
+
+def version_callback(value: bool) -> None:
+    """Print the version and stop."""
+    if value:
+        console.print(f"wsbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=version_callback, is_eager=True, help="Show version."),
+    ] = None,
+) -> None:
+    """wsbench: benchmark harness for weakly supervised vertebral metastasis segmentation."""
+    STATE["debug"] = debug
+
+
+@app.command()
+def run(
+    method: Annotated[str, typer.Option("--method", "-m", help="Method name or module:Class.")],
+    dataset: DatasetName = "phantom",
+    root: Root = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate: test or train.")] = "test",
+    out: Annotated[Path, typer.Option(help="Folder that receives run directories.")] = Path("runs"),
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same numbers.")] = 0,
+    param: Param = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="Model weights for methods that take a checkpoint: a file, or a model identity "
+            "(<stem>-<sha256[:12]>) as a run manifest records it."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the newest interrupted run of this configuration.")
+    ] = False,
+    dataset_option: DatasetOptions = None,
+    threads: Threads = None,
+) -> None:
+    """Run a method on a dataset split, evaluate every vertebra and print the summary."""
+    from wsbench.harness.params import method_params
+    from wsbench.harness.provenance import torch_threads
+    from wsbench.harness.registry import load_method
+    from wsbench.harness.runner import RunConfig
+    from wsbench.harness.runner import run as run_config
+    from wsbench.report.summary import print_summary
+
+    with user_errors():
+        torch_threads(threads)
+        if split not in {"test", "train"}:
+            raise typer.BadParameter(f"{split!r} is not test or train", param_hint="--split")
+        params = method_params(load_method(method), [*(param or [])])
+        if checkpoint is not None:
+            params.update(method_params(load_method(method), [f"checkpoint={checkpoint}"]))
+        options = parse_dataset_options(dataset_option)
+        config = RunConfig(
+            method, dataset, split, seed, str(root) if root else None, params, options
+        )
+        with progress_bar() as bar:
+            task = bar.add_task(f"{method} on {dataset}", total=None)
+
+            def advance(done: int, total: int, vertebra: str) -> None:
+                bar.update(task, completed=done, total=total, description=vertebra)
+
+            result = run_config(config, out, resume=resume, progress=advance)
+        print_summary(result, console)
+
+
+@app.command("export")
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory: runs/<dataset>/<method>/<id>.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: <run_dir>/export).")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="nifti, or dicom-seg for DICOM datasets (tcia).")
+    ] = "nifti",
+) -> None:
+    """Write a run's predicted lesion masks into each source CT's grid, for viewers (from the
+    run directory alone: the dataset is not prepared again)."""
+    from wsbench.report.export import export_run
+
+    with user_errors():
+        target = out or run_dir / "export"
+        written = export_run(run_dir, target, fmt)  # type: ignore[arg-type]
+        table = Table(title=f"exported to {target}")
+        for column in ("file", "vertebrae"):
+            table.add_column(column)
+        for item in written:
+            table.add_row(item.path.name, ", ".join(item.vertebrae))
+        console.print(table)
+
+
+@app.command("bench")
+def bench_command(
+    dataset: DatasetName = "phantom",
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated methods (default: every registered method that does not opt "
+            "out of the bench)."
+        ),
+    ] = None,
+    root: Root = None,
+    out: Annotated[Path, typer.Option(help="Folder that receives run directories.")] = Path("runs"),
+    seed: Annotated[int, typer.Option(help="Seed for every run.")] = 0,
+    dataset_option: DatasetOptions = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            help="Run every method afresh even if a finished run of the same configuration, "
+            "method version and harness version exists."
+        ),
+    ] = False,
+    threads: Threads = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="Torch device (cpu, cuda, cuda:N, mps) for every method that takes a `device` "
+            "parameter; `wsbench run` takes it as -p device=…"
+        ),
+    ] = None,
+) -> None:
+    """Run every method (or --methods) on a dataset; failures are recorded, finished runs kept."""
+    from wsbench.harness.bench import bench
+    from wsbench.harness.provenance import torch_threads
+    from wsbench.models.device import torch_device
+
+    with user_errors(), progress_bar() as bar:
+        torch_threads(threads)
+        if device is not None:
+            torch_device(device)  # a device this machine lacks stops the bench before any run
+
+        def on_method(name: str, config: object):
+            task = bar.add_task(name, total=None)
+
+            def advance(done: int, total: int, vertebra: str) -> None:
+                bar.update(task, completed=done, total=total, description=f"{name} {vertebra}")
+
+            return advance
+
+        names = [m.strip() for m in methods.split(",")] if methods else None
+        options = parse_dataset_options(dataset_option)
+        root_text = str(root) if root else None
+        outcomes = bench(dataset, out, names, root_text, seed, on_method, options, fresh, device)
+    table = Table(title=f"bench on {dataset}")
+    for column in ("method", "status", "run directory or reason"):
+        table.add_column(column)
+    colours = {"ok": "green", "not run": "yellow", "failed": "red"}
+    for name, outcome in outcomes.items():
+        status = outcome["status"]
+        detail = outcome["run_dir"] if status == "ok" else outcome["reason"]
+        table.add_row(name, f"[{colours[status]}]{status}[/]", detail)
+    console.print(table)
+
+
+@app.command("leaderboard")
+def leaderboard_command(
+    runs: Annotated[Path, typer.Option(help="Folder of run directories.")] = Path("runs"),
+    out: Annotated[Path, typer.Option(help="Where the tables are published.")] = Path(
+        "leaderboard"
+    ),
+) -> None:
+    """Publish ranked tables (markdown, CSV, HTML with figures): per method, the run the last
+    `wsbench bench` recorded, else its newest finished run."""
+    from wsbench.report.publish import publish
+
+    with user_errors():
+        if not runs.is_dir():
+            raise FileNotFoundError(f"runs folder {runs} does not exist; run `wsbench bench` first")
+        published = publish(runs, out)
+        if not published:
+            raise FileNotFoundError(f"no finished runs under {runs}")
+        for name in published:
+            console.print(f"published {out / name}.md, .csv, .html")
+
+
+@app.command("compare")
+def compare_command(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Finished run folders; the first is the reference.")
+    ],
+) -> None:
+    """Compare runs on the same dataset split (other parameters or other methods): headline
+    metrics per category with paired Wilcoxon p against the first run, false positives on
+    healthy vertebrae, and the phenotype each run's kept candidates imply."""
+    from wsbench.report.compare import (
+        comparable,
+        finished_run,
+        healthy_false_positives,
+        implied_phenotypes,
+        metric_rows,
+    )
+
+    with user_errors():
+        runs = comparable([finished_run(path) for path in run_dirs])
+        console.print(frame_table(metric_rows(runs), "mean (n) per category; p vs the first run"))
+        fp = healthy_false_positives(runs).round(2).rename("FP lesions per healthy vertebra")
+        console.print(frame_table(fp.rename_axis("run").reset_index(), "healthy vertebrae"))
+        for name, run in runs.items():
+            implied = implied_phenotypes(run)
+            if implied is not None:
+                title = f"phenotype implied by kept candidates — {name}"
+                console.print(frame_table(implied.reset_index(), title))
+
+
+def frame_table(frame, title: str) -> Table:
+    """A pandas table as a rich table."""
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column))
+    for row in frame.itertuples(index=False):
+        table.add_row(*[str(value) for value in row])
+    return table
+
+
+def parameter_table(title: str, parameters: dict, hints: dict) -> Table:
+    """Name, type and default of each parameter."""
+    table = Table(title=title)
+    for column in ("name", "type", "default"):
+        table.add_column(column)
+    for name, parameter in parameters.items():
+        hint = hints.get(name, parameter.annotation)
+        kind = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        table.add_row(name, kind, repr(parameter.default))
+    return table
+
+
+@app.command()
+def methods(
+    name: Annotated[
+        str | None, typer.Argument(help="A method to describe: its parameters and settings.")
+    ] = None,
+    check: Annotated[bool, typer.Option(help="Import each plugin and report failures.")] = False,
+) -> None:
+    """List the registered methods (reads metadata only unless --check), or describe one."""
+    from wsbench.harness.params import constructor_hints, type_hints
+    from wsbench.harness.registry import load_method
+
+    with user_errors():
+        if name is None:
+            console.print(plugin_table(METHODS_GROUP, "wsbench methods", check))
+            return
+        cls = load_method(name)
+        console.print(f"[bold]{cls.name}[/] {cls.__module__}:{cls.__qualname__} v{cls.version}")
+        console.print((cls.__doc__ or "").strip())
+        console.print(parameter_table("parameters (-p)", cls.parameters(), constructor_hints(cls)))
+        if cls.train_settings():
+            settings = parameter_table("training settings (wsbench train -t)",
+                                       cls.train_settings(), type_hints(cls.train))  # fmt: skip
+            console.print(settings)

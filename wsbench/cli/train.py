@@ -1,0 +1,89 @@
+"""``wsbench train``: train the models of any learned method (built-in or third-party) before a run.
+
+The method's own :meth:`~wsbench.contract.Method.train` does the work; ``-p`` sets the method's
+parameters (as for ``wsbench run``) and ``-t`` its training settings, both typed and checked
+against the method's signatures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wsbench.cli.common import DatasetName, DatasetOptions, Param, Root, Threads, user_errors
+
+console = Console()
+app = typer.Typer(help="Train the models of a learned method (reused when already stored).")
+
+Setting = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--setting",
+        "-t",
+        help="Training setting key=value (repeatable), e.g. -t steps=3000 for the DAE methods; "
+        "`wsbench methods M` lists them.",
+    ),
+]
+
+
+@app.callback(invoke_without_command=True)
+def train(
+    method: Annotated[str, typer.Option("--method", "-m", help="Method name or module:Class.")],
+    dataset: DatasetName = "phantom",
+    root: Root = None,
+    dataset_option: DatasetOptions = None,
+    param: Param = None,
+    setting: Setting = None,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted training run, or extend a finished one.")
+    ] = False,
+    threads: Threads = None,
+) -> None:
+    """Train the models of --method on the training split of --dataset.
+
+    Models already stored for the same data and settings are reported, not retrained.
+    Examples: `wsbench train --method gradcam`, `wsbench train --method hideseek -t steps=3000
+    -t lr_decay_from=2000`, `wsbench train --method ad --resume`, `wsbench train --method
+    hideseek -p device=cuda`.
+    """
+    from wsbench.contract import TrainOptions
+    from wsbench.harness.params import method_params, train_settings
+    from wsbench.harness.provenance import torch_threads
+    from wsbench.harness.registry import load_method
+    from wsbench.harness.runner import RunConfig, prepare_dataset, train_method, workdir
+
+    with user_errors():
+        torch_threads(threads)
+        method_cls = load_method(method)
+        params = method_params(method_cls, param or [])
+        settings = train_settings(method_cls, setting or [])
+        if not method_cls.learns():
+            raise ValueError(f"method {method!r} learns nothing: there is nothing to train")
+        instance = method_cls(**params)
+        config = RunConfig(method, dataset, root=str(root) if root else None,
+                           dataset_options=dict(dataset_option or {}))  # fmt: skip
+        _, prepared = prepare_dataset(config)
+        options = TrainOptions(workdir(method_cls), seed=seed, resume=resume)
+        paths = train_method(instance, prepared.training_set(), options, settings)
+    for path in paths:
+        console.print(card_table(path))
+    models = instance.models()
+    if not paths and models:
+        console.print("trained: " + ", ".join(f"{role} {name}" for role, name in models.items()))
+
+
+def card_table(path: Path) -> Table:
+    """The model card beside ``path`` as a two-column table."""
+    from wsbench.models.store import read_card
+
+    table = Table(title=str(path))
+    table.add_column("field")
+    table.add_column("value")
+    for name, value in (read_card(path) or {"card": "missing"}).items():
+        table.add_row(name, str(value))
+    return table

@@ -1,0 +1,421 @@
+"""The contract between datasets, methods and the harness.
+
+Data flows one way: a dataset adapter yields :class:`PreparedVertebra` records; the harness
+splits them into a :class:`TrainingSet` (images, body masks, vertebra-level labels — no lesion
+masks, by construction) for ``Method.fit`` and :class:`EvaluationCase` records whose
+:class:`VertebraSample` is what ``Method.segment`` sees and whose reference lesions only the
+evaluator reads.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+BACKGROUND, LYTIC, BLASTIC = 0, 1, 2
+"""Lesion label values of every label map in wsbench."""
+
+N_CENTRAL_SLICES = 5
+"""Number of central sagittal slices kept per vertebra; index 2 is the mid-sagittal slice."""
+
+
+class WeakLabel(str, Enum):
+    """Vertebra-level label: the only supervision a method may learn from."""
+
+    HEALTHY = "healthy"
+    MALIGNANT = "malignant"
+
+    @classmethod
+    def parse(cls, value: object) -> WeakLabel:
+        """Read ``healthy``/``malignant`` or ``0``/``1`` (any case, str or number)."""
+        text = str(value).strip().lower()
+        if text in {"0", "0.0", "healthy"}:
+            return cls.HEALTHY
+        if text in {"1", "1.0", "malignant"}:
+            return cls.MALIGNANT
+        raise ValueError(f"label {value!r} is neither healthy/malignant nor 0/1")
+
+
+class Phenotype(str, Enum):
+    """Lesion phenotype of a malignant vertebra (patient-level hint in the paper)."""
+
+    LYTIC = "lytic"
+    BLASTIC = "blastic"
+    MIXED = "mixed"
+
+    @classmethod
+    def parse(cls, value: object) -> Phenotype | None:
+        """Read ``lytic``/``blastic``/``mixed``; empty or NaN gives ``None``."""
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return None
+        text = str(value).strip().lower()
+        if text in {"", "nan", "none"}:
+            return None
+        try:
+            return cls(text)
+        except ValueError:
+            raise ValueError(f"phenotype {value!r} is not one of lytic, blastic, mixed") from None
+
+    @classmethod
+    def combine(cls, phenotypes: Iterable[Phenotype | None]) -> Phenotype | None:
+        """One patient's phenotype from its vertebrae's: the only one present, ``MIXED`` when
+        several are, ``None`` when none is."""
+        present = {p for p in phenotypes if p is not None}
+        if len(present) > 1:
+            return cls.MIXED
+        return next(iter(present), None)
+
+
+class Split(str, Enum):
+    """Subject-level split."""
+
+    TRAIN = "train"
+    TEST = "test"
+
+
+@dataclass(frozen=True, order=True)
+class VertebraKey:
+    """Identifies one vertebra: dataset, subject (with optional session) and level (``L3``)."""
+
+    dataset: str
+    subject: str
+    level: str
+    session: str = ""
+
+    @property
+    def id(self) -> str:
+        """File-name-safe unique id, e.g. ``phantom_s007_L3``."""
+        parts = [self.dataset, self.subject, self.session, self.level]
+        return "_".join(p for p in parts if p)
+
+    @property
+    def patient(self) -> tuple[str, str]:
+        """``(dataset, subject)``: the patient the vertebra belongs to, across sessions."""
+        return (self.dataset, self.subject)
+
+
+@dataclass(frozen=True)
+class VertebraSample:
+    """What ``Method.segment`` receives for one vertebra (never any lesion mask).
+
+    ``image`` is the mid-sagittal slice (float32, HU where the source is HU), ``body_mask`` the
+    vertebral-body mask on the same grid; ``stack``/``stack_body`` hold the central five sagittal
+    slices (index 2 == ``image``) for methods that use neighbouring slices.
+    """
+
+    key: VertebraKey
+    image: np.ndarray
+    body_mask: np.ndarray
+    spacing: tuple[float, float]
+    stack: np.ndarray
+    stack_body: np.ndarray
+    phenotype: Phenotype | None = None
+
+    def copy(self) -> VertebraSample:
+        """A copy whose arrays a method may change without touching the original."""
+        arrays = ("image", "body_mask", "stack", "stack_body")
+        return replace(self, **{name: getattr(self, name).copy() for name in arrays})
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingVertebra:
+    """One training vertebra: its central slices, body masks and weak label — nothing else."""
+
+    key: VertebraKey
+    slices: np.ndarray
+    body: np.ndarray
+    spacing: tuple[float, float]
+    label: WeakLabel | None
+
+
+class TrainingSet(Sequence[TrainingVertebra]):
+    """The weak training view of a dataset's training split.
+
+    It is built from :class:`TrainingVertebra` records only, which have no lesion field, so no
+    lesion mask is reachable from it.
+    """
+
+    __slots__ = ("_items", "fingerprint", "name")
+
+    def __init__(self, name: str, fingerprint: str, items: Sequence[TrainingVertebra]) -> None:
+        self.name = name
+        self.fingerprint = fingerprint
+        self._items: tuple[TrainingVertebra, ...] = tuple(items)
+        for item in self._items:
+            if type(item) is not TrainingVertebra:
+                raise TypeError(f"TrainingSet accepts TrainingVertebra only, got {type(item)}")
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> TrainingVertebra:  # type: ignore[override]
+        return self._items[index]
+
+    def __iter__(self) -> Iterator[TrainingVertebra]:
+        return iter(self._items)
+
+    def labelled(self) -> TrainingSet:
+        """The subset with a known weak label."""
+        kept = [v for v in self._items if v.label is not None]
+        return TrainingSet(self.name, self.fingerprint, kept)
+
+    def where(self, label: WeakLabel) -> TrainingSet:
+        """The subset with the given weak label."""
+        kept = [v for v in self._items if v.label == label]
+        return TrainingSet(self.name, self.fingerprint, kept)
+
+    def labels(self) -> np.ndarray:
+        """Weak labels as 0 (healthy) / 1 (malignant); -1 where unknown."""
+        codes = {WeakLabel.HEALTHY: 0, WeakLabel.MALIGNANT: 1, None: -1}
+        return np.array([codes[v.label] for v in self._items], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class PreparedVertebra:
+    """One preprocessed vertebra as an adapter delivers it (lesions only where known).
+
+    Arrays are ``(5, H, W)``: the central five sagittal slices of the 64³ body crop; index 2 is
+    the mid-sagittal slice. ``lesions`` is uint8 0/1/2 or ``None`` when the source has no lesion
+    masks. ``geometry`` records what is needed to write a mask back into the source volume.
+    """
+
+    key: VertebraKey
+    split: Split
+    label: WeakLabel | None
+    phenotype: Phenotype | None
+    slices: np.ndarray
+    body: np.ndarray
+    spacing: tuple[float, float]
+    lesions: np.ndarray | None = None
+    geometry: Mapping[str, Any] = field(default_factory=dict)
+
+    def sample(self, hint: Phenotype | None = None) -> VertebraSample:
+        """The method's view of the mid-sagittal slice, with the patient-level phenotype ``hint``
+        (:func:`patient_hints`; never this vertebra's own label)."""
+        mid = N_CENTRAL_SLICES // 2
+        return VertebraSample(
+            key=self.key,
+            image=self.slices[mid],
+            body_mask=self.body[mid],
+            spacing=self.spacing,
+            stack=self.slices,
+            stack_body=self.body,
+            phenotype=hint,
+        )
+
+    def training_view(self) -> TrainingVertebra:
+        """The weak view used for training."""
+        return TrainingVertebra(self.key, self.slices, self.body, self.spacing, self.label)
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        """Reference lesion map of the mid-sagittal slice, if known."""
+        return None if self.lesions is None else self.lesions[N_CENTRAL_SLICES // 2]
+
+
+def patient_hints(vertebrae: Iterable[PreparedVertebra]) -> dict[tuple[str, str], Phenotype | None]:
+    """The phenotype hint of each patient (:attr:`VertebraKey.patient`): :meth:`Phenotype.combine`
+    over all its vertebrae.
+
+    The paper's hint is a patient-level label, so every vertebra of a patient gets the same one,
+    healthy vertebrae included: a per-vertebra hint would be ``None`` exactly on healthy
+    vertebrae and so give away the label a method must find.
+    """
+    found: dict[tuple[str, str], list[Phenotype | None]] = {}
+    for v in vertebrae:
+        found.setdefault(v.key.patient, []).append(v.phenotype)
+    return {patient: Phenotype.combine(kinds) for patient, kinds in found.items()}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A vertebra or file that could not be used, with the reason (never dropped silently)."""
+
+    where: str
+    reason: str
+
+
+@dataclass
+class PreparedDataset:
+    """Everything an adapter delivers: vertebrae, what was skipped and a content fingerprint."""
+
+    name: str
+    fingerprint: str
+    vertebrae: list[PreparedVertebra]
+    skipped: list[Skipped] = field(default_factory=list)
+    lesion_metrics: bool = True
+    root: Path | None = None
+
+    def training_set(self) -> TrainingSet:
+        """The weak training view of the training split."""
+        items = [v.training_view() for v in self.vertebrae if v.split == Split.TRAIN]
+        return TrainingSet(self.name, self.fingerprint, items)
+
+    def split(self, split: Split) -> list[PreparedVertebra]:
+        """Vertebrae of one split, in a stable order."""
+        return sorted((v for v in self.vertebrae if v.split == split), key=lambda v: v.key)
+
+
+@dataclass(frozen=True)
+class LesionScore:
+    """A candidate lesion a method considered, with its score (e.g. Hide-and-Seek Δ)."""
+
+    label: int
+    size: int
+    score: float
+    kept: bool
+    extra: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Segmentation:
+    """A method's answer: label map 0/1/2 (uint8), optional score map and candidate scores.
+
+    ``candidates``, when given, is an int32 instance map on the slice grid in which value
+    ``i + 1`` marks the pixels of ``lesions[i]``; the harness uses it to tell which scored
+    candidates overlap a reference lesion.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray | None = None
+    lesions: list[LesionScore] = field(default_factory=list)
+    candidates: np.ndarray | None = None
+
+
+class WeightsNotSuppliedError(FileNotFoundError):
+    """A method needs external weights the user has not supplied (wsbench never downloads any).
+
+    The bench records such a method as "not run: weights not supplied" instead of failed.
+    """
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How ``wsbench train`` (or the harness before a run) asks a method to train its models.
+
+    The method's own training settings are keyword parameters of its :meth:`Method.train`.
+    """
+
+    workdir: Path
+    """A folder of this method's own for scratch files (models go to its model store)."""
+    seed: int = 0
+    resume: bool = False
+    """Continue an interrupted training run instead of refusing to overwrite it."""
+    progress: bool = True
+    """Draw a progress bar (off in tests and library use)."""
+
+
+class Method:
+    """Base class of method plugins.
+
+    Subclasses set ``name``; take their parameters as constructor keyword arguments, each stored
+    in an attribute of the same name (scikit-learn's convention: :meth:`parameters` and
+    :meth:`params` are read from the constructor); implement :meth:`segment`; and, when they
+    learn, override :meth:`train` (long training that ``wsbench train`` runs, e.g. a diffusion
+    autoencoder) and/or :meth:`fit` (what a run does before segmenting: load the trained models,
+    or train quickly when none is stored). ``distinguishes_phenotype = False`` declares that the
+    method returns a binary foreground (0/1) which the harness labels by the phenotype hint.
+    ``bench = False`` leaves a method out of ``wsbench bench`` unless it is named (a
+    configuration too slow for a routine sweep).
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    distinguishes_phenotype: ClassVar[bool] = True
+    bench: ClassVar[bool] = True
+
+    @classmethod
+    def parameters(cls) -> dict[str, inspect.Parameter]:
+        """The constructor's keyword parameters by name, with their defaults.
+
+        A subclass whose ``__init__`` forwards ``**params`` to its parent's adds its own
+        parameters (and defaults) to the parent's.
+        """
+        return signature_parameters(cls, "__init__", Method)
+
+    def params(self) -> dict[str, Any]:
+        """The method's parameter values, for the run manifest: each constructor parameter read
+        from the attribute of the same name."""
+        return {name: getattr(self, name) for name in self.parameters()}
+
+    def models(self) -> dict[str, str]:
+        """The identities of the trained weights the fitted method uses, by role (e.g.
+        ``{"dae": "dae-a78ecb8779ef-<sha256[:12]>"}``), for the run manifest; ``{}`` for a
+        method without weights."""
+        return {}
+
+    @classmethod
+    def learns(cls) -> bool:
+        """True when the method overrides :meth:`fit` or :meth:`train`."""
+        return cls.fit is not Method.fit or cls.train is not Method.train
+
+    @classmethod
+    def train_settings(cls) -> dict[str, inspect.Parameter]:
+        """The keyword settings of :meth:`train` after ``options`` (``wsbench train -t``)."""
+        found = inspect.signature(cls.train).parameters
+        return {n: p for n, p in found.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    def train(self, training: TrainingSet, options: TrainOptions) -> list[Path]:
+        """Train the models :meth:`fit` loads and store them in the method's model store; return
+        the stored files. Methods with a long training override this (``wsbench train``); the
+        default runs :meth:`fit`."""
+        self.fit(training, options.workdir)
+        return []
+
+    def fit(self, training: TrainingSet, workdir: Path) -> None:
+        """Prepare to segment: learn from (or load what was learnt on) the weak training view;
+        ``workdir`` is a per-method scratch folder."""
+
+    def segment(self, sample: VertebraSample) -> Segmentation | np.ndarray:
+        """Label map (0/1/2, uint8, shape of ``sample.image``) for one mid-sagittal slice."""
+        raise NotImplementedError
+
+
+def signature_parameters(cls: type, function: str, stop: type) -> dict[str, inspect.Parameter]:
+    """Named parameters of ``cls.<function>`` and, where it forwards ``**kwargs``, of the same
+    function of its bases up to ``stop`` (the nearest class's default wins); ``self``,
+    ``*args`` and ``**kwargs`` themselves are left out."""
+    found: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if klass is stop or klass is object or function not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)[function]).parameters
+        named = {n: p for n, p in list(params.items())[1:] if p.kind not in VARIADIC}
+        found = {**named, **found}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            break
+    return found
+
+
+VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+class DatasetAdapter:
+    """Base class of dataset adapters: find a source's files and deliver prepared vertebrae."""
+
+    name: ClassVar[str] = ""
+    lesion_metrics: ClassVar[bool] = True
+    needs_root: ClassVar[bool] = True
+    root_hint: ClassVar[str] = "the folder of its files"
+    """What ``--root`` must point at and where to get it (shown when ``--root`` is missing)."""
+
+    def __init__(self, root: Path | None = None, cache_dir: Path | None = None, **options: Any):
+        self.root = root
+        self.cache_dir = cache_dir
+        self.options = options
+
+    @classmethod
+    def missing_root(cls, asked: str) -> str:
+        """The message for a run or check of this dataset, named ``asked`` by the user, without
+        ``--root``."""
+        return f"dataset {asked!r} needs --root: {cls.root_hint}"
+
+    def prepare(self) -> PreparedDataset:
+        """Read, validate and preprocess the source (cached)."""
+        raise NotImplementedError

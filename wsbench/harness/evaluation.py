@@ -1,0 +1,371 @@
+"""Per-vertebra evaluation with panoptica, metric metadata, and summary tables (paper §4).
+
+Each vertebra's mid-sagittal prediction is compared with its reference on the mask of its category
+(blastic → label 2, lytic → label 1, mixed / malignant / healthy → the union of both). Lesions are
+the 8-connected components of that mask (``wsbench.harness.postprocess.components``); panoptica
+matches them with positive-Dice, many-to-one matching and computes every lesion metric. Raw counts
+and areas are stored beside the metrics so any aggregate can be recomputed. The policy for empty
+masks is written in ``docs/evaluation.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from panoptica import (
+    InputType,
+    NaiveThresholdMatching,
+    Panoptica_Evaluator,
+    disable_citation_reminder,
+)
+from panoptica import Metric as PanopticaMetric
+from panoptica.utils.edge_case_handling import (
+    EdgeCaseHandler,
+    EdgeCaseResult,
+    MetricZeroTPEdgeCaseHandling,
+)
+
+from wsbench.contract import BLASTIC, LYTIC, Phenotype, WeakLabel
+from wsbench.harness.postprocess import components
+
+disable_citation_reminder()  # panoptica is cited in docs/evaluation.md; keep CLI output clean
+
+LESION_CATEGORIES = ("blastic", "lytic", "mixed", "malignant")
+"""Categories scored with lesion metrics (``malignant`` = malignant without a phenotype)."""
+HEALTHY = "healthy"
+CATEGORIES = (*LESION_CATEGORIES, HEALTHY)
+
+SCORED_LABEL: dict[str, int | None] = {
+    "blastic": BLASTIC,
+    "lytic": LYTIC,
+    "mixed": None,
+    "malignant": None,
+    HEALTHY: None,
+}
+"""The lesion label a category is scored on; ``None`` = the binary union (label > 0)."""
+
+LESION_METRIC_COLUMNS = (
+    "f1", "sq", "pq", "assd", "global_dice", "precision", "recall", "rvd",
+)  # fmt: skip
+COUNT_COLUMNS = (
+    "n_ref", "n_pred", "tp", "fp", "fn",
+    "ref_area_px", "pred_area_px", "intersection_px",
+    "ref_area_mm2", "pred_area_mm2", "intersection_mm2",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A reported metric: its column ``name``, display ``label``, which way is better, and
+    the categories it is reported for."""
+
+    name: str
+    label: str
+    direction: str
+    categories: tuple[str, ...] = LESION_CATEGORIES
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("higher", "lower", "zero"):
+            raise ValueError(
+                f"metric {self.name}: direction {self.direction!r} is not higher, lower or zero"
+            )
+
+    def key(self, value: float) -> float:
+        """Sort key: smaller is better; NaN sorts last (``inf``)."""
+        if value is None or math.isnan(value):
+            return math.inf
+        if self.direction == "higher":
+            return -value
+        if self.direction == "zero":
+            return abs(value)
+        return value
+
+    def better(self, a: float, b: float) -> bool:
+        """True when ``a`` is strictly better than ``b`` (a NaN is never better)."""
+        return self.key(a) < self.key(b)
+
+    def applies_to(self, category: str) -> bool:
+        """True when this metric is reported for vertebrae of ``category``."""
+        return category in self.categories
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("f1", "Detection F1 (RQ)", "higher"),
+        Metric("sq", "Instance Dice (SQ)", "higher"),
+        Metric("pq", "Panoptic Dice (PQ_D)", "higher"),
+        Metric("assd", "ASSD (mm)", "lower"),
+        Metric("global_dice", "Global Dice", "higher"),
+        Metric("precision", "Detection precision", "higher"),
+        Metric("recall", "Detection recall", "higher"),
+        Metric("rvd", "RVD", "zero"),
+        Metric("fp", "FP lesions per healthy vertebra", "lower", (HEALTHY,)),
+        Metric("pred_area_mm2", "FP area (mm²)", "lower", (HEALTHY,)),
+    )
+}
+"""Every summarised metric by its ``cases.csv`` column; ranking uses ``direction`` only."""
+
+
+def category_of(label: WeakLabel | None, phenotype: Phenotype | None) -> str | None:
+    """The evaluation category of a vertebra; ``None`` when its label is unknown.
+
+    Malignant vertebrae take their phenotype (``blastic``/``lytic``/``mixed``) or ``malignant``
+    without one; healthy vertebrae are ``healthy`` whatever the phenotype column says.
+    """
+    if label is None:
+        return None
+    if WeakLabel(label) == WeakLabel.HEALTHY:
+        return HEALTHY
+    return Phenotype(phenotype).value if phenotype is not None else "malignant"
+
+
+def scored_mask(labels: np.ndarray, category: str) -> np.ndarray:
+    """The binary mask a category is scored on: its lesion label, or the union of both."""
+    if category not in SCORED_LABEL:
+        raise ValueError(f"category {category!r} is not one of {', '.join(CATEGORIES)}")
+    value = SCORED_LABEL[category]
+    return labels > 0 if value is None else labels == value
+
+
+def _edge_case_handler() -> EdgeCaseHandler:
+    """panoptica's defaults, except that ASSD is NaN (not inf) when nothing is matched."""
+    handler = EdgeCaseHandler()
+    handling = dict(handler.listmetric_zeroTP_handling)
+    handling[PanopticaMetric.ASSD] = MetricZeroTPEdgeCaseHandling(default_result=EdgeCaseResult.NAN)
+    return EdgeCaseHandler(listmetric_zeroTP_handling=handling)
+
+
+EVALUATOR = Panoptica_Evaluator(
+    expected_input=InputType.UNMATCHED_INSTANCE,
+    instance_matcher=NaiveThresholdMatching(
+        matching_metric=PanopticaMetric.DSC,
+        matching_threshold=0.0,
+        allow_many_to_one=True,
+        strict_threshold=True,
+    ),
+    edge_case_handler=_edge_case_handler(),
+    instance_metrics=[PanopticaMetric.DSC, PanopticaMetric.ASSD, PanopticaMetric.RVD],
+    global_metrics=[PanopticaMetric.DSC],
+)
+"""Paper §4: a lesion is detected when any prediction overlaps it (Dice > 0), many-to-one."""
+
+
+def _check_spacing(spacing: tuple[float, float]) -> None:
+    if len(spacing) != 2 or not all(float(s) > 0 for s in spacing):
+        raise ValueError(f"spacing {spacing!r} must be two positive pixel sizes in mm")
+
+
+def _counts(
+    pred_instances: np.ndarray, ref_instances: np.ndarray, pixel_mm2: float
+) -> dict[str, float | int]:
+    """Lesion counts and areas of the scored masks (no matching yet)."""
+    pred, ref = pred_instances > 0, ref_instances > 0
+    areas = {
+        "ref_area_px": int(ref.sum()),
+        "pred_area_px": int(pred.sum()),
+        "intersection_px": int((pred & ref).sum()),
+    }
+    record: dict[str, float | int] = {
+        "n_ref": int(ref_instances.max(initial=0)),
+        "n_pred": int(pred_instances.max(initial=0)),
+        "tp": 0,
+        "fp": 0,
+        "fn": 0,
+        **areas,
+    }
+    for name, px in areas.items():
+        record[name.replace("_px", "_mm2")] = px * pixel_mm2
+    return record
+
+
+def _panoptica_metrics(
+    pred_instances: np.ndarray, ref_instances: np.ndarray, spacing: tuple[float, float]
+) -> dict[str, float | int]:
+    """Matching counts and lesion metrics from panoptica (at least one mask non-empty)."""
+    result = EVALUATOR.evaluate(
+        pred_instances, ref_instances, voxelspacing=tuple(float(s) for s in spacing)
+    )["ungrouped"]
+    values = result.to_dict()
+
+    def get(key: str) -> float:
+        value = values.get(key)
+        return math.nan if value is None else float(value)
+
+    tp = int(values["tp"])
+    return {
+        "tp": tp,
+        "fp": int(values["fp"]),
+        "fn": int(values["fn"]),
+        "f1": get("rq"),
+        "sq": get("sq_dsc") if tp > 0 else math.nan,  # panoptica's zero-TP value is 0
+        "pq": get("pq_dsc"),
+        "assd": get("sq_assd"),
+        "global_dice": get("global_bin_dsc"),
+        "precision": get("prec"),
+        "recall": get("rec"),
+        "rvd": get("sq_rvd"),
+    }
+
+
+def evaluate_case(
+    pred: np.ndarray, ref: np.ndarray, category: str, spacing: tuple[float, float]
+) -> dict[str, float | int]:
+    """Counts, areas and lesion metrics of one 2D slice scored as ``category``.
+
+    ``spacing`` is the pixel size in mm along the array's two axes. Healthy vertebrae get their
+    false positives (``fp``, ``pred_area_px``, ``pred_area_mm2``) and NaN lesion metrics; a
+    slice with neither reference nor predicted lesions gets ``empty_both=True`` and NaN metrics.
+    """
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.ndim != 2 or pred.shape != ref.shape:
+        raise ValueError(
+            f"prediction {pred.shape} and reference {ref.shape} must be 2D slices of one shape"
+        )
+    _check_spacing(spacing)
+    pred_instances = components(scored_mask(pred, category))
+    ref_instances = components(scored_mask(ref, category))
+    record = _counts(pred_instances, ref_instances, float(np.prod(spacing)))
+    empty_both = record["n_ref"] == 0 and record["n_pred"] == 0
+    metrics = dict.fromkeys(LESION_METRIC_COLUMNS, math.nan)
+    if not empty_both:
+        found = _panoptica_metrics(pred_instances, ref_instances, spacing)
+        record.update({k: found.pop(k) for k in ("tp", "fp", "fn")})
+        if category != HEALTHY:
+            metrics.update(found)
+    return {**record, **metrics, "empty_both": bool(empty_both)}
+
+
+def summarize(cases: pd.DataFrame) -> pd.DataFrame:
+    """Per category × metric: mean, SD (ddof=1), n (non-NaN values) and n_nan.
+
+    Rows whose ``status`` is not ``ok`` and rows without a category are left out; only metrics
+    that apply to a category and whose column is present are reported.
+    """
+    if "category" not in cases:
+        raise ValueError("summarize needs a 'category' column (one row per vertebra)")
+    ok = cases
+    if "status" in cases:
+        ok = cases[cases["status"] == "ok"]
+    ok = ok[ok["category"].notna() & (ok["category"].astype(str) != "")]
+    present = set(ok["category"].astype(str))
+    order = [c for c in CATEGORIES if c in present] + sorted(present - set(CATEGORIES))
+    rows = []
+    for category in order:
+        part = ok[ok["category"].astype(str) == category]
+        for metric in METRICS.values():
+            if not metric.applies_to(category) or metric.name not in part:
+                continue
+            values = pd.to_numeric(part[metric.name], errors="coerce").astype(float)
+            n = int(values.notna().sum())
+            rows.append({
+                "category": category, "metric": metric.name, "label": metric.label,
+                "direction": metric.direction,
+                "mean": float(values.mean()) if n else math.nan,
+                "sd": float(values.std(ddof=1)) if n > 1 else math.nan,
+                "n": n, "n_nan": int(len(values) - n),
+            })  # fmt: skip
+    columns = ["category", "metric", "label", "direction", "mean", "sd", "n", "n_nan"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def predicted_phenotype(pred: np.ndarray) -> str:
+    """``lytic`` (only label 1), ``blastic`` (only label 2), ``mixed`` (both) or ``""``."""
+    has_lytic, has_blastic = bool((pred == LYTIC).any()), bool((pred == BLASTIC).any())
+    if has_lytic and has_blastic:
+        return Phenotype.MIXED.value
+    if has_lytic:
+        return Phenotype.LYTIC.value
+    if has_blastic:
+        return Phenotype.BLASTIC.value
+    return ""
+
+
+def vertebra_level_case(
+    pred: np.ndarray, spacing: tuple[float, float]
+) -> dict[str, float | int | str]:
+    """Predicted lesion counts and areas per label, and the predicted phenotype, of one slice."""
+    pred = np.asarray(pred)
+    if pred.ndim != 2:
+        raise ValueError(f"prediction {pred.shape} must be a 2D slice")
+    _check_spacing(spacing)
+    pixel_mm2 = float(np.prod(spacing))
+    record: dict[str, float | int | str] = {}
+    for name, value in (("lytic", LYTIC), ("blastic", BLASTIC)):
+        mask = pred == value
+        record[f"n_pred_{name}"] = int(components(mask).max(initial=0))
+        record[f"pred_{name}_px"] = int(mask.sum())
+        record[f"pred_{name}_mm2"] = int(mask.sum()) * pixel_mm2
+    record["pred_phenotype"] = predicted_phenotype(pred)
+    return record
+
+
+def _ratio(count: int, total: int) -> float:
+    return count / total if total else math.nan
+
+
+def _weak_label(value: object) -> str:
+    """``healthy``/``malignant``, or ``""`` for an empty or unreadable label cell."""
+    try:
+        return WeakLabel.parse(value).value
+    except ValueError:
+        return ""
+
+
+def _text(value: object) -> str:
+    """A cell as lower-case text; NaN and None become ``""``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip().lower()
+
+
+def vertebra_level_summary(cases: pd.DataFrame) -> pd.DataFrame:
+    """Vertebra-level sensitivity, specificity and phenotype agreement, with their counts.
+
+    A vertebra is predicted malignant when it has any predicted lesion pixel
+    (``pred_lytic_px + pred_blastic_px > 0``). Rows: ``measure``, ``group`` (``all`` or a
+    phenotype), ``value`` = ``count`` / ``total``. Vertebrae without a known label and rows
+    whose ``status`` is not ``ok`` are left out.
+    """
+    missing = {"label", "phenotype", "pred_lytic_px", "pred_blastic_px", "pred_phenotype"}
+    missing -= set(cases.columns)
+    if missing:
+        raise ValueError(
+            f"vertebra-level summary needs columns {sorted(missing)} "
+            "(from vertebra_level_case); re-run the evaluation"
+        )
+    ok = cases[cases["status"] == "ok"] if "status" in cases else cases
+    label = ok["label"].map(_weak_label)
+    ok, label = ok[label != ""], label[label != ""]
+    positive = (
+        pd.to_numeric(ok["pred_lytic_px"], errors="coerce").fillna(0)
+        + pd.to_numeric(ok["pred_blastic_px"], errors="coerce").fillna(0)
+    ) > 0
+    sheet = ok["phenotype"].map(_text)
+    predicted = ok["pred_phenotype"].map(_text)
+    malignant, healthy = label == "malignant", label == "healthy"
+    rows = []
+
+    def add(measure: str, group: str, count: int, total: int) -> None:
+        rows.append({"measure": measure, "group": group, "value": _ratio(count, total),
+                     "count": int(count), "total": int(total)})  # fmt: skip
+
+    add("sensitivity", "all", int((positive & malignant).sum()), int(malignant.sum()))
+    for phenotype in Phenotype:
+        group = malignant & (sheet == phenotype.value)
+        if group.any():
+            add("sensitivity", phenotype.value, int((positive & group).sum()), int(group.sum()))
+    add("specificity", "all", int((~positive & healthy).sum()), int(healthy.sum()))
+    typed = malignant & sheet.isin([p.value for p in Phenotype])
+    agree = typed & (predicted == sheet)
+    add("phenotype agreement", "all", int(agree.sum()), int(typed.sum()))
+    add("phenotype agreement", "detected", int(agree.sum()), int((typed & positive).sum()))
+    for phenotype in Phenotype:
+        group = typed & (sheet == phenotype.value)
+        if group.any():
+            add("phenotype agreement", phenotype.value, int((agree & group).sum()),
+                int(group.sum()))  # fmt: skip
+    return pd.DataFrame(rows, columns=["measure", "group", "value", "count", "total"])

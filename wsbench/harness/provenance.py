@@ -1,0 +1,64 @@
+"""What a run records about where it ran: package versions, the git commit, torch threads."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from wsbench import __version__
+
+PACKAGES = ("numpy", "scipy", "scikit-image", "scikit-learn", "torch", "monai", "panoptica")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of wsbench, Python and the scientific packages a result depends on."""
+    found = {"wsbench": __version__, "python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def git_output(*args: str) -> str | None:
+    """Output of ``git args`` in the wsbench source tree, or None when it is not a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", *args],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
+def git_commit() -> str | None:
+    """Commit of the wsbench source tree, when it is a git checkout."""
+    return (git_output("rev-parse", "HEAD") or "").strip() or None
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files of the source tree differ from that commit (None: not a checkout)."""
+    status = git_output("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status.strip())
+
+
+def torch_threads(threads: int | None = None) -> int | None:
+    """Set torch's CPU thread count when ``threads`` is given; return the count in use (``None``
+    without torch). Results of DDIM-based methods can differ in a few pixels between counts."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads {threads}: give a positive number of CPU threads")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()

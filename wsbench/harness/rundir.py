@@ -1,0 +1,99 @@
+"""The run directory: one folder per run that holds everything needed to read, resume, publish
+and export it without the dataset.
+
+Layout of ``<out>/<dataset>/<method>/<run-id>/``: ``manifest.json`` (provenance, timings, skipped
+and failed vertebrae), ``cases.csv`` (one row per vertebra: ids, category, raw counts, every
+metric), ``lesions.csv`` (every candidate a method scored), ``masks/<vertebra>.npz``
+(post-processed and raw label maps, score map, input slice) and ``cases/<vertebra>.json`` (the
+per-vertebra record a resumed run reuses, with the vertebra's geometry in its source CT, from
+which ``wsbench export`` writes masks back without preparing the dataset again).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsbench.contract import PreparedVertebra, Segmentation
+from wsbench.files import atomic_path, write_json
+
+
+class RunError(Exception):
+    """The run cannot start: bad output folder, nothing to evaluate, unusable resume."""
+
+
+def safe_name(name: str) -> str:
+    """A folder name for a method or dataset name (``module:Class`` becomes ``module-Class``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and prove it is writable, or raise RunError naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".wsbench-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(
+            f"output folder {folder} is not writable ({exc.strerror}); choose another with --out"
+        ) from exc
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The run's manifest (RunError when ``run_dir`` is not a run directory)."""
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a run directory (no manifest.json)")
+    return json.loads(path.read_text())
+
+
+def read_finished(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a finished run."""
+    manifest = run_dir / "manifest.json"
+    return manifest.exists() and bool(json.loads(manifest.read_text()).get("finished"))
+
+
+def find_resumable(method_dir: Path, digest: str) -> Path | None:
+    """The newest run directory of the configuration with ``digest`` under ``method_dir``."""
+    if not method_dir.is_dir():
+        return None
+    runs = sorted(p for p in method_dir.iterdir() if p.name.endswith(digest))
+    return runs[-1] if runs else None
+
+
+def case_path(run_dir: Path, vertebra_id: str) -> Path:
+    """Where the per-vertebra record of ``vertebra_id`` is stored."""
+    return run_dir / "cases" / f"{vertebra_id}.json"
+
+
+def write_case(run_dir: Path, vertebra_id: str, record: dict[str, Any]) -> None:
+    """Store one vertebra's record (``case`` row, ``lesions`` rows, ``geometry``) atomically."""
+    write_json(case_path(run_dir, vertebra_id), record)
+
+
+def read_cases(run_dir: Path) -> Iterator[dict[str, Any]]:
+    """Every stored per-vertebra record of the run, in vertebra-id order."""
+    for path in sorted((run_dir / "cases").glob("*.json")):
+        yield json.loads(path.read_text())
+
+
+def save_masks(path: Path, seg: Segmentation, raw: np.ndarray, vertebra: PreparedVertebra) -> None:
+    """Store post-processed and raw labels, scores, candidates, and the input for figures."""
+    sample = vertebra.sample()
+    arrays = {
+        "labels": seg.labels,
+        "raw": raw,
+        "candidates": seg.candidates,
+        "image": sample.image.astype(np.float32),
+        "body": sample.body_mask.astype(bool),
+        "reference": vertebra.reference,
+    }
+    if seg.scores is not None:
+        arrays["scores"] = np.asarray(seg.scores, dtype=np.float32)
+    with atomic_path(path) as partial, partial.open("wb") as handle:
+        np.savez_compressed(handle, **{k: v for k, v in arrays.items() if v is not None})

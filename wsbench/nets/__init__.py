@@ -1,1 +1,0 @@
-"""Neural building blocks shared by several plugins (classifier, diffusion autoencoder)."""

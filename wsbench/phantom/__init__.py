@@ -1,1 +1,0 @@
-"""Synthetic spine-metastasis CT phantom: anatomy, lesions, benign mimics, scanner effects."""

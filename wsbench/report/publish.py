@@ -1,0 +1,351 @@
+"""Write the published leaderboard: markdown, tidy CSV, HTML with figures, and an index.
+
+Everything here is generated from run summaries copied into ``<out>/runs/<dataset>/<method>/``
+(``manifest.json``, ``cases.csv``, ``lesions.csv``), so the tables can be regenerated and
+checked from the repository alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+from wsbench.harness.evaluation import METRICS
+from wsbench.report.leaderboard import (
+    ALPHA,
+    ARROWS,
+    BOOTSTRAP_SAMPLES,
+    HEALTHY,
+    MethodRun,
+    leaderboard_stats,
+    not_run,
+    published_runs,
+)
+
+SUMMARY_FILES = ("manifest.json", "cases.csv", "lesions.csv")
+CATEGORY_ORDER = ("blastic", "lytic", "mixed", "malignant", "healthy")
+RANKED_METRICS = ("f1", "sq")
+LYTIC_RGB, BLASTIC_RGB = (0.9, 0.15, 0.15), (0.15, 0.35, 0.95)
+
+
+def copy_summaries(runs: dict[str, MethodRun], dest: Path) -> dict[str, MethodRun]:
+    """Copy each run's summary files to ``dest/<method>/`` and return the copied runs."""
+    copied = {}
+    for method, run in runs.items():
+        target = dest / method
+        target.mkdir(parents=True, exist_ok=True)
+        for name in SUMMARY_FILES:
+            if (run.run_dir / name).exists():
+                shutil.copyfile(run.run_dir / name, target / name)
+        copied[method] = MethodRun(method, target, run.manifest, run.cases)
+    return copied
+
+
+def commit_label(manifest: dict) -> str:
+    """A run's commit, short, marked ``+uncommitted changes`` when the tree was dirty."""
+    commit = (manifest.get("git_commit") or "unknown")[:12]
+    return commit + (" +uncommitted changes" if manifest.get("git_dirty") else "")
+
+
+def models_lines(runs: dict[str, MethodRun]) -> list[str]:
+    """``- models: hideseek dae `…`, classifier `…`; ad dae `…```: the trained weights each run
+    used (``method.models`` of its manifest); no line when no run recorded any."""
+    parts = []
+    for method, run in runs.items():
+        models = run.manifest.get("method", {}).get("models") or {}
+        if models:
+            parts.append(f"{method} " + ", ".join(f"{r} `{i}`" for r, i in models.items()))
+    return [f"- models: {'; '.join(parts)}"] if parts else []
+
+
+def header_lines(dataset: str, runs: dict[str, MethodRun]) -> list[str]:
+    """Dataset fingerprint, split sizes, versions and commits of the runs, the models used."""
+    manifests = [r.manifest for r in runs.values()]
+    fingerprints = sorted({m["dataset"]["fingerprint"] for m in manifests})
+    versions = sorted({m["packages"].get("wsbench", "?") for m in manifests})
+    commits = sorted({commit_label(m) for m in manifests})
+    any_cases = next(iter(runs.values())).cases
+    counts = any_cases["category"].value_counts()
+    sizes = ", ".join(f"{c} {counts[c]}" for c in CATEGORY_ORDER if c in counts)
+    splits = sorted({m["split"] for m in manifests})
+    return [
+        f"- dataset fingerprint: `{', '.join(fingerprints)}`",
+        f"- split: {', '.join(splits)} — {len(any_cases)} vertebrae ({sizes})",
+        f"- wsbench {', '.join(versions)}; runs made at commit {', '.join(commits)}",
+        *models_lines(runs),
+        f"- mean ± SD over vertebrae; **bold** = best; `*` = worse than the best "
+        f"(paired Wilcoxon signed-rank, p < {ALPHA}); 95% CIs from {BOOTSTRAP_SAMPLES} "
+        "bootstrap resamples of vertebrae (seed 0) are in the CSV and HTML",
+    ]
+
+
+def cell(row: pd.Series) -> str:
+    """``**0.68 ± 0.24**`` / ``0.55 ± 0.20*`` / ``–``."""
+    if row is None or math.isnan(row["mean"]):
+        return "–"
+    sd = "" if math.isnan(row["sd"]) else f" ± {row['sd']:.2f}"
+    text = f"{row['mean']:.2f}{sd}{'*' if row['worse_than_best'] else ''}"
+    return f"**{text}**" if row["best"] else text
+
+
+def category_table(stats: pd.DataFrame, category: str, methods: list[str]) -> list[str]:
+    """Markdown rows: metrics × methods for one category."""
+    part = stats[stats["category"] == category]
+    lines = ["| Metric | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for metric in METRICS.values():
+        rows = part[part["metric"] == metric.name].set_index("method")
+        if rows.empty:
+            continue
+        cells = [cell(rows.loc[m]) if m in rows.index else "–" for m in methods]
+        lines.append(f"| {metric.label} {ARROWS[metric.direction]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def rank_table(stats: pd.DataFrame, category: str, methods: list[str]) -> list[str]:
+    """Markdown rows: each method's rank (95% bootstrap CI) on the headline metrics."""
+    part = stats[(stats["category"] == category) & stats["metric"].isin(RANKED_METRICS)]
+    if part.empty:
+        return []
+    metrics = [m for m in RANKED_METRICS if m in set(part["metric"])]
+    lines = ["| Method | " + " | ".join(f"rank by {METRICS[m].label}" for m in metrics) + " |",
+             "|---" * (len(metrics) + 1) + "|"]  # fmt: skip
+    for method in methods:
+        cells = []
+        for metric in metrics:
+            row = part[(part["metric"] == metric) & (part["method"] == method)]
+            if row.empty:
+                cells.append("–")
+                continue
+            r = row.iloc[0]
+            cells.append(f"{r['rank']:.0f} [{r['rank_ci_low']:.0f}–{r['rank_ci_high']:.0f}]")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(dataset: str, runs: dict[str, MethodRun], stats: pd.DataFrame,
+             missing: dict[str, str]) -> str:  # fmt: skip
+    """The whole ``<dataset>.md`` page."""
+    methods = list(runs)
+    lines = [f"# wsbench leaderboard — {dataset}", "", *header_lines(dataset, runs), ""]
+    present = [c for c in CATEGORY_ORDER if c in set(stats.get("category", []))]
+    for category in present:
+        n = int(stats[stats["category"] == category]["n"].max())
+        title = "Healthy vertebrae (false positives)" if category == HEALTHY else category.title()
+        lines += [f"## {title} (n = {n})", "", *category_table(stats, category, methods), ""]
+        ranked = rank_table(stats, category, methods)
+        if ranked:
+            lines += ["Rank (95% bootstrap CI):", "", *ranked, ""]
+    if missing:
+        lines += ["## Not run", ""] + [f"- **{m}**: not run — {why}" for m, why in missing.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def overlay(ax: plt.Axes, image: np.ndarray, labels: np.ndarray | None, title: str) -> None:
+    """Show a slice in a bone window with lytic red and blastic blue overlays."""
+    ax.imshow(image, cmap="gray", vmin=-200, vmax=1300)
+    if labels is not None:
+        rgba = np.zeros((*labels.shape, 4))
+        rgba[labels == 1] = (*LYTIC_RGB, 0.55)
+        rgba[labels == 2] = (*BLASTIC_RGB, 0.55)
+        ax.imshow(rgba)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def figure_rows(runs: dict[str, MethodRun]) -> list[str]:
+    """Vertebrae shown in the qualitative figure.
+
+    Rule: for each lesion category, the vertebra whose reference lesion area is the median of
+    that category (ties broken by id), then the healthy vertebra with the most false-positive
+    pixels summed over methods.
+    """
+    cases = next(iter(runs.values())).cases
+    chosen = []
+    for category in ("blastic", "lytic", "mixed"):
+        part = cases[(cases["category"] == category) & cases["ref_area_px"].notna()]
+        if len(part):
+            part = part.sort_values(["ref_area_px", "vertebra"])
+            chosen.append(part.iloc[(len(part) - 1) // 2]["vertebra"])
+    healthy = [r.cases[r.cases["category"] == HEALTHY].set_index("vertebra")["pred_area_px"]
+               for r in runs.values() if "pred_area_px" in r.cases]  # fmt: skip
+    if healthy:
+        total = pd.concat(healthy, axis=1).sum(axis=1).sort_index()
+        if len(total):
+            chosen.append(total.idxmax())
+    return chosen
+
+
+def qualitative_figure(runs: dict[str, MethodRun], masks_dirs: dict[str, Path]) -> str | None:
+    """Paper-Fig.-2-style grid as base64 PNG (rows vertebrae; input, ground truth, methods)."""
+    rows = figure_rows(runs)
+    methods = [m for m in runs if (masks_dirs[m] / f"{rows[0]}.npz").exists()] if rows else []
+    if not methods:
+        return None
+    size = (1.6 * (len(methods) + 2), 1.7 * len(rows))
+    fig, axes = plt.subplots(len(rows), len(methods) + 2, figsize=size, squeeze=False)
+    for i, vertebra in enumerate(rows):
+        with np.load(masks_dirs[methods[0]] / f"{vertebra}.npz") as first:
+            image, reference = first["image"], first.get("reference")
+        overlay(axes[i, 0], image, None, f"{vertebra}")
+        overlay(axes[i, 1], image, reference, "ground truth")
+        for j, method in enumerate(methods):
+            path = masks_dirs[method] / f"{vertebra}.npz"
+            labels = np.load(path)["labels"] if path.exists() else None
+            overlay(axes[i, j + 2], image, labels, method)
+    fig.tight_layout()
+    return png_base64(fig)
+
+
+def size_score_figure(runs: dict[str, MethodRun]) -> str | None:
+    """Candidate size vs score (e.g. Δ) for methods that store per-lesion scores."""
+    frames = {}
+    for method, run in runs.items():
+        path = run.run_dir / "lesions.csv"
+        if path.exists() and path.stat().st_size > 1:
+            lesions = pd.read_csv(path)
+            if {"size", "score"} <= set(lesions.columns) and len(lesions):
+                frames[method] = lesions
+    if not frames:
+        return None
+    fig, axes = plt.subplots(1, len(frames), figsize=(4.5 * len(frames), 3.5), squeeze=False)
+    for ax, (method, lesions) in zip(axes[0], frames.items(), strict=True):
+        truth = lesions.get("overlaps_reference", pd.Series(False, index=lesions.index))
+        for label, color, name in ((2, BLASTIC_RGB, "blastic"), (1, LYTIC_RGB, "lytic")):
+            part = lesions[lesions["label"] == label]
+            tp = truth.loc[part.index].astype(bool)
+            ax.scatter(part["size"][tp], part["score"][tp], s=10, color=color, label=f"{name} TP")
+            ax.scatter(part["size"][~tp], part["score"][~tp], s=14, marker="x", color=color,
+                       alpha=0.5, label=f"{name} FP")  # fmt: skip
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # plain numbers; no crowded minor labels
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("candidate size (pixels)")
+        ax.set_ylabel("score")
+        ax.set_title(method)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return png_base64(fig)
+
+
+def png_base64(fig: plt.Figure) -> str:
+    """A matplotlib figure as base64 PNG (figure closed)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def markdown_table_html(lines: list[str]) -> str:
+    """A markdown table (as written above) as an HTML table."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.strip()]
+    head, body = rows[0], rows[2:]
+
+    def fmt(text: str) -> str:
+        escaped = html.escape(text)
+        return f"<b>{escaped[2:-2]}</b>" if text.startswith("**") else escaped
+
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{fmt(c)}</td>" for c in row) + "</tr>" for row in body]
+    return "\n".join([*out, "</table>"])
+
+
+def html_page(dataset: str, md: str, figures: dict[str, str | None]) -> str:
+    """The HTML page: the markdown's tables and text, then the figures."""
+    parts, table = [], []
+    for line in [*md.splitlines(), ""]:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if table:
+            parts.append(markdown_table_html(table))
+            table = []
+        if line.startswith("# "):
+            parts.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            parts.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("- "):
+            parts.append(f"<p>• {html.escape(line[2:]).replace('**', '')}</p>")
+        elif line:
+            parts.append(f"<p>{html.escape(line)}</p>")
+    for title, data in figures.items():
+        if data:
+            parts += [f"<h2>{html.escape(title)}</h2>", f'<img alt="{html.escape(title)}" '
+                      f'src="data:image/png;base64,{data}">']  # fmt: skip
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+             "padding:3px 8px;text-align:right}th{background:#eee}img{max-width:100%}")  # fmt: skip
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>wsbench — "
+            f"{html.escape(dataset)}</title><style>{style}</style></head><body>\n"
+            + "\n".join(parts) + "\n</body></html>\n")  # fmt: skip
+
+
+def write_index(out: Path) -> None:
+    """``<out>/README.md`` linking every published dataset."""
+    pages = sorted(p.stem for p in out.glob("*.md") if p.name != "README.md")
+    lines = ["# wsbench leaderboards", "",
+             "Generated by `wsbench leaderboard`; never edited by hand.", ""]  # fmt: skip
+    lines += [f"- [{p}]({p}.md) — [CSV]({p}.csv), [HTML with figures]({p}.html)" for p in pages]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def publish_dataset(dataset: str, runs: dict[str, MethodRun], missing: dict[str, str],
+                    out: Path, masks_dirs: dict[str, Path]) -> pd.DataFrame:  # fmt: skip
+    """Write ``<dataset>.md``, ``.csv`` and ``.html`` into ``out`` from the given runs."""
+    stats = leaderboard_stats(runs)
+    md = markdown(dataset, runs, stats, missing)
+    (out / f"{dataset}.md").write_text(md)
+    stats.to_csv(out / f"{dataset}.csv", index=False, float_format="%.6g")
+    figures = {
+        "Qualitative comparison (blastic blue, lytic red)": qualitative_figure(runs, masks_dirs),
+        "Candidate size vs score": size_score_figure(runs),
+    }
+    (out / f"{dataset}.html").write_text(html_page(dataset, md, figures))
+    return stats
+
+
+def publish(runs_root: Path, out: Path) -> list[str]:
+    """Publish every dataset found under ``runs_root``; returns the dataset names."""
+    published = []
+    for dataset_dir in sorted(p for p in runs_root.iterdir() if p.is_dir()):
+        runs = published_runs(dataset_dir)
+        if not runs:
+            continue
+        masks_dirs = {m: r.run_dir / "masks" for m, r in runs.items()}
+        out.mkdir(parents=True, exist_ok=True)
+        summaries = out / "runs" / dataset_dir.name
+        if summaries.exists():
+            shutil.rmtree(summaries)
+        copied = copy_summaries(runs, summaries)
+        missing = not_run(dataset_dir)
+        (summaries / "not_run.json").write_text(json.dumps(missing, indent=2) + "\n")
+        publish_dataset(dataset_dir.name, copied, missing, out, masks_dirs)
+        published.append(dataset_dir.name)
+    write_index(out)
+    return published
+
+
+def regenerate_markdown(out: Path, dataset: str) -> str:
+    """The markdown page regenerated from the summaries committed under ``out/runs``."""
+    summaries = out / "runs" / dataset
+    runs = {}
+    for method_dir in sorted(p for p in summaries.iterdir() if p.is_dir()):
+        manifest = json.loads((method_dir / "manifest.json").read_text())
+        cases = pd.read_csv(method_dir / "cases.csv",
+                            dtype={"subject": str, "session": str, "reason": str})  # fmt: skip
+        runs[method_dir.name] = MethodRun(method_dir.name, method_dir, manifest, cases)
+    missing = json.loads((summaries / "not_run.json").read_text())
+    return markdown(dataset, runs, leaderboard_stats(runs), missing)

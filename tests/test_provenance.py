@@ -57,7 +57,7 @@ class KnownModels(Method):
         return dict(KNOWN) if KnownModels.fitted else {}
 
     def segment(self, sample: VertebraSample) -> np.ndarray:
-        return np.zeros(image.shape, np.uint8)
+        return np.zeros(sample.image.shape, np.uint8)
 
 
 class InterruptedAfterFit(KnownModels):

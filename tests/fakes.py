@@ -8,7 +8,6 @@ import numpy as np
 
 from wsbench.contract import (
     BLASTIC,
-    LYTIC,
     DatasetAdapter,
     Method,
     Phenotype,
@@ -16,48 +15,17 @@ from wsbench.contract import (
     PreparedVertebra,
     Split,
     TrainingSet,
-    VertebraKey,
     VertebraSample,
-    WeakLabel,
     WeightsNotSuppliedError,
 )
-
-SIZE = 32
-
-
-def square_body() -> np.ndarray:
-    """A 32×32 body mask: the square [4, 28)²."""
-    body = np.zeros((SIZE, SIZE), bool)
-    body[4:28, 4:28] = True
-    return body
+from wsbench.testing import synthetic_vertebra
 
 
 def make_vertebra(
     subject: str, level: str, split: Split, phenotype: Phenotype | None, seed: int
 ) -> PreparedVertebra:
-    """A vertebra with bright (blastic) and dark (lytic) squares as its lesions."""
-    rng = np.random.default_rng(seed)
-    image = np.full((SIZE, SIZE), 200.0, np.float32) + rng.normal(0, 5, (SIZE, SIZE))
-    lesions = np.zeros((SIZE, SIZE), np.uint8)
-    if phenotype in (Phenotype.BLASTIC, Phenotype.MIXED):
-        image[8:13, 8:13] = 900.0
-        lesions[8:13, 8:13] = BLASTIC
-    if phenotype in (Phenotype.LYTIC, Phenotype.MIXED):
-        image[18:24, 16:22] = -50.0
-        lesions[18:24, 16:22] = LYTIC
-    stack = np.repeat(image[None].astype(np.float32), 5, axis=0)
-    body = np.repeat(square_body()[None], 5, axis=0)
-    label = WeakLabel.MALIGNANT if phenotype else WeakLabel.HEALTHY
-    return PreparedVertebra(
-        key=VertebraKey("tiny", subject, level),
-        split=split,
-        label=label,
-        phenotype=phenotype,
-        slices=stack,
-        body=body,
-        spacing=(0.8, 0.8),
-        lesions=np.repeat(lesions[None], 5, axis=0),
-    )
+    """A vertebra of the ``tiny`` dataset (:func:`wsbench.testing.synthetic_vertebra`)."""
+    return synthetic_vertebra(subject, level, split, phenotype, seed, dataset="tiny")
 
 
 class TinyDataset(DatasetAdapter):

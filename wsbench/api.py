@@ -43,11 +43,13 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "wsbench.data.volumes": ("SubjectVolumes", "VertebraLabel"),
     "wsbench.harness.postprocess": ("MIN_COMPONENT_PX", "components", "eroded_body"),
     "wsbench.models.device": ("module_device", "torch_device"),
+    "wsbench.files": ("atomic_path", "digest", "write_json"),
     "wsbench.models.store": (
         "ModelKey",
         "ModelStore",
         "cache_root",
         "file_identity",
+        "read_card",
         "write_card",
     ),
     "wsbench.models.training": (

@@ -41,10 +41,17 @@ from wsbench.harness.runner import seed_everything, validate_output, vertebra_se
 
 SIZE = 32
 """Side of the synthetic slices (pixels)."""
+SAMPLE_ARRAYS = ("image", "body_mask", "stack", "stack_body")
+"""The arrays of a :class:`VertebraSample` a method must leave as they are."""
 
 
 def synthetic_vertebra(
-    subject: str, level: str, split: Split, phenotype: Phenotype | None, seed: int
+    subject: str,
+    level: str,
+    split: Split,
+    phenotype: Phenotype | None,
+    seed: int,
+    dataset: str = "synthetic",
 ) -> PreparedVertebra:
     """A 32×32 vertebra at 200 HU (noise SD 5) whose body is the square [4, 28)²; a blastic
     lesion is the bright square [8, 13)² (900 HU), a lytic one the dark block [18, 24)×[16, 22)
@@ -62,7 +69,7 @@ def synthetic_vertebra(
     body[4:28, 4:28] = True
     label = WeakLabel.MALIGNANT if phenotype else WeakLabel.HEALTHY
     return PreparedVertebra(
-        key=VertebraKey("synthetic", subject, level),
+        key=VertebraKey(dataset, subject, level),
         split=split,
         label=label,
         phenotype=phenotype,
@@ -159,15 +166,24 @@ def check_segmentations(
             seed_everything(vertebra_seed(seed, vertebra.key.id))
             try:
                 output = method.segment(given)
-                answers.append(validate_output(method, output, sample.image.shape).labels)
             except Exception as exc:
                 report.problems.append(f"segment({vertebra.key.id}): {type(exc).__name__}: {exc}")
                 return
+            changed = [
+                a
+                for a in SAMPLE_ARRAYS
+                if not np.array_equal(getattr(given, a), getattr(sample, a))
+            ]
+            if changed:
+                report.problems.append(f"segment({vertebra.key.id}) changed sample.{changed[0]}")
+                return
+            try:
+                answers.append(validate_output(method, output, sample.image.shape).labels)
+            except ValueError as exc:
+                report.problems.append(f"segment({vertebra.key.id}): {exc}")
+                return
         if not np.array_equal(*answers):
             report.problems.append(f"segment({vertebra.key.id}) differs under the same seed")
-        for name in ("image", "body_mask", "stack", "stack_body"):
-            if not np.array_equal(getattr(given, name), getattr(sample, name)):
-                report.problems.append(f"segment({vertebra.key.id}) changed sample.{name}")
         report.segmented.append(vertebra.key.id)
 
 
@@ -201,12 +217,18 @@ def check_method(
         training = data.training_set()
         if type(training) is not TrainingSet:
             raise AssertionError("the dataset's training view is not a TrainingSet")
+        ready = True
         if method_cls.learns():
             seed_everything(seed)
             options = TrainOptions(cache / "work", seed=seed, progress=False)
-            report.trained = method.train(training, options, **dict(train_settings or {}))
-            method.fit(training, cache / "work")
-        check_segmentations(method, data, seed, report)
+            try:
+                report.trained = method.train(training, options, **dict(train_settings or {}))
+                method.fit(training, cache / "work")
+            except Exception as exc:  # reported with the other problems
+                report.problems.append(f"train/fit: {type(exc).__name__}: {exc}")
+                ready = False
+        if ready:
+            check_segmentations(method, data, seed, report)
     if report.problems:
         raise AssertionError(
             f"{method_cls.__name__} breaks the wsbench method contract:\n- "

@@ -1,13 +1,13 @@
 """Where trained models live, and the one way they are found.
 
-A model is a weights file (``<kind>-<digest>.pt``) with a model card beside it (``.json`` for
-code, ``.md`` for people). The card holds the model's key: its ``kind`` (``classifier``,
-``dae``, …), the ``dataset_fingerprint`` of the data it was trained on and the ``config`` that
-made it. A :class:`ModelStore` looks in a plugin's shipped folder first, then in the user cache
-(``$WSBENCH_CACHE/models``, default ``~/.cache/wsbench/models``), and finds models by their
-card only (:meth:`ModelStore.find`). Runs name the exact file they used by its identity
-``<stem>-<sha256[:12]>`` (:func:`file_identity`), which :meth:`ModelStore.resolve` turns back
-into the file.
+A model is a weights file (``<kind>-<digest>.pt``, or any other suffix the card names) with a model
+card beside it (``<kind>-<digest>.json`` for code, ``.md`` for people). The card holds the model's
+key: its ``kind`` (``classifier``, ``dae``, …), the ``dataset_fingerprint`` of the data it was
+trained on and the ``config`` that made it. A :class:`ModelStore` looks in a plugin's shipped folder
+first, then in the user cache (``$WSBENCH_CACHE/models``, default ``~/.cache/wsbench/models``), and
+finds models by their card only (:meth:`ModelStore.find`). Runs name the exact file they used by its
+identity ``<stem>-<sha256[:12]>`` (:func:`file_identity`), which :meth:`ModelStore.resolve` turns
+back into the file.
 """
 
 from __future__ import annotations
@@ -91,12 +91,18 @@ def read_card(weights: Path) -> dict[str, Any]:
     return json.loads(card.read_text()) if card.exists() else {}
 
 
+def weights_of(card: Path) -> Path:
+    """The weights file a card describes: the ``file`` it names, else ``<stem>.pt``."""
+    record = json.loads(card.read_text())
+    return card.with_name(record.get("file") or f"{card.stem}.pt")
+
+
 def write_card(checkpoint: Path, key: ModelKey, title: str, facts: Mapping[str, Any]) -> None:
     """Write the model card (``.md`` and ``.json``) beside ``checkpoint``.
 
     ``facts["extends"]`` names the stem of a shorter run this one continues; :meth:`ModelStore.find`
     then prefers this one."""
-    record = {"title": title, **key.as_dict(), **dict(facts)}
+    record = {"title": title, **key.as_dict(), "file": checkpoint.name, **dict(facts)}
     checkpoint.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     lines = [f"# {title}", "", "| field | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in record.items() if name != "title"]
@@ -133,10 +139,10 @@ class ModelStore:
         wanted = None if config is None else json.loads(json.dumps(dict(config), default=str))
         for folder in self.folders:
             cards = {}
-            for path in sorted(folder.glob(f"{kind}-*.pt")):
-                card = read_card(path)
+            for card_path in sorted(folder.glob(f"{kind}-*.json")):
+                card, path = json.loads(card_path.read_text()), weights_of(card_path)
                 same = card.get("kind") == kind and card.get("dataset_fingerprint") == fingerprint
-                if same and (wanted is None or card.get("config") == wanted):
+                if same and path.is_file() and (wanted is None or card.get("config") == wanted):
                     cards[path] = card
             extended = {card.get("extends") for card in cards.values()}
             latest = [path for path in cards if path.stem not in extended]
@@ -155,10 +161,10 @@ class ModelStore:
                 return latest[0]
         return None
 
-    def new_path(self, key: ModelKey) -> Path:
+    def new_path(self, key: ModelKey, suffix: str = ".pt") -> Path:
         """Where to write a freshly trained model for ``key`` (in the cache; folder created)."""
         self.cache.mkdir(parents=True, exist_ok=True)
-        return self.cache / f"{key.stem}.pt"
+        return self.cache / f"{key.stem}{suffix}"
 
     def resolve(self, reference: str | Path) -> Path:
         """The weights file ``reference`` names: a path, or an identity ``<stem>-<sha256[:12]>``
@@ -169,7 +175,8 @@ class ModelStore:
         stem, _, sha = str(reference).rpartition("-")
         if stem and len(sha) == IDENTITY_HEX_DIGITS:
             for folder in self.folders:
-                candidate = folder / f"{stem}.pt"
+                card = folder / f"{stem}.json"
+                candidate = weights_of(card) if card.is_file() else folder / f"{stem}.pt"
                 if candidate.is_file() and sha256_file(candidate).startswith(sha):
                     return candidate
         where = ", ".join(str(f) for f in self.folders)

@@ -46,16 +46,16 @@ from wsbench.api import (
     TrainingSet,
     TrainingVertebra,
     WeakLabel,
+    atomic_path,
     augment_batch,
     augmentations,
     module_device,
     progress_bar,
+    read_card,
     sample_slices,
     torch_device,
     write_card,
 )
-from wsbench.files import atomic_path
-from wsbench.models.store import read_card
 
 VERSION = 1
 FINAL_STATE = ".state"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +22,14 @@ PACKAGE = TESTS / "thirdparty"
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The package installed (non-editable, no dependencies) into a folder of its own."""
-    target = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("build")
+    """The package installed (non-editable, no dependencies) into a folder of its own, built
+    from a copy so that the build leaves nothing in the source tree."""
+    target, source = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("src") / "pkg"
+    shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(PACKAGE)],
-        check=True, capture_output=True, text=True, cwd=build,
+         "--target", str(target), str(source)],
+        check=True, capture_output=True, text=True,
     )  # fmt: skip
     return target
 

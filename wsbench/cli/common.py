@@ -53,6 +53,9 @@ def parse_dataset_options(items: list[str] | None) -> dict[str, Any]:
     return options
 
 
+DEFAULT_DATASET = "phantom"
+"""The dataset of commands run without ``--dataset``: the registered adapter that needs nothing
+downloaded (a name only; the core never imports an adapter)."""
 DatasetName = Annotated[str, typer.Option("--dataset", "-d", help="Dataset name.")]
 Root = Annotated[
     Path | None, typer.Option("--root", "-r", help="Dataset folder (not for phantom).")

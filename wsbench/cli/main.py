@@ -17,6 +17,7 @@ from wsbench import __version__
 from wsbench.cli import datasets as cli_datasets
 from wsbench.cli import train as cli_train
 from wsbench.cli.common import (
+    DEFAULT_DATASET,
     STATE,
     DatasetName,
     DatasetOptions,
@@ -57,7 +58,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(cli_datasets.app, name="datasets")
-app.add_typer(cli_train.app, name="train")
+app.command("train")(cli_train.train)
 
 
 def mount_commands(root: typer.Typer) -> None:
@@ -100,7 +101,7 @@ def main(
 @app.command()
 def run(
     method: Annotated[str, typer.Option("--method", "-m", help="Method name or module:Class.")],
-    dataset: DatasetName = "phantom",
+    dataset: DatasetName = DEFAULT_DATASET,
     root: Root = None,
     split: Annotated[str, typer.Option(help="Split to evaluate: test or train.")] = "test",
     out: Annotated[Path, typer.Option(help="Folder that receives run directories.")] = Path("runs"),
@@ -175,7 +176,7 @@ def export_command(
 
 @app.command("bench")
 def bench_command(
-    dataset: DatasetName = "phantom",
+    dataset: DatasetName = DEFAULT_DATASET,
     methods: Annotated[
         str | None,
         typer.Option(

@@ -14,10 +14,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from wsbench.cli.common import DatasetName, DatasetOptions, Param, Root, Threads, user_errors
+from wsbench.cli.common import (
+    DEFAULT_DATASET,
+    DatasetName,
+    DatasetOptions,
+    Param,
+    Root,
+    Threads,
+    parse_dataset_options,
+    user_errors,
+)
 
 console = Console()
-app = typer.Typer(help="Train the models of a learned method (reused when already stored).")
 
 Setting = Annotated[
     list[str] | None,
@@ -30,10 +38,9 @@ Setting = Annotated[
 ]
 
 
-@app.callback(invoke_without_command=True)
 def train(
     method: Annotated[str, typer.Option("--method", "-m", help="Method name or module:Class.")],
-    dataset: DatasetName = "phantom",
+    dataset: DatasetName = DEFAULT_DATASET,
     root: Root = None,
     dataset_option: DatasetOptions = None,
     param: Param = None,
@@ -44,9 +51,8 @@ def train(
     ] = False,
     threads: Threads = None,
 ) -> None:
-    """Train the models of --method on the training split of --dataset.
-
-    Models already stored for the same data and settings are reported, not retrained.
+    """Train the models of a learned method on a dataset's training split (reused when already
+    stored for the same data and settings).
     Examples: `wsbench train --method gradcam`, `wsbench train --method hideseek -t steps=3000
     -t lr_decay_from=2000`, `wsbench train --method ad --resume`, `wsbench train --method
     hideseek -p device=cuda`.
@@ -66,7 +72,7 @@ def train(
             raise ValueError(f"method {method!r} learns nothing: there is nothing to train")
         instance = method_cls(**params)
         config = RunConfig(method, dataset, root=str(root) if root else None,
-                           dataset_options=dict(dataset_option or {}))  # fmt: skip
+                           dataset_options=parse_dataset_options(dataset_option))  # fmt: skip
         _, prepared = prepare_dataset(config)
         options = TrainOptions(workdir(method_cls), seed=seed, resume=resume)
         paths = train_method(instance, prepared.training_set(), options, settings)

@@ -51,3 +51,17 @@ def test_the_train_recipe_of_a_dae_method_is_the_shipped_one(plugin):
     )
     fingerprint = json.loads(shipped.with_suffix(".json").read_text())["dataset_fingerprint"]
     assert model_key(fingerprint, module.DAE_RECIPE).stem == shipped.stem
+
+
+def test_training_a_shipped_recipe_reuses_it_and_leaves_its_card_alone():
+    from wsbench.plugins.hideseek import DAE_RECIPE, STORE
+    from wsbench.plugins.shared.dae.training import ensure_dae
+
+    from wsbench.contract import TrainingSet
+
+    shipped = next(p for p in SHIPPED if p.stem.startswith("dae-a78"))
+    card = shipped.with_suffix(".json").read_bytes()
+    fingerprint = json.loads(card)["dataset_fingerprint"]
+    training = TrainingSet("phantom", fingerprint, [])  # nothing to train or evaluate on
+    assert ensure_dae(training, DAE_RECIPE, STORE, reevaluate=True) == (shipped, False)
+    assert shipped.with_suffix(".json").read_bytes() == card

@@ -173,7 +173,7 @@ def load_classifier(path: Path, expected: ModelKey | None = None) -> nn.Module:
     if tuple(record.get("hu_window", HU_WINDOW)) != tuple(HU_WINDOW):
         raise ValueError(
             f"{path} was trained with HU window {record['hu_window']}, this wsbench uses "
-            f"{list(HU_WINDOW)}; retrain with `wsbench train --method classifier`"
+            f"{list(HU_WINDOW)}; retrain with `wsbench train --method gradcam`"
         )
     model = build_resnet18()
     model.load_state_dict({name: t.float() for name, t in record["state_dict"].items()})

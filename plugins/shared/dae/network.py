@@ -405,7 +405,7 @@ class DiffusionAutoencoder(nn.Module):
                 raise ValueError(
                     f"{path} holds a DAE of config {stored.name!r} ({stored.as_dict()}), not "
                     f"{wanted.name!r}; pass a checkpoint of that config or train one with "
-                    f"`wsbench train --model dae --config {wanted.name}`"
+                    f"`wsbench train --method hideseek -t config={wanted.name}` (or --method ad)"
                 )
         model = cls(stored, tuple(record["hu_window"]))
         model.load_state_dict(record["state_dict"])

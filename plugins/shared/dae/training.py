@@ -452,9 +452,10 @@ def ensure_dae(
 ) -> tuple[Path, bool]:
     """The DAE of ``train`` for this training set: found in ``store``, or trained; evaluated.
 
-    The quality report is added to the card when the card lacks it (e.g. after a crash in the
-    evaluation), has other step counts, or ``reevaluate`` asks for it (the report gained fields).
-    Training and evaluation run on ``device``. Returns ``(checkpoint, newly trained)``.
+    The quality report is added to the card of a model in the user cache when the card lacks it
+    (e.g. after a crash in the evaluation), has other step counts, or ``reevaluate`` asks for it
+    (the report gained fields); shipped models and their cards are read-only. Training and
+    evaluation run on ``device``. Returns ``(checkpoint, newly trained)``.
     """
     key = model_key(training.fingerprint, train)
     stored = store.find(key.kind, key.dataset_fingerprint, key.config)
@@ -465,6 +466,6 @@ def ensure_dae(
         )
     card = read_card(stored)
     stale = card.get("eval_steps_stochastic_decode") != list(evaluate_steps)
-    if reevaluate or "ssim_mean" not in card or stale:
+    if stored.parent == store.cache and (reevaluate or "ssim_mean" not in card or stale):
         evaluate_and_card(stored, training, evaluate_steps, train.seed, device)
     return stored, trained

@@ -11,6 +11,7 @@ import pytest
 
 from wsbench.contract import BLASTIC, LYTIC, Phenotype, WeakLabel
 from wsbench.harness.evaluation import (
+    CATEGORIES,
     COUNT_COLUMNS,
     LESION_METRIC_COLUMNS,
     METRICS,
@@ -268,6 +269,8 @@ def test_metric_metadata() -> None:
     assert METRICS["sq"].label == "Instance Dice (SQ)"
     assert METRICS["pq"].label == "Panoptic Dice (PQ_D)"
     assert METRICS["assd"].direction == "lower" and METRICS["rvd"].direction == "zero"
+    assert (METRICS["f1"].arrow, METRICS["assd"].arrow, METRICS["rvd"].arrow) == ("↑", "↓", "≈0")
+    assert CATEGORIES == ("blastic", "lytic", "mixed", "malignant", "healthy")
     assert METRICS["fp"].applies_to("healthy") and not METRICS["fp"].applies_to("blastic")
     assert METRICS["sq"].applies_to("malignant") and not METRICS["sq"].applies_to("healthy")
     with pytest.raises(ValueError, match="direction"):

@@ -18,7 +18,7 @@ from wsbench.report.leaderboard import (
     paired_p,
     ranks,
 )
-from wsbench.report.publish import commit_label, publish, regenerate_markdown
+from wsbench.report.publish import commit_label, html_page, publish, regenerate_markdown
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,29 @@ def test_publish_from_run_directories(tmp_path: Path) -> None:
     assert {"category", "method", "metric", "mean", "ci_low", "rank_ci_high"} <= set(tidy)
     page = (out / "fakes-TinyDataset.html").read_text()
     assert "<table>" in page and "data:image/png;base64," in page
+    assert "<title>wsbench — fakes-TinyDataset</title>" in page
+    assert "<th>Metric</th>\n<th>fakes-NoisyMethod</th>\n<th>otsu</th>" in page
+    assert "<li><strong>medsam</strong>: not run — weights not supplied</li>" in page
+    assert json.loads((out / "runs/fakes-TinyDataset/not_run.json").read_text()) == {
+        "medsam": "weights not supplied"
+    }
     assert "fakes-TinyDataset" in (out / "README.md").read_text()
+
+
+def test_html_page_renders_the_markdown_and_embeds_the_figures() -> None:
+    md = "# Board\n\n- **bold** and <b>text</b>\n\n| Metric | a |\n|---|---|\n| F1 ↑ | **0.50** |\n"
+    page = html_page("d<1>", md, {"Figure": "QUJD", "Absent": None})
+    head = "<!doctype html><html><head><meta charset='utf-8'><title>wsbench — d&lt;1&gt;</title>"
+    assert page.startswith(head) and page.endswith("\n</body></html>\n")
+    body = page[page.index("<body>\n") + len("<body>\n") : -len("\n</body></html>\n")]
+    assert body == (
+        "<h1>Board</h1>\n"
+        "<ul>\n<li><strong>bold</strong> and &lt;b&gt;text&lt;/b&gt;</li>\n</ul>\n"
+        "<table>\n<thead>\n<tr>\n<th>Metric</th>\n<th>a</th>\n</tr>\n</thead>\n"
+        "<tbody>\n<tr>\n<td>F1 ↑</td>\n<td><strong>0.50</strong></td>\n</tr>\n</tbody>\n"
+        "</table>\n\n"
+        '<h2>Figure</h2>\n<img alt="Figure" src="data:image/png;base64,QUJD">'
+    )
 
 
 def test_publish_takes_the_run_the_bench_recorded_not_a_later_variant(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from wsbench.data.preprocess import (
     mask_to_source,
     preprocess_subject,
     preprocess_volumes,
+    save_result,
 )
 from wsbench.data.volumes import SubjectVolumes, VertebraLabel
 
@@ -226,12 +227,30 @@ def test_cache_hit_gives_identical_arrays(tmp_path: Path):
     first, hit1 = cached_result(tmp_path, "key", compute)
     second, hit2 = cached_result(tmp_path, "key", compute)
     assert (hit1, hit2, len(calls)) == (False, True, 1)
+    assert [p.name for p in tmp_path.iterdir()] == ["key.npz"]  # no temporary file left
     for a, b in zip(first.crops, second.crops, strict=True):
         for name in ("slices", "body", "lesions"):
             x, y = getattr(a, name), getattr(b, name)
             assert x.dtype == y.dtype
             np.testing.assert_array_equal(x, y)
         assert a.spacing == b.spacing and a.geometry == b.geometry and a.level == b.level
+
+
+def test_failed_cache_write_keeps_the_previous_file(tmp_path: Path, monkeypatch):
+    result = run(anatomy(PSR_0P8, PSR_SHAPE), PSR_0P8, where="sub-x")
+    path = tmp_path / "key.npz"
+    save_result(path, result)
+    before = path.read_bytes()
+
+    def disk_full(handle, **arrays):
+        handle.write(b"half an npz")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    with pytest.raises(OSError, match=f"could not write {path}"):
+        save_result(path, result)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["key.npz"]
 
 
 @pytest.mark.slow

@@ -20,12 +20,8 @@ from test_dicomio import box_spine
 from wsbench.datasets.inhouse import InHouseDataset
 from wsbench.datasets.inhouse.layout import write_inhouse
 from wsbench.datasets.phantom.tcia_writer import write_tcia
-from wsbench.datasets.tcia import (
-    TciaDataset,
-    derived_body_dice,
-    parse_level_list,
-    read_clinical,
-)
+from wsbench.datasets.tcia import TciaDataset, derived_body_dice
+from wsbench.datasets.tcia.clinical import parse_level_list, read_clinical
 from wsbench.datasets.tcia.layout import CLINICAL_FILE, CLINICAL_SHEET
 
 from wsbench.contract import Phenotype, PreparedDataset, Split, WeakLabel

@@ -123,6 +123,10 @@ def slice_normal(orientation: Sequence[float]) -> np.ndarray:
     return normal / np.linalg.norm(normal)
 
 
+# Not highdicom.get_volume_from_series: it gives the same HU and affine on well-formed series,
+# but refuses series read here (an empty SOPClassUID as in the real test sample, no
+# FrameOfReferenceUID, PixelSpacing differing by 1e-7) and drops an in-plane drift of the
+# slice positions from the affine.
 def read_ct_series(files: Sequence[Path]) -> CtVolume:
     """Read one CT series (one file per slice) into HU on a RAS grid.
 

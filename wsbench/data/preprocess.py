@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ from skimage.measure import label as label_components
 
 from wsbench.contract import N_CENTRAL_SLICES, Skipped
 from wsbench.data.volumes import BODY_SUBREGIONS, LEVEL_NAMES, SubjectVolumes
+from wsbench.files import atomic_path
 
 PSR_DIRECTIONS = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 """Columns: RAS world direction of lattice axes P, S, R."""
@@ -519,12 +518,8 @@ def save_result(path: Path, result: SubjectResult) -> None:
             {"level": crop.level, "spacing": list(crop.spacing), "geometry": crop.geometry}
         )
     arrays["meta"] = np.array(json.dumps(meta))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as temporary, temporary.open("wb") as handle:
         np.savez_compressed(handle, **arrays)
-    os.replace(tmp, path)
 
 
 def load_result(path: Path) -> SubjectResult:

@@ -37,6 +37,7 @@ LESION_CATEGORIES = ("blastic", "lytic", "mixed", "malignant")
 """Categories scored with lesion metrics (``malignant`` = malignant without a phenotype)."""
 HEALTHY = "healthy"
 CATEGORIES = (*LESION_CATEGORIES, HEALTHY)
+"""Every evaluation category, in the order tables show them."""
 
 SCORED_LABEL: dict[str, int | None] = {
     "blastic": BLASTIC,
@@ -57,6 +58,10 @@ COUNT_COLUMNS = (
 )  # fmt: skip
 
 
+DIRECTION_ARROWS = {"higher": "↑", "lower": "↓", "zero": "≈0"}
+"""Which way a metric is better (higher, lower, closest to zero) and its symbol in tables."""
+
+
 @dataclass(frozen=True)
 class Metric:
     """A reported metric: its column ``name``, display ``label``, which way is better, and
@@ -68,10 +73,15 @@ class Metric:
     categories: tuple[str, ...] = LESION_CATEGORIES
 
     def __post_init__(self) -> None:
-        if self.direction not in ("higher", "lower", "zero"):
+        if self.direction not in DIRECTION_ARROWS:
             raise ValueError(
                 f"metric {self.name}: direction {self.direction!r} is not higher, lower or zero"
             )
+
+    @property
+    def arrow(self) -> str:
+        """The direction as a table symbol: ``↑`` higher, ``↓`` lower, ``≈0`` closest to zero."""
+        return DIRECTION_ARROWS[self.direction]
 
     def key(self, value: float) -> float:
         """Sort key: smaller is better; NaN sorts last (``inf``)."""

@@ -21,14 +21,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from markdown_it import MarkdownIt
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from wsbench.harness.evaluation import METRICS
+from wsbench.files import write_json
+from wsbench.harness.evaluation import CATEGORIES, HEALTHY, METRICS
 from wsbench.report.leaderboard import (
     ALPHA,
-    ARROWS,
     BOOTSTRAP_SAMPLES,
-    HEALTHY,
     MethodRun,
     leaderboard_stats,
     not_run,
@@ -36,9 +36,10 @@ from wsbench.report.leaderboard import (
 )
 
 SUMMARY_FILES = ("manifest.json", "cases.csv", "lesions.csv")
-CATEGORY_ORDER = ("blastic", "lytic", "mixed", "malignant", "healthy")
 RANKED_METRICS = ("f1", "sq")
 LYTIC_RGB, BLASTIC_RGB = (0.9, 0.15, 0.15), (0.15, 0.35, 0.95)
+MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
+"""CommonMark with tables; HTML in the text (a reason, a method name) is shown, not obeyed."""
 
 
 def copy_summaries(runs: dict[str, MethodRun], dest: Path) -> dict[str, MethodRun]:
@@ -79,7 +80,7 @@ def header_lines(dataset: str, runs: dict[str, MethodRun]) -> list[str]:
     commits = sorted({commit_label(m) for m in manifests})
     any_cases = next(iter(runs.values())).cases
     counts = any_cases["category"].value_counts()
-    sizes = ", ".join(f"{c} {counts[c]}" for c in CATEGORY_ORDER if c in counts)
+    sizes = ", ".join(f"{c} {counts[c]}" for c in CATEGORIES if c in counts)
     splits = sorted({m["split"] for m in manifests})
     return [
         f"- dataset fingerprint: `{', '.join(fingerprints)}`",
@@ -110,7 +111,7 @@ def category_table(stats: pd.DataFrame, category: str, methods: list[str]) -> li
         if rows.empty:
             continue
         cells = [cell(rows.loc[m]) if m in rows.index else "–" for m in methods]
-        lines.append(f"| {metric.label} {ARROWS[metric.direction]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {metric.label} {metric.arrow} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -140,7 +141,7 @@ def markdown(dataset: str, runs: dict[str, MethodRun], stats: pd.DataFrame,
     """The whole ``<dataset>.md`` page."""
     methods = list(runs)
     lines = [f"# wsbench leaderboard — {dataset}", "", *header_lines(dataset, runs), ""]
-    present = [c for c in CATEGORY_ORDER if c in set(stats.get("category", []))]
+    present = [c for c in CATEGORIES if c in set(stats.get("category", []))]
     for category in present:
         n = int(stats[stats["category"] == category]["n"].max())
         title = "Healthy vertebrae (false positives)" if category == HEALTHY else category.title()
@@ -249,38 +250,9 @@ def png_base64(fig: plt.Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def markdown_table_html(lines: list[str]) -> str:
-    """A markdown table (as written above) as an HTML table."""
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.strip()]
-    head, body = rows[0], rows[2:]
-
-    def fmt(text: str) -> str:
-        escaped = html.escape(text)
-        return f"<b>{escaped[2:-2]}</b>" if text.startswith("**") else escaped
-
-    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
-    out += ["<tr>" + "".join(f"<td>{fmt(c)}</td>" for c in row) + "</tr>" for row in body]
-    return "\n".join([*out, "</table>"])
-
-
 def html_page(dataset: str, md: str, figures: dict[str, str | None]) -> str:
-    """The HTML page: the markdown's tables and text, then the figures."""
-    parts, table = [], []
-    for line in [*md.splitlines(), ""]:
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        if table:
-            parts.append(markdown_table_html(table))
-            table = []
-        if line.startswith("# "):
-            parts.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            parts.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("- "):
-            parts.append(f"<p>• {html.escape(line[2:]).replace('**', '')}</p>")
-        elif line:
-            parts.append(f"<p>{html.escape(line)}</p>")
+    """The HTML page: the markdown page rendered, then the figures."""
+    parts = [MARKDOWN.render(md)]
     for title, data in figures.items():
         if data:
             parts += [f"<h2>{html.escape(title)}</h2>", f'<img alt="{html.escape(title)}" '
@@ -331,7 +303,7 @@ def publish(runs_root: Path, out: Path) -> list[str]:
             shutil.rmtree(summaries)
         copied = copy_summaries(runs, summaries)
         missing = not_run(dataset_dir)
-        (summaries / "not_run.json").write_text(json.dumps(missing, indent=2) + "\n")
+        write_json(summaries / "not_run.json", missing)
         publish_dataset(dataset_dir.name, copied, missing, out, masks_dirs)
         published.append(dataset_dir.name)
     write_index(out)

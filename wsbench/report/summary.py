@@ -9,11 +9,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from wsbench.harness.evaluation import METRICS, summarize, vertebra_level_summary
+from wsbench.harness.evaluation import CATEGORIES, METRICS, summarize, vertebra_level_summary
 from wsbench.harness.runner import RunResult
-
-CATEGORY_ORDER = ("blastic", "lytic", "mixed", "malignant", "healthy")
-ARROWS = {"higher": "↑", "lower": "↓", "zero": "≈0"}
 
 
 def mean_sd(mean: float, sd: float) -> str:
@@ -26,7 +23,7 @@ def mean_sd(mean: float, sd: float) -> str:
 def lesion_table(cases: pd.DataFrame) -> Table:
     """Metrics (rows) × categories (columns), mean ± SD with the number of vertebrae."""
     summary = summarize(cases)
-    present = [c for c in CATEGORY_ORDER if c in set(summary["category"])]
+    present = [c for c in CATEGORIES if c in set(summary["category"])]
     counts = cases[cases["status"] == "ok"]["category"].value_counts()
     table = Table(title="Lesion-level evaluation (mean ± SD over vertebrae)")
     table.add_column("Metric")
@@ -38,7 +35,7 @@ def lesion_table(cases: pd.DataFrame) -> Table:
             row = summary[(summary["category"] == category) & (summary["metric"] == metric.name)]
             cells.append(mean_sd(*row[["mean", "sd"]].iloc[0]) if len(row) else "")
         if any(cells):
-            table.add_row(f"{metric.label} {ARROWS[metric.direction]}", *cells)
+            table.add_row(f"{metric.label} {metric.arrow}", *cells)
     return table
 
 

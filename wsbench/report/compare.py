@@ -1,11 +1,11 @@
 """Compare finished runs on the same dataset split: other parameters, or other methods.
 
-Per category (blastic, lytic, mixed): the mean of each headline lesion metric with its n, and
-for every run after the first the paired Wilcoxon p against the first (the reference) over the
-vertebrae both scored; false-positive lesions per healthy vertebra; and, for runs that store
-per-candidate decisions (``kept`` in ``lesions.csv``), the phenotype the kept candidates imply for
-each malignant vertebra against the true one (before the harness's post-processing, so it
-describes the method's decision).
+Per lesion category present (blastic, lytic, mixed, malignant): the mean of each headline lesion
+metric with its n, and for every run after the first the paired Wilcoxon p against the first (the
+reference) over the vertebrae both scored; false-positive lesions per healthy vertebra; and, for
+runs that store per-candidate decisions (``kept`` in ``lesions.csv``), the phenotype the kept
+candidates imply for each malignant vertebra against the true one (before the harness's
+post-processing, so it describes the method's decision).
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsbench.harness.evaluation import METRICS
+from wsbench.harness.evaluation import LESION_CATEGORIES, METRICS
 from wsbench.harness.rundir import RunError
 from wsbench.report.leaderboard import MethodRun, paired_p, read_run
 
 COMPARED = ("f1", "sq", "pq", "global_dice")
 """The lesion metrics compared (their direction comes from :data:`METRICS`)."""
-CATEGORIES = ("blastic", "lytic", "mixed")
 POLARITY_NAMES = {frozenset(): "none", frozenset({1}): "lytic", frozenset({2}): "blastic",
                   frozenset({1, 2}): "mixed"}  # fmt: skip
 
@@ -65,8 +64,9 @@ def comparable(runs: list[MethodRun]) -> dict[str, MethodRun]:
 def metric_rows(runs: dict[str, MethodRun]) -> pd.DataFrame:
     """Mean (n) of each metric per category and run, with the paired p against the first run."""
     names = list(runs)
+    present = {c for run in runs.values() for c in run.cases["category"].dropna()}
     rows = []
-    for category in CATEGORIES:
+    for category in (c for c in LESION_CATEGORIES if c in present):
         for metric in COMPARED:
             direction = METRICS[metric].direction
             values = {
@@ -107,7 +107,7 @@ def implied_phenotypes(run: MethodRun) -> pd.DataFrame | None:
         return None
     kept = lesions[lesions["kept"]].groupby("vertebra")["label"].agg(frozenset)
     scored = set(lesions["vertebra"])
-    cases = run.cases[run.cases["category"].isin(CATEGORIES)].set_index("vertebra")
+    cases = run.cases[run.cases["category"].isin(LESION_CATEGORIES)].set_index("vertebra")
     implied = [
         POLARITY_NAMES[kept.get(v, frozenset())] if v in scored else "no candidate scored"
         for v in cases.index

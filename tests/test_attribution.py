@@ -8,6 +8,8 @@ import torch
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+
+from wsbench.contract import BLASTIC, LYTIC
 from wsbench.plugins.hideseek.attribution import (
     delta_score,
     healthy_latent,
@@ -32,8 +34,6 @@ from wsbench.plugins.shared.dae.latent import (
     fit_latent_classifier,
     hyperplane_from_standardised,
 )
-
-from wsbench.contract import BLASTIC, LYTIC
 
 
 class LinearAutoencoder:
@@ -286,6 +286,7 @@ def test_candidate_size():
 
 def test_classifier_for_fits_once_then_reloads_from_the_model_store():
     from fakes import TinyDataset
+
     from wsbench.plugins.hideseek import STORE
 
     training = TinyDataset().prepare().training_set()

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from test_classifier import synthetic_dataset
+
+from wsbench.harness.runner import RunConfig, run
 from wsbench.plugins.cam import (
     TARGET_LAYER,
     EigenCAMMethod,
@@ -23,8 +25,6 @@ from wsbench.plugins.cam.classifier import (
     model_key,
     save_classifier,
 )
-
-from wsbench.harness.runner import RunConfig, run
 from wsbench.testing import sample_of
 
 CONFIG = ClassifierConfig(epochs=1, seed=0)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 from fakes import NoisyMethod
+
+from wsbench.contract import Method, Split, VertebraSample
+from wsbench.models.store import cache_root
 from wsbench.plugins.ad import AnomalyDetection
 from wsbench.plugins.cam import EigenCAMMethod, GradCAMMethod
 from wsbench.plugins.hideseek import HideAndSeek, HideAndSeekPaper
 from wsbench.plugins.medsam import MedSAM
 from wsbench.plugins.otsu import Otsu
-
-from wsbench.contract import Method, Split, VertebraSample
-from wsbench.models.store import cache_root
 from wsbench.testing import check_method, synthetic_dataset
 
 TINY_DAE = {"config": "tiny", "steps": 2}

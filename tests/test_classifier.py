@@ -10,16 +10,6 @@ import pytest
 import torch
 from fakes import TinyDataset
 from typer.testing import CliRunner
-from wsbench.plugins.cam import classifier
-from wsbench.plugins.cam.classifier import (
-    ClassifierConfig,
-    build_resnet18,
-    ensure_classifier,
-    fit_resnet,
-    load_classifier,
-    model_key,
-    save_classifier,
-)
 
 from wsbench.contract import (
     PreparedDataset,
@@ -32,6 +22,16 @@ from wsbench.contract import (
 )
 from wsbench.data.intensity import hu_to_unit
 from wsbench.models.training import augment_batch, augmentations, sample_slices, subject_holdout
+from wsbench.plugins.cam import classifier
+from wsbench.plugins.cam.classifier import (
+    ClassifierConfig,
+    build_resnet18,
+    ensure_classifier,
+    fit_resnet,
+    load_classifier,
+    model_key,
+    save_classifier,
+)
 
 SIZE = 64
 TINY = ClassifierConfig(epochs=1, batch_size=16, seed=0)

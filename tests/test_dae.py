@@ -13,6 +13,9 @@ import pytest
 import torch
 from fakes import make_vertebra
 from torch import nn
+
+from wsbench.contract import Phenotype, PreparedDataset, Split, WeakLabel
+from wsbench.models.store import ModelStore, cache_root
 from wsbench.plugins.shared.dae.network import DiffusionAutoencoder, config_named
 from wsbench.plugins.shared.dae.quality import latent_swap_hu
 from wsbench.plugins.shared.dae.training import (
@@ -29,9 +32,6 @@ from wsbench.plugins.shared.dae.training import (
     training_state_ema,
     training_vertebrae,
 )
-
-from wsbench.contract import Phenotype, PreparedDataset, Split, WeakLabel
-from wsbench.models.store import ModelStore, cache_root
 
 STORE = ModelStore()
 """The user cache only (no shipped folder): where these tests' DAEs go."""

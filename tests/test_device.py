@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+
+from wsbench.models.device import module_device, torch_device
 from wsbench.plugins.ad import AnomalyDetection
 from wsbench.plugins.hideseek import HideAndSeek
 from wsbench.plugins.hideseek.attribution import project
 from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
-
-from wsbench.models.device import module_device, torch_device
 
 NO_CUDA = not torch.cuda.is_available()
 

@@ -11,8 +11,6 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from wsbench.datasets.phantom.tcia_writer import write_tcia
-from wsbench.datasets.tcia.layout import CLINICAL_FILE, CLINICAL_SHEET
 
 from wsbench.contract import Phenotype, WeakLabel
 from wsbench.data.dicom import (
@@ -24,6 +22,8 @@ from wsbench.data.dicom import (
     write_prediction_seg,
 )
 from wsbench.data.volumes import LEVEL_NUMBERS, SubjectVolumes, VertebraLabel
+from wsbench.datasets.phantom.tcia_writer import write_tcia
+from wsbench.datasets.tcia.layout import CLINICAL_FILE, CLINICAL_SHEET
 
 BOX_AFFINE = np.array(
     [[1.0, 0, 0, -24.0], [0, 1.0, 0, -30.0], [0, 0, 1.5, -60.0], [0, 0, 0, 1]], dtype=float

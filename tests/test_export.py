@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from test_inhouse import subject
 from typer.testing import CliRunner
-from wsbench.datasets.inhouse.layout import write_inhouse
 
 from wsbench.cli.main import app
 from wsbench.contract import Phenotype, Split, WeakLabel
+from wsbench.datasets.inhouse.layout import write_inhouse
 from wsbench.harness.runner import RunConfig, RunError, run
 
 
@@ -54,9 +54,9 @@ def test_export_refuses_a_folder_that_is_not_a_run(tmp_path: Path):
 
 def test_dicom_seg_export_matches_the_nifti_export(tmp_path: Path):
     from test_dicomio import box_spine
-    from wsbench.datasets.phantom.tcia_writer import write_tcia
 
     from wsbench.data.dicom import read_ct_series, scan_series
+    from wsbench.datasets.phantom.tcia_writer import write_tcia
     from wsbench.report.export import export_run
 
     labels = {"L1": (WeakLabel.MALIGNANT, Phenotype.BLASTIC), "L2": (WeakLabel.HEALTHY, None)}

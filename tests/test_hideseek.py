@@ -9,11 +9,11 @@ import pytest
 import torch
 from scipy.special import expit, logit
 from test_attribution import LinearAutoencoder
-from wsbench.plugins.hideseek import HideAndSeek, HideAndSeekPaper, HideAndSeekUngated
-from wsbench.plugins.hideseek.latent_classifier import LatentClassifier
 
 from wsbench.contract import BLASTIC, LYTIC, Phenotype
 from wsbench.data.intensity import hu_to_unit
+from wsbench.plugins.hideseek import HideAndSeek, HideAndSeekPaper, HideAndSeekUngated
+from wsbench.plugins.hideseek.latent_classifier import LatentClassifier
 from wsbench.testing import sample_of
 
 SIZE = 16

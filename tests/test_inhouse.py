@@ -13,13 +13,13 @@ import pytest
 import typer
 from test_preprocess import PSR_0P8, PSR_SHAPE, anatomy
 from typer.testing import CliRunner
-from wsbench.datasets.inhouse import HIDESEEK_HU, InHouseDataset
-from wsbench.datasets.inhouse.layout import parse_bids_name, write_inhouse
 
 from wsbench.contract import Phenotype, Split, WeakLabel
 from wsbench.data.preprocess import mask_to_source, preprocess_volumes
 from wsbench.data.splits import seeded_split
 from wsbench.data.volumes import SubjectVolumes, VertebraLabel
+from wsbench.datasets.inhouse import HIDESEEK_HU, InHouseDataset
+from wsbench.datasets.inhouse.layout import parse_bids_name, write_inhouse
 
 
 def subject(

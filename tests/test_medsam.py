@@ -19,6 +19,9 @@ from segment_anything.modeling import (
     TwoWayTransformer,
 )
 from typer.testing import CliRunner
+
+from wsbench.cli.main import app
+from wsbench.harness.runner import RunConfig, run
 from wsbench.plugins import medsam
 from wsbench.plugins.medsam import (
     ENV_VAR,
@@ -31,9 +34,6 @@ from wsbench.plugins.medsam import (
     preprocess,
     scale_box,
 )
-
-from wsbench.cli.main import app
-from wsbench.harness.runner import RunConfig, run
 from wsbench.testing import sample_of
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 16, "window_size": 2}

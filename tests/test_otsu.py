@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from wsbench.plugins.otsu import Otsu
 
 from wsbench.contract import BLASTIC, LYTIC, Phenotype
+from wsbench.plugins.otsu import Otsu
 from wsbench.testing import sample_of
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+
+from wsbench.contract import Phenotype, Split, WeakLabel
+from wsbench.data.volumes import BODY_SUBREGIONS
 from wsbench.datasets.inhouse import InHouseDataset
 from wsbench.datasets.phantom import PhantomDataset, phantom_options
 from wsbench.datasets.phantom.generate import build_cached, render_subject, write_phantom
 from wsbench.datasets.phantom.insert import insert_dataset
 from wsbench.datasets.phantom.plan import MIMIC_TYPES, PhantomOptions, plan_dataset, plan_subject
-
-from wsbench.contract import Phenotype, Split, WeakLabel
-from wsbench.data.volumes import BODY_SUBREGIONS
 
 TINY = PhantomOptions(subjects=3, seed=5, test_fraction=1.0, min_levels=2, max_levels=2)
 """Three two-vertebra test subjects: blastic, lytic and mixed patients (the test cycle)."""

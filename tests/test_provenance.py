@@ -12,6 +12,10 @@ import pandas as pd
 import pytest
 import torch
 from test_medsam import tiny_sam
+
+from wsbench.contract import Method, TrainingSet, VertebraSample
+from wsbench.harness.runner import RunConfig, run
+from wsbench.models.store import HASH_CHUNK_BYTES, cache_root, file_identity
 from wsbench.plugins.ad import AnomalyDetection
 from wsbench.plugins.cam import GradCAMMethod
 from wsbench.plugins.cam.classifier import (
@@ -22,10 +26,6 @@ from wsbench.plugins.cam.classifier import (
 )
 from wsbench.plugins.hideseek import HideAndSeek
 from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
-
-from wsbench.contract import Method, TrainingSet, VertebraSample
-from wsbench.harness.runner import RunConfig, run
-from wsbench.models.store import HASH_CHUNK_BYTES, cache_root, file_identity
 from wsbench.report.leaderboard import MethodRun
 from wsbench.report.publish import header_lines
 

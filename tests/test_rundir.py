@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_inhouse import subject
-from wsbench.datasets.inhouse.layout import write_inhouse
 
 from wsbench.contract import Split
+from wsbench.datasets.inhouse.layout import write_inhouse
 from wsbench.harness import runner
 from wsbench.harness.rundir import read_cases
 from wsbench.harness.runner import RunConfig, run

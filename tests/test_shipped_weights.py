@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import wsbench.plugins
 
+import wsbench.plugins
 from wsbench.models.store import ModelKey
 
 SHIPPED = sorted(Path(wsbench.plugins.__file__).parent.glob("*/weights/*.pt"))
@@ -54,10 +54,9 @@ def test_the_train_recipe_of_a_dae_method_is_the_shipped_one(plugin):
 
 
 def test_training_a_shipped_recipe_reuses_it_and_leaves_its_card_alone():
+    from wsbench.contract import TrainingSet
     from wsbench.plugins.hideseek import DAE_RECIPE, STORE
     from wsbench.plugins.shared.dae.training import ensure_dae
-
-    from wsbench.contract import TrainingSet
 
     shipped = next(p for p in SHIPPED if p.stem.startswith("dae-a78"))
     card = shipped.with_suffix(".json").read_bytes()

@@ -17,18 +17,18 @@ from pydicom.uid import CTImageStorage, generate_uid
 from scipy import ndimage
 from skimage.morphology import remove_small_holes
 from test_dicomio import box_spine
-from wsbench.datasets.inhouse import InHouseDataset
-from wsbench.datasets.inhouse.layout import write_inhouse
-from wsbench.datasets.phantom.tcia_writer import write_tcia
-from wsbench.datasets.tcia import TciaDataset, derived_body_dice
-from wsbench.datasets.tcia.clinical import parse_level_list, read_clinical
-from wsbench.datasets.tcia.layout import CLINICAL_FILE, CLINICAL_SHEET
 
 from wsbench.contract import Phenotype, PreparedDataset, Split, WeakLabel
 from wsbench.data.dicom import scan_series
 from wsbench.data.nifti import write_nifti_gz
 from wsbench.data.splits import seeded_split
 from wsbench.data.volumes import LEVEL_NUMBERS
+from wsbench.datasets.inhouse import InHouseDataset
+from wsbench.datasets.inhouse.layout import write_inhouse
+from wsbench.datasets.phantom.tcia_writer import write_tcia
+from wsbench.datasets.tcia import TciaDataset, derived_body_dice
+from wsbench.datasets.tcia.clinical import parse_level_list, read_clinical
+from wsbench.datasets.tcia.layout import CLINICAL_FILE, CLINICAL_SHEET
 
 REAL_PATIENT = "00042"
 

@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from wsbench.datasets.inhouse.layout import SubjectFiles, find_subjects
 
 from wsbench.contract import (
     DatasetAdapter,
@@ -37,6 +36,7 @@ from wsbench.data.preprocess import (
 )
 from wsbench.data.splits import DEFAULT_SEED, DEFAULT_TEST_FRACTION, seeded_split
 from wsbench.data.volumes import level_name
+from wsbench.datasets.inhouse.layout import SubjectFiles, find_subjects
 from wsbench.files import digest
 from wsbench.models.store import cache_root, sha256_file
 from wsbench.progress import progress_over

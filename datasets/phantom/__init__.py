@@ -8,11 +8,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
+from wsbench.contract import DatasetAdapter, PreparedDataset
 from wsbench.datasets.inhouse import InHouseDataset
 from wsbench.datasets.phantom.generate import build_cached, default_workers
 from wsbench.datasets.phantom.plan import PhantomOptions
-
-from wsbench.contract import DatasetAdapter, PreparedDataset
 from wsbench.models.store import cache_root
 from wsbench.progress import with_progress
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from wsbench.data.volumes import DISC_SUBREGION, LEVEL_NUMBERS
 from wsbench.datasets.phantom.fields import (
     Fields,
     ellipse_sdf,
@@ -22,8 +24,6 @@ from wsbench.datasets.phantom.fields import (
 )
 from wsbench.datasets.phantom.plan import LEVELS, SubjectPlan, VertebraPlan
 from wsbench.datasets.phantom.site import BodyFrame, Site
-
-from wsbench.data.volumes import DISC_SUBREGION, LEVEL_NUMBERS
 
 CORPUS_BORDER, CORPUS = 49, 50
 ARCH, SPINOUS = 41, 42

@@ -36,7 +36,6 @@ def make(
     """Write a phantom dataset, e.g. `wsbench phantom make --out ph --subjects 20 --seed 1`."""
     from wsbench.datasets.phantom.generate import default_workers
     from wsbench.datasets.phantom.plan import PhantomOptions
-
     from wsbench.progress import with_progress
 
     options = PhantomOptions(subjects=subjects, seed=seed, test_fraction=test_fraction)

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+
+from wsbench.data.nifti import bids_folder, bids_stem, write_nifti_gz
+from wsbench.data.volumes import SubjectVolumes, VertebraLabel
 from wsbench.datasets.inhouse.layout import write_inhouse
 from wsbench.datasets.phantom.anatomy import (
     Canvas,
@@ -32,9 +35,6 @@ from wsbench.datasets.phantom.lesions import paint_lesion
 from wsbench.datasets.phantom.mimics import paint_mimic
 from wsbench.datasets.phantom.plan import PhantomOptions, SubjectPlan, plan_dataset, subject_rng
 from wsbench.datasets.phantom.scanner import add_noise, add_streaks, blur, to_int16
-
-from wsbench.data.nifti import bids_folder, bids_stem, write_nifti_gz
-from wsbench.data.volumes import SubjectVolumes, VertebraLabel
 from wsbench.models.store import digest
 
 T = TypeVar("T")

@@ -13,6 +13,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from wsbench.contract import Split
+from wsbench.data.volumes import BODY_SUBREGIONS, LEVEL_NAMES, SubjectVolumes, VertebraLabel
 from wsbench.datasets.inhouse.layout import find_subjects, write_inhouse
 from wsbench.datasets.phantom.fields import Fields
 from wsbench.datasets.phantom.generate import write_mimic_map
@@ -20,9 +23,6 @@ from wsbench.datasets.phantom.lesions import paint_lesion
 from wsbench.datasets.phantom.mimics import paint_mimic
 from wsbench.datasets.phantom.plan import PhantomOptions, plan_subject, subject_rng
 from wsbench.datasets.phantom.site import BodyFrame, Site
-
-from wsbench.contract import Split
-from wsbench.data.volumes import BODY_SUBREGIONS, LEVEL_NAMES, SubjectVolumes, VertebraLabel
 
 
 def as_ras(image: nib.spatialimages.SpatialImage) -> tuple[np.ndarray, np.ndarray]:

@@ -10,11 +10,11 @@ the cortex); blastic tissue adds density with a nodular texture.
 from __future__ import annotations
 
 import numpy as np
+
+from wsbench.contract import BLASTIC, LYTIC
 from wsbench.datasets.phantom.fields import occupancy, smoothstep
 from wsbench.datasets.phantom.plan import LesionSpec
 from wsbench.datasets.phantom.site import Site
-
-from wsbench.contract import BLASTIC, LYTIC
 
 
 def normalised_radius(

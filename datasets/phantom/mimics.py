@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
 from wsbench.datasets.phantom.anatomy import CORPUS_BORDER, DISC_HU
 from wsbench.datasets.phantom.fields import occupancy, smoothstep
 from wsbench.datasets.phantom.lesions import normalised_radius

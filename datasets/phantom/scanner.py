@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
 from wsbench.datasets.phantom.plan import ScannerPlan
 
 NOISE_CORRELATION_VOXELS = 0.6

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from wsbench.datasets.phantom.generate import render_subject
-from wsbench.datasets.phantom.plan import MIMIC_TYPES, PhantomOptions, plan_subject
 
 from wsbench.contract import BLASTIC, LYTIC
 from wsbench.data.volumes import SubjectVolumes
+from wsbench.datasets.phantom.generate import render_subject
+from wsbench.datasets.phantom.plan import MIMIC_TYPES, PhantomOptions, plan_subject
 
 WINDOW_HU = (-250.0, 1100.0)
 

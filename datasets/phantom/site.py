@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from wsbench.datasets.phantom.fields import Fields
 
 

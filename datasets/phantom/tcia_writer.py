@@ -21,15 +21,6 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from wsbench.datasets.tcia.layout import (
-    CLINICAL_FILE,
-    CLINICAL_SHEET,
-    COLLECTION,
-    IDC_COLLECTION,
-    LEVEL_COLUMNS,
-    METADATA_COLUMNS,
-    PHENOTYPE_COLUMNS,
-)
 
 from wsbench.contract import WeakLabel
 from wsbench.data.dicom import (
@@ -44,6 +35,15 @@ from wsbench.data.dicom import (
 )
 from wsbench.data.nifti import write_nifti_gz
 from wsbench.data.volumes import LEVEL_NAMES, LEVEL_NUMBERS, SubjectVolumes
+from wsbench.datasets.tcia.layout import (
+    CLINICAL_FILE,
+    CLINICAL_SHEET,
+    COLLECTION,
+    IDC_COLLECTION,
+    LEVEL_COLUMNS,
+    METADATA_COLUMNS,
+    PHENOTYPE_COLUMNS,
+)
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 """Timestamp of every member of the written xlsx (zip), for byte-identical output."""

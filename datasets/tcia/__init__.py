@@ -20,15 +20,6 @@ from typing import Any, ClassVar
 
 import nibabel as nib
 import numpy as np
-from wsbench.datasets.tcia.clinical import CaseLabels, case_key, read_clinical
-from wsbench.datasets.tcia.layout import CLINICAL_FILE
-from wsbench.datasets.tcia.series import (
-    Study,
-    check_nbia_metadata,
-    find_lesion_mask,
-    lesion_on_ct_grid,
-    pair_series,
-)
 
 from wsbench.contract import (
     DatasetAdapter,
@@ -52,6 +43,15 @@ from wsbench.data.preprocess import (
 )
 from wsbench.data.splits import DEFAULT_SEED, DEFAULT_TEST_FRACTION, seeded_split
 from wsbench.data.volumes import BODY_SUBREGIONS, LEVEL_NAMES, LEVEL_NUMBERS
+from wsbench.datasets.tcia.clinical import CaseLabels, case_key, read_clinical
+from wsbench.datasets.tcia.layout import CLINICAL_FILE
+from wsbench.datasets.tcia.series import (
+    Study,
+    check_nbia_metadata,
+    find_lesion_mask,
+    lesion_on_ct_grid,
+    pair_series,
+)
 from wsbench.files import digest
 from wsbench.models.store import cache_root, sha256_file
 from wsbench.progress import progress_over

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from wsbench.datasets.tcia.layout import CLINICAL_SHEET, LEVEL_COLUMNS, PHENOTYPE_COLUMNS
 
 from wsbench.contract import Phenotype, Skipped, WeakLabel
 from wsbench.data.volumes import LEVEL_NAMES, LEVEL_NUMBERS
+from wsbench.datasets.tcia.layout import CLINICAL_SHEET, LEVEL_COLUMNS, PHENOTYPE_COLUMNS
 
 LEVEL_TOKEN = re.compile(r"([CTL])\s*(\d{1,2})(?:\s*[-–—]\s*([CTL])?\s*(\d{1,2}))?")
 """A level (``T3``, ``T 3``) or a range (``T5-T8``, ``T11-L2``, ``T5-8``) in the clinical text."""

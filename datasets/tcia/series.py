@@ -15,10 +15,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from wsbench.datasets.tcia.layout import COLLECTION
 
 from wsbench.contract import BLASTIC, Skipped
 from wsbench.data.dicom import CtVolume, SeriesInfo
+from wsbench.datasets.tcia.layout import COLLECTION
 
 LESION_SUFFIXES = (".nii.gz", ".nii")
 """File endings of a lesion mask, in the order they are looked for."""

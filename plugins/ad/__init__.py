@@ -17,10 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from wsbench.plugins.shared.dae.candidates import extract_candidates, polarity_maps
-from wsbench.plugins.shared.dae.method import DiffusionMethod
-from wsbench.plugins.shared.dae.network import DiffusionAutoencoder, to_array, to_tensor
-from wsbench.plugins.shared.dae.training import train_config
 
 from wsbench.api import (
     BLASTIC,
@@ -35,6 +31,10 @@ from wsbench.api import (
     module_device,
     torch_device,
 )
+from wsbench.plugins.shared.dae.candidates import extract_candidates, polarity_maps
+from wsbench.plugins.shared.dae.method import DiffusionMethod
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder, to_array, to_tensor
+from wsbench.plugins.shared.dae.training import train_config
 
 STORE = ModelStore(Path(__file__).parent / "weights")
 """The healthy-only DAE shipped for the default phantom, then the user cache."""

@@ -22,14 +22,6 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from skimage.filters import threshold_otsu
 from torch import nn
-from wsbench.plugins.cam.classifier import (
-    STORE,
-    ClassifierConfig,
-    ensure_classifier,
-    load_classifier,
-    model_key,
-    slices_tensor,
-)
 
 from wsbench.api import (
     Method,
@@ -38,6 +30,14 @@ from wsbench.api import (
     TrainOptions,
     VertebraSample,
     file_identity,
+)
+from wsbench.plugins.cam.classifier import (
+    STORE,
+    ClassifierConfig,
+    ensure_classifier,
+    load_classifier,
+    model_key,
+    slices_tensor,
 )
 
 TARGET_LAYER = "layer3"

@@ -19,11 +19,11 @@ from scipy.ndimage import binary_dilation, binary_fill_holes
 from scipy.special import logit as _logit
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
+
+from wsbench.api import BLASTIC, LYTIC, MIN_COMPONENT_PX, components, eroded_body, module_device
 from wsbench.plugins.shared.dae.candidates import Candidate, extract_candidates
 from wsbench.plugins.shared.dae.latent import Hyperplane
 from wsbench.plugins.shared.dae.network import Autoencoder, to_array, to_tensor
-
-from wsbench.api import BLASTIC, LYTIC, MIN_COMPONENT_PX, components, eroded_body, module_device
 
 P_TARGET = 1e-4
 """Target malignancy probability of the healthy edit (paper Table 3, ``p_healthy``)."""

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from wsbench.plugins.shared.dae.latent import LatentClassifier, encode_slices, fit_latent_classifier
-from wsbench.plugins.shared.dae.network import Autoencoder
 
 from wsbench.api import ModelKey, ModelStore, TrainingSet
+from wsbench.plugins.shared.dae.latent import LatentClassifier, encode_slices, fit_latent_classifier
+from wsbench.plugins.shared.dae.network import Autoencoder
 
 KIND = "hideseek-classifier"
 

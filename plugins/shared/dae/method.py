@@ -7,9 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
-from wsbench.plugins.shared.dae.training import TrainConfig, ensure_dae, train_config
-
 from wsbench.api import Method, ModelStore, TrainingSet, TrainOptions
+from wsbench.plugins.shared.dae.training import TrainConfig, ensure_dae, train_config
 
 
 class DiffusionMethod(Method):

@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import roc_auc_score
-from wsbench.plugins.shared.dae.latent import LatentClassifier, encode_slices, fit_latent_classifier
-from wsbench.plugins.shared.dae.network import DiffusionAutoencoder, to_array, to_tensor
 
 from wsbench.api import (
     N_CENTRAL_SLICES,
@@ -35,6 +33,8 @@ from wsbench.api import (
     subject_holdout,
     write_card,
 )
+from wsbench.plugins.shared.dae.latent import LatentClassifier, encode_slices, fit_latent_classifier
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder, to_array, to_tensor
 
 EVAL_STEPS = (20, 20)
 """(stochastic encode, decode) DDIM steps of the quality report: Hide-and-Seek's default."""

@@ -36,8 +36,6 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from wsbench.plugins.shared.dae.network import DAEConfig, DiffusionAutoencoder, config_named
-from wsbench.plugins.shared.dae.quality import EVAL_STEPS, evaluate_and_card
 
 from wsbench.api import (
     HU_WINDOW,
@@ -56,6 +54,8 @@ from wsbench.api import (
     torch_device,
     write_card,
 )
+from wsbench.plugins.shared.dae.network import DAEConfig, DiffusionAutoencoder, config_named
+from wsbench.plugins.shared.dae.quality import EVAL_STEPS, evaluate_and_card
 
 VERSION = 1
 FINAL_STATE = ".state"

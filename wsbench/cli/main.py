@@ -7,6 +7,7 @@ name; one that fails to import is left out with a warning, never stopping the ot
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated
 
@@ -332,3 +333,4 @@ def methods(
             settings = parameter_table("training settings (wsbench train -t)",
                                        cls.train_settings(), type_hints(cls.train))  # fmt: skip
             console.print(settings)
+            console.print(inspect.cleandoc(cls.train.__doc__ or ""))

@@ -1,6 +1,9 @@
 """Hide-and-Seek on the authors' real malignant vertebra, with the phantom-trained DAE.
 
-    python benchmarks/hideseek_real_sample.py [--real ../shared/data/real] [--dataset phantom]
+Usage:
+
+    python benchmarks/experiment.py hideseek-real-sample [--real ../shared/data/real] \
+        [--dataset phantom] [--p-target 1e-16]
 
 The crop ``hideseek_sample_ct.nii.gz`` (64³, the authors' normalised units) goes through the
 in-house adapter's Hide-and-Seek-manifest path — a one-row manifest in a temporary folder —
@@ -10,8 +13,9 @@ CT they are out of distribution. The method runs twice, with the blastic hint (t
 finds blastic foci here) and with the mixed hint (both polarities scored); the gate is off so
 that the candidates are always scored, and ``c(z)`` is reported. ``--p-target`` changes the
 Eq. (1) target (the paper's 1e-4 is the default; the method refuses a vertebra whose ``c(z)``
-is already below it, and so does this script, saying so). It prints every candidate and
-writes docs/figures/hideseek_real_sample.png: input, healthy edit, |input − healthy edit|, the
+is already below it, and so does this experiment, saying so). Without the real-data folder it
+says so and is skipped. It prints every candidate and writes
+docs/figures/hideseek_real_sample.png: input, healthy edit, |input − healthy edit|, the
 candidates of each run (blastic blue, lytic red; solid = kept, dotted = dropped; Δ written on
 each), the method's output (image boundaries included) after the harness's post-processing
 (blastic yellow, lytic orange), and Δ per candidate against τ.
@@ -26,19 +30,19 @@ from typing import Annotated
 
 import numpy as np
 import pandas as pd
-import torch
 import typer
-from wsbench.plugins.hideseek import Attribution, HideAndSeek, dae_checkpoint
-from wsbench.plugins.hideseek.attribution import P_TARGET
-from wsbench.plugins.shared.dae.training import reconstruct_slices, similarity
 
 from wsbench.contract import BLASTIC, LYTIC, Phenotype, PreparedVertebra
 from wsbench.data.intensity import HU_WINDOW, hu_to_unit, unit_to_hu
+from wsbench.datasets.inhouse import InHouseDataset
 from wsbench.harness.postprocess import postprocess
-from wsbench.harness.runner import RunConfig, prepare_dataset
-from wsbench.models.store import cache_root
+from wsbench.plugins.hideseek import Attribution, HideAndSeek
+from wsbench.plugins.hideseek.attribution import P_TARGET
+from wsbench.plugins.shared.dae.quality import reconstruct_slices, similarity
 
-ROOT = Path(__file__).resolve().parents[1]
+from .common import FIGURES, REAL, dae_path, fitted, prepared, pyplot, require, save_figure, threads
+
+SAMPLE = ("hideseek_sample_ct.nii.gz", "hideseek_sample_seg.nii.gz")
 COLOURS = {LYTIC: "red", BLASTIC: "blue"}
 RESULT_COLOURS = {BLASTIC: "yellow", LYTIC: "orange"}
 NAMES = {LYTIC: "lytic", BLASTIC: "blastic"}
@@ -48,17 +52,15 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 
 def real_vertebra(real: Path) -> PreparedVertebra:
-    """The sample as the in-house adapter prepares a one-row Hide-and-Seek manifest."""
-    image, seg = real / "hideseek_sample_ct.nii.gz", real / "hideseek_sample_seg.nii.gz"
-    for path in (image, seg):
-        if not path.exists():
-            raise typer.BadParameter(f"{path} not found: pass --real with the shared data folder")
+    """The sample as the in-house adapter prepares a one-row Hide-and-Seek manifest (prepared
+    in a temporary folder, so nothing is left in the cache)."""
+    image, seg = (real / name for name in SAMPLE)
     with tempfile.TemporaryDirectory() as folder:
         manifest = Path(folder) / "manifest.csv"
         row = {"image": image, "seg_msk": seg, "label": "malignant", "phenotype": "blastic",
                "split": "test"}  # fmt: skip
         pd.DataFrame([row]).to_csv(manifest, index=False)
-        _, data = prepare_dataset(RunConfig("hideseek", "inhouse", root=str(manifest)))
+        data = InHouseDataset(root=manifest, cache_dir=Path(folder) / "cache").prepare()
     if len(data.vertebrae) != 1:
         raise RuntimeError(f"the manifest adapter skipped the sample: {data.skipped}")
     return data.vertebrae[0]
@@ -112,12 +114,8 @@ def draw(
     out: Path,
 ) -> None:
     """The overlay figure described in the module docstring (images in HU); ``reference`` names
-    the image ``D`` is taken against (the method's ``reference`` parameter)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    the image ``D`` is taken against (the method's ``reference``)."""
+    plt = pyplot()
     first = results[HINTS[0]]
     base, healthy = unit_to_hu(first.image), unit_to_hu(first.healthy)
     sample = vertebra.sample()
@@ -173,31 +171,28 @@ def draw(
     fig.suptitle("Hide-and-Seek on the authors' real malignant vertebra with the PHANTOM-trained "
                  "DAE and latent classifier (out of distribution), gate off")  # fmt: skip
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out)
 
 
 @app.command()
 def main(
-    real: Annotated[Path, typer.Option(help="shared real-data folder")] = ROOT.parent
-    / "shared/data/real",
+    real: Annotated[Path, typer.Option(help="shared real-data folder")] = REAL,
     dataset: Annotated[str, typer.Option(help="dataset the DAE and classifier belong to")] = (
         "phantom"
     ),
     checkpoint: Annotated[Path | None, typer.Option(help="DAE (default: the dataset's)")] = None,
     p_target: Annotated[float, typer.Option(help="Eq. (1) target (paper: 1e-4)")] = P_TARGET,
-    out: Annotated[Path, typer.Option(help="figure")] = ROOT
-    / "docs/figures/hideseek_real_sample.png",
+    out: Annotated[Path, typer.Option(help="figure")] = FIGURES / "hideseek_real_sample.png",
 ) -> None:
     """Run Hide-and-Seek (blastic and mixed hints) on the real sample; print and draw it."""
-    torch.set_num_threads(1)
+    require(real, SAMPLE, "the real-sample experiment")
+    threads(1)
     vertebra = real_vertebra(real)
-    _, data = prepare_dataset(RunConfig("hideseek", dataset))
-    path = checkpoint or dae_checkpoint(data.training_set())
+    data = prepared(dataset)
+    path = dae_path(data, checkpoint)
     card = path.with_suffix(".json")
     card_ssim = json.loads(card.read_text()).get("ssim_mean") if card.exists() else None
-    loaded = HideAndSeek(checkpoint=str(path))
-    loaded.fit(data.training_set(), cache_root() / "work" / HideAndSeek.name)
+    loaded = fitted(data, path)
     method = HideAndSeek.from_parts(
         loaded.dae, loaded.classifier, only_malignant=False, p_target=p_target
     )
@@ -207,7 +202,7 @@ def main(
           "(5/50/95 %)")  # fmt: skip
     results, finals, rows = {}, {}, []
     for hint in HINTS:
-        result = method.attribute(sample.image[None], sample.body_mask[None], hint)
+        result = method.attribute(sample.image, sample.body_mask, hint)
         if result.image is None:
             print(f"not attributed: c(z) = {result.p_orig:.2e} <= p_target = {p_target:.0e} "
                   "(Eq. 1 would move z towards malignancy); pass --p-target below c(z) to see "
@@ -229,8 +224,3 @@ def main(
           f"{ssim[0]:.3f}, PSNR {psnr[0]:.1f} dB (the DAE card's phantom test mean: SSIM "
           f"{card_ssim})")  # fmt: skip
     draw(vertebra, recon[0], results, finals, method.reference, out)
-    print(f"wrote {out}")
-
-
-if __name__ == "__main__":
-    app()

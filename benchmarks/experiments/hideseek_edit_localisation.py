@@ -1,6 +1,9 @@
 """Does the healthy edit of Eq. (1) remove the lesions, and only them? Held-out training subjects.
 
-    python benchmarks/hideseek_edit_localisation.py [DAE.pt ...] [--p-target P] [--steps S D]
+Usage:
+
+    python benchmarks/experiment.py hideseek-edit-localisation [DAE.pt ...] [--p-target P] \
+        [--steps S D] [--vertebrae N]
 
 Hide-and-Seek needs a healthy edit ``I_healthy`` that differs from the image *on the lesions*:
 brighter where bone was destroyed (lytic), darker where it was added (blastic). This measures it
@@ -8,10 +11,11 @@ directly with the phantom's lesion masks, which no method sees. Per DAE (default
 
 * the latent classifier is fitted exactly as the method fits it (standardised ``z_sem``, C by
   grouped CV) on the labelled training vertebrae of the subjects the DAE quality report keeps
-  (:func:`wsbench.plugins.shared.dae.training.latent_auc_split`); its held-out AUC is printed;
-* on the held-out subjects' malignant vertebrae (mid slices; the method's default DDIM steps
-  unless ``--steps``) each ``z`` is edited to ``p_target`` (the method's 1e-4 unless
-  ``--p-target``); ``R = decode(x_T, z)``, ``H = decode(x_T, z_healthy)``;
+  (``wsbench.plugins.shared.dae.quality.latent_auc_split``); its held-out AUC is printed;
+* on the held-out subjects' malignant vertebrae with a lesion on the mid slice (all of them, or
+  the first ``--vertebrae`` for a quick look; the method's default DDIM steps unless
+  ``--steps``) each ``z`` is edited to ``p_target`` (the method's 1e-4 unless ``--p-target``);
+  ``R = decode(x_T, z)``, ``H = decode(x_T, z_healthy)``;
 * over body pixels, the ROC-AUC with which each signed map finds lytic pixels (``H − I`` and the
   edit alone ``H − R``) and blastic pixels (``I − H``, ``R − H``), each against non-lesion body
   pixels; the reconstruction error (``R − I``, ``I − R``) is the no-edit reference;
@@ -33,14 +37,17 @@ import pandas as pd
 import torch
 import typer
 from sklearn.metrics import roc_auc_score
-from wsbench.plugins.hideseek import DEFAULT_STEPS, dae_checkpoint
-from wsbench.plugins.hideseek.attribution import P_TARGET, healthy_latent
-from wsbench.plugins.hideseek.latent_classifier import encode_slices
-from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
-from wsbench.plugins.shared.dae.training import holdout_classifier, latent_auc_split, mid_slices
 
-from wsbench.contract import BLASTIC, LYTIC, N_CENTRAL_SLICES, Split, WeakLabel
-from wsbench.harness.runner import RunConfig, prepare_dataset
+from wsbench.contract import BLASTIC, LYTIC, PreparedDataset, Split, WeakLabel
+from wsbench.plugins.hideseek import HideAndSeek
+from wsbench.plugins.hideseek.attribution import P_TARGET, healthy_latent
+from wsbench.plugins.shared.dae.latent import encode_slices
+from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
+from wsbench.plugins.shared.dae.quality import holdout_classifier, latent_auc_split, mid_slices
+
+from .common import MID, dae_path, prepared, threads
+
+DEFAULT_STEPS = (HideAndSeek().steps_stochastic, HideAndSeek().steps_decode)
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -63,10 +70,15 @@ def pixel_auc(score: np.ndarray, lesions: np.ndarray, body: np.ndarray, label: i
 
 
 def localisation(
-    dae: DiffusionAutoencoder, data, p_target: float, steps: tuple[int, int]
+    dae: DiffusionAutoencoder,
+    data: PreparedDataset,
+    p_target: float,
+    steps: tuple[int, int],
+    limit: int | None = None,
 ) -> dict[str, float]:
-    """One row of the table for ``dae`` on ``data`` (a prepared dataset): edits to ``p_target``,
-    ``steps`` = (stochastic encoding, decoding) DDIM steps."""
+    """One row of the table for ``dae`` on ``data``: edits to ``p_target``, ``steps`` =
+    (stochastic encoding, decoding) DDIM steps, on the first ``limit`` held-out malignant
+    vertebrae (all when ``None``)."""
     fit, held = latent_auc_split(data.training_set(), 0)
     classifier, auc = holdout_classifier(dae, fit, held)
     plane = classifier.plane
@@ -75,10 +87,10 @@ def localisation(
         v
         for v in data.split(Split.TRAIN)
         if v.key in held_keys and v.label == WeakLabel.MALIGNANT and v.reference.any()
-    ]
+    ][:limit]
     image = mid_slices(prepared)
     lesions = np.stack([v.reference for v in prepared])
-    body = np.stack([v.body[N_CENTRAL_SLICES // 2] for v in prepared]).astype(bool)
+    body = np.stack([v.body[MID] for v in prepared]).astype(bool)
     z = encode_slices(dae, image)
     with torch.inference_mode():
         x = torch.from_numpy(dae.to_unit(image)).unsqueeze(1)
@@ -114,22 +126,19 @@ def main(
     steps: Annotated[
         tuple[int, int], typer.Option(help="DDIM steps: stochastic encoding, decoding")
     ] = DEFAULT_STEPS,
+    vertebrae: Annotated[
+        int | None, typer.Option(help="first held-out malignant vertebrae only (default: all)")
+    ] = None,
 ) -> None:
     """Print one localisation row per DAE."""
-    torch.set_num_threads(1)
-    _, data = prepare_dataset(RunConfig("hideseek", dataset))
-    paths = checkpoints or [dae_checkpoint(data.training_set().labelled())]
+    threads(1)
+    data = prepared(dataset)
+    paths = checkpoints or [dae_path(data)]
     rows = []
     for path in paths:
-        row = {
-            "DAE": path.name,
-            **localisation(DiffusionAutoencoder.load(path).eval(), data, p_target, steps),
-        }
+        dae = DiffusionAutoencoder.load(path)
+        row = {"DAE": path.name, **localisation(dae, data, p_target, steps, vertebrae)}
         rows.append(row)
         print(pd.Series(row).to_string(), flush=True)
     print(f"{steps[0]}/{steps[1]} DDIM steps; p_target {p_target}")
     print(pd.DataFrame(rows).round(3).T.to_string(header=False))
-
-
-if __name__ == "__main__":
-    app()

@@ -1,42 +1,52 @@
 """Phantom realism: trabecular, cortical and disc HU, phantom vs the real TPTBox lumbar CT.
 
-    python benchmarks/phantom_realism.py [--subjects 12] [--seed 0]
+Usage:
+
+    python benchmarks/experiment.py phantom-realism [--subjects 12] [--seed 0]
 
 Trabecular = corpus (subregion 50) without lesions or mimics; cortical = corpus border (49);
 disc = subregion 100 in the phantom and, in the real sample (which has no disc label), the
-voxels between two consecutive vertebral bodies along the cranio-caudal axis. Prints the 5th,
-25th, 50th, 75th and 95th percentiles and writes ``docs/figures/phantom_realism.png`` (two
-histograms per tissue, side by side).
+voxels between two consecutive vertebral bodies along the cranio-caudal axis. The phantom
+subjects are rendered afresh (nothing is written to the cache). Prints the 5th, 25th, 50th, 75th
+and 95th percentiles and writes ``docs/figures/phantom_realism.png`` (two histograms per tissue,
+side by side). Without the real sample it says so and is skipped.
 """
 
 from __future__ import annotations
 
-import argparse
 from itertools import pairwise
 from pathlib import Path
+from typing import Annotated
 
 import nibabel as nib
 import numpy as np
+import typer
+
+from wsbench.data.volumes import BODY_SUBREGIONS, DISC_SUBREGION
 from wsbench.datasets.phantom.generate import render_subject
 from wsbench.datasets.phantom.plan import PhantomOptions, plan_subject
 
-from wsbench.data.volumes import BODY_SUBREGIONS, DISC_SUBREGION
+from .common import FIGURES, TPTBOX, pyplot, require, save_figure
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "tptbox"
-FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "phantom_realism.png"
 TISSUES = ("trabecular", "cortical", "disc")
 PERCENTILES = (5, 25, 50, 75, 95)
+TPTBOX_FILES = (
+    "sub-ct_label-22_ct.nii.gz",
+    "sub-ct_seg-vert_label-22_msk.nii.gz",
+    "sub-ct_seg-subreg_label-22_msk.nii.gz",
+)
+
+app = typer.Typer(add_completion=False, help=__doc__)
 
 
-def real_samples() -> dict[str, np.ndarray]:
+def real_samples(folder: Path) -> dict[str, np.ndarray]:
     """HU of the three tissues in the real TPTBox sample (reoriented to RAS)."""
 
     def load(name: str) -> np.ndarray:
-        return np.asarray(nib.as_closest_canonical(nib.load(REAL / name)).dataobj)
+        return np.asarray(nib.as_closest_canonical(nib.load(folder / name)).dataobj)
 
-    ct = load("sub-ct_label-22_ct.nii.gz").astype(np.float32)
-    vert = load("sub-ct_seg-vert_label-22_msk.nii.gz")
-    subreg = load("sub-ct_seg-subreg_label-22_msk.nii.gz")
+    ct, vert, subreg = (load(name) for name in TPTBOX_FILES)
+    ct = ct.astype(np.float32)
     body = np.isin(subreg, BODY_SUBREGIONS)
     disc = np.zeros(ct.shape, bool)
     levels = sorted(int(n) for n in np.unique(vert) if n)
@@ -64,26 +74,9 @@ def phantom_samples(options: PhantomOptions, subjects: int) -> dict[str, np.ndar
     return {t: np.concatenate(v).astype(np.float32) for t, v in found.items()}
 
 
-def main() -> None:
-    """Compute, print and plot."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=FIGURE)
-    args = parser.parse_args()
-    real = real_samples()
-    phantom = phantom_samples(PhantomOptions(seed=args.seed), args.subjects)
-    print("tissue      source    " + "  ".join(f"p{p:<4d}" for p in PERCENTILES))
-    for tissue in TISSUES:
-        for name, values in (("real", real[tissue]), ("phantom", phantom[tissue])):
-            cells = "  ".join(f"{v:5.0f}" for v in np.percentile(values, PERCENTILES))
-            print(f"{tissue:11s} {name:8s}  {cells}")
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw(real: dict[str, np.ndarray], phantom: dict[str, np.ndarray], subjects: int, out: Path):
+    """Two histograms per tissue (real above, phantom below), 5th/50th/95th percentiles dashed."""
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(11, 5.5), sharex="col")
     for col, tissue in enumerate(TISSUES):
         low = min(np.percentile(real[tissue], 0.5), np.percentile(phantom[tissue], 0.5))
@@ -91,7 +84,7 @@ def main() -> None:
         bins = np.linspace(low, high, 60)
         for row, (name, values, colour) in enumerate(
             (("real TPTBox L2–L4 (1.5 mm)", real[tissue], "tab:gray"),
-             (f"phantom ({args.subjects} subjects)", phantom[tissue], "tab:orange"))
+             (f"phantom ({subjects} subjects)", phantom[tissue], "tab:orange"))
         ):  # fmt: skip
             ax = axes[row, col]
             ax.hist(values, bins=bins, color=colour, density=True)
@@ -101,10 +94,22 @@ def main() -> None:
             ax.set_yticks([])
         axes[1, col].set_xlabel("HU (dashed: 5th, 50th, 95th percentile)")
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"saved {args.out}")
+    save_figure(fig, out)
 
 
-if __name__ == "__main__":
-    main()
+@app.command()
+def main(
+    subjects: Annotated[int, typer.Option(min=1, help="phantom subjects rendered")] = 12,
+    seed: Annotated[int, typer.Option(help="phantom seed")] = 0,
+    tptbox: Annotated[Path, typer.Option(help="the real TPTBox sample's folder")] = TPTBOX,
+    out: Annotated[Path, typer.Option(help="figure")] = FIGURES / "phantom_realism.png",
+) -> None:
+    """Print tissue HU percentiles of the real sample and the phantom; draw the histograms."""
+    real = real_samples(require(tptbox, TPTBOX_FILES, "the realism comparison", "--tptbox"))
+    phantom = phantom_samples(PhantomOptions(seed=seed), subjects)
+    print("tissue      source    " + "  ".join(f"p{p:<4d}" for p in PERCENTILES))
+    for tissue in TISSUES:
+        for name, values in (("real", real[tissue]), ("phantom", phantom[tissue])):
+            cells = "  ".join(f"{v:5.0f}" for v in np.percentile(values, PERCENTILES))
+            print(f"{tissue:11s} {name:8s}  {cells}")
+    draw(real, phantom, subjects, out)

@@ -1,6 +1,8 @@
 """How visible are the phantom's lesions? Contrast against the bone around them, per polarity.
 
-    python benchmarks/phantom_lesion_contrast.py [--split train] [--ring-px 4]
+Usage:
+
+    python benchmarks/experiment.py phantom-lesion-contrast [--split train] [--ring-px 4]
 
 On the mid-sagittal slice of every malignant vertebra of the prepared default phantom (the
 split's), each polarity's lesion pixels inside the body (at least 10) are compared with a ring
@@ -19,8 +21,9 @@ import numpy as np
 import typer
 from scipy.ndimage import binary_dilation
 
-from wsbench.contract import BLASTIC, LYTIC, N_CENTRAL_SLICES, PreparedVertebra, Split
-from wsbench.harness.runner import RunConfig, prepare_dataset
+from wsbench.contract import BLASTIC, LYTIC, PreparedVertebra, Split
+
+from .common import MID, prepared
 
 MIN_PX = 10
 PERCENTILES = (10, 25, 50, 75, 90)
@@ -33,9 +36,8 @@ def lesion_contrast(
 ) -> tuple[float, int, float] | None:
     """``(lesion − ring mean HU, lesion pixels, ring HU SD)`` of one polarity on the mid slice;
     ``None`` when the lesion or its ring has fewer than :data:`MIN_PX` pixels."""
-    mid = N_CENTRAL_SLICES // 2
-    image, body = vertebra.slices[mid], vertebra.body[mid].astype(bool)
-    lesions = vertebra.lesions[mid]
+    image, body = vertebra.slices[MID], vertebra.body[MID].astype(bool)
+    lesions = vertebra.lesions[MID]
     lesion = (lesions == label) & body
     ring = binary_dilation(lesion, iterations=ring_px) & body & (lesions == 0)
     if lesion.sum() < MIN_PX or ring.sum() < MIN_PX:
@@ -46,12 +48,13 @@ def lesion_contrast(
 
 @app.command()
 def main(
-    split: Annotated[str, typer.Option(help="Split of the default phantom.")] = "train",
-    ring_px: Annotated[int, typer.Option(min=1, help="Ring width around a lesion (px).")] = 4,
+    split: Annotated[Split, typer.Option(help="split of the dataset")] = Split.TRAIN,
+    ring_px: Annotated[int, typer.Option(min=1, help="ring width around a lesion (px)")] = 4,
+    dataset: Annotated[str, typer.Option(help="registered dataset with lesion masks")] = "phantom",
 ) -> None:
     """Print lesion contrast percentiles per polarity."""
-    _, data = prepare_dataset(RunConfig("otsu", "phantom"))
-    malignant = [v for v in data.split(Split(split)) if v.lesions is not None and v.phenotype]
+    data = prepared(dataset)
+    malignant = [v for v in data.split(split) if v.lesions is not None and v.phenotype]
     for label, name in ((LYTIC, "lytic"), (BLASTIC, "blastic")):
         rows = [r for v in malignant if (r := lesion_contrast(v, label, ring_px)) is not None]
         if not rows:
@@ -64,7 +67,3 @@ def main(
             f"{name}: {len(rows)} vertebrae; contrast HU (p{levels}) {pct}; median area "
             f"{np.median(area):.0f} px; median ring SD {np.median(ring_sd):.0f} HU"
         )
-
-
-if __name__ == "__main__":
-    app()

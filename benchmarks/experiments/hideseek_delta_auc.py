@@ -1,9 +1,12 @@
 """Does Δ separate true from false Hide-and-Seek candidates better than c(z_hide)? (paper A.4.2)
 
-    python benchmarks/hideseek_delta_auc.py [RUN_DIR] [--bootstrap 2000]
+Usage:
 
-Reads a finished ``wsbench run --method hideseek`` directory (default: the run the leaderboard
-publishes for ``runs/phantom``: the one its bench recorded, else the newest finished one). Every
+    python benchmarks/experiment.py hideseek-delta-auc [RUN_DIR] [--bootstrap 2000]
+
+Reads a finished ``wsbench run --method hideseek`` (or ``hideseek-ungated``) directory (default:
+the Hide-and-Seek run published under ``leaderboard/runs/phantom``, else the run the bench
+recorded under ``--runs``, else the newest finished one there). Every
 scored candidate is a row of ``lesions.csv`` with ``score`` = Δ (Eq. 3), ``c_hide`` = the classifier
 probability of the image revealing only that candidate, and ``overlaps_reference`` = whether it
 touches a reference lesion of its own polarity (the true/false label). Per candidate polarity it
@@ -30,20 +33,25 @@ import typer
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from wsbench.contract import BLASTIC, LYTIC
-from wsbench.report.leaderboard import published_runs
+from wsbench.report.leaderboard import published_runs, read_run
 
-ROOT = Path(__file__).resolve().parents[1]
+from .common import FIGURES, ROOT, pyplot, save_figure
+
+PUBLISHED = ROOT / "leaderboard" / "runs" / "phantom"
 POLARITIES = {"lytic": (LYTIC,), "blastic": (BLASTIC,), "both": (LYTIC, BLASTIC)}
 SCORES = {"Δ": "score", "c(z_hide)": "c_hide", "c(z)": "c_z"}
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-def published_run(dataset_dir: Path) -> Path:
-    """The Hide-and-Seek run the leaderboard publishes for ``dataset_dir``."""
-    run = published_runs(dataset_dir).get("hideseek")
+def published_run(dataset_dir: Path, method: str = "hideseek") -> Path:
+    """The ``method`` run published for ``dataset_dir``: a finished run directory named after the
+    method (the leaderboard's copies), else the run its bench recorded or the newest finished
+    one."""
+    direct = read_run(dataset_dir / method) if (dataset_dir / method).is_dir() else None
+    run = direct or (published_runs(dataset_dir).get(method) if dataset_dir.is_dir() else None)
     if run is None:
-        raise typer.BadParameter(f"no finished hideseek run under {dataset_dir}")
+        raise typer.BadParameter(f"no finished {method} run under {dataset_dir}")
     return run.run_dir
 
 
@@ -89,11 +97,7 @@ def bootstrap_aucs(
 
 def draw(scopes: dict[str, pd.DataFrame], out: Path, title: str) -> None:
     """ROC curves of the :data:`SCORES`: one row per scope of vertebrae, one panel per polarity."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(len(scopes), len(POLARITIES), figsize=(13, 4.2 * len(scopes)),
                              squeeze=False)  # fmt: skip
     for row, (scope, table) in zip(axes, scopes.items(), strict=True):
@@ -113,22 +117,20 @@ def draw(scopes: dict[str, pd.DataFrame], out: Path, title: str) -> None:
             ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out, dpi=100)
 
 
 @app.command()
 def main(
     run_dir: Annotated[Path | None, typer.Argument(help="finished hideseek run")] = None,
-    runs: Annotated[Path, typer.Option(help="dataset folder of runs to read")] = ROOT
-    / "runs/phantom",
+    runs: Annotated[Path, typer.Option(help="dataset folder of runs to read")] = PUBLISHED,
+    method: Annotated[str, typer.Option(help="which published run to read")] = "hideseek",
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples of vertebrae")] = 2000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
-    out: Annotated[Path, typer.Option(help="ROC figure")] = ROOT
-    / "docs/figures/hideseek_delta_auc.png",
+    out: Annotated[Path, typer.Option(help="ROC figure")] = FIGURES / "hideseek_delta_auc.png",
 ) -> None:
     """Print ROC-AUC of Δ, c(z_hide) and c(z) per candidate polarity; draw the ROC curves."""
-    run_dir = run_dir or published_run(runs)
+    run_dir = run_dir or published_run(runs, method)
     table = candidates_of(run_dir)
     print(f"run {run_dir}: {len(table)} scored candidates in "
           f"{table['vertebra'].nunique()} vertebrae")  # fmt: skip
@@ -148,8 +150,3 @@ def main(
             print(f"| {name} | {scope} | {len(part)} | {int(part['truth'].sum())} | "
                   + " | ".join(cells) + " |")  # fmt: skip
     draw(scopes, out, f"Δ vs c(z_hide) and c(z) for true/false candidates — {run_dir.name}")
-    print(f"wrote {out}")
-
-
-if __name__ == "__main__":
-    app()

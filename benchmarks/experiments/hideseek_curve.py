@@ -1,32 +1,50 @@
-"""Hide-and-Seek speed/accuracy curve (issue 7, item 2): DDIM steps × Instance Dice × seconds.
+"""Hide-and-Seek speed/accuracy curve: DDIM steps × Detection F1 / Instance Dice × seconds.
 
-    python benchmarks/hideseek_curve.py measure --settings 20/20,50/50,100/20 --vertebrae 60
-    python benchmarks/hideseek_curve.py measure --settings 100/20 -p projection=invert
-    python benchmarks/hideseek_curve.py measure --settings faithful --vertebrae 8
-    python benchmarks/hideseek_curve.py measure --settings 20/20 --vertebrae 60 --healthy 60
-    python benchmarks/hideseek_curve.py report docs/figures/hideseek_curve_<DAE stem>.csv
-    python benchmarks/hideseek_curve.py edit        # how large the Eq. (1) edit is, per steps
+Usage:
 
-Rows go to one CSV per DAE (``--csv`` overrides). The default settings are chosen from this
-curve, so it is measured on the **training** split, never the test split: a fixed, seeded subset
-of malignant training vertebrae with a lesion on the mid slice (the phantom's training vertebrae
-have lesion masks on disk; they are read here only for this measurement, never by the method).
-``--vertebrae k`` takes the first ``k`` of one seeded order (after ``--offset``, which extends a
-measured subset without repeating it), so a smaller faithful run uses the same vertebrae as the
-first ``k`` of a batched run. ``--healthy k`` adds the first ``k`` healthy training vertebrae of
-another seeded order: their false-positive lesions (``fp``, ``fp_gated``) give the table's
-``fp_per_healthy`` columns; every other column of the table is over malignant vertebrae only.
+    python benchmarks/experiment.py hideseek-curve measure --settings 20/20,50/50 --vertebrae 60
+    python benchmarks/experiment.py hideseek-curve measure --settings faithful --vertebrae 8
+    python benchmarks/experiment.py hideseek-curve measure --settings 20/20 --vertebrae 60 \\
+        --healthy 60 -p min_candidate_px=40
+    python benchmarks/experiment.py hideseek-curve measure --variant paper --settings 100/20
+    python benchmarks/experiment.py hideseek-curve report docs/figures/hideseek_curve_<DAE>.csv
+    python benchmarks/experiment.py hideseek-curve edit   # size of the Eq. (1) edit, per steps
+
+The default step counts, candidate-size prior (``min_candidate_px``) and outline redrawing
+(``boundary_px``) are chosen from this curve, so it is measured on the **training** split, never
+the test split: a fixed, seeded subset of malignant training vertebrae with a lesion on the mid
+slice (the phantom's training vertebrae have lesion masks on disk; they are read here only for
+this measurement, never by the method). ``--vertebrae k`` takes the first ``k`` of one seeded
+order (after ``--offset``, which extends a measured subset, or draws a disjoint one to confirm a
+choice), so a smaller faithful run uses the first ``k`` vertebrae of a larger one. ``--healthy
+k`` adds the first ``k`` healthy training vertebrae of another seeded order: their false
+positives give the ``fp_per_healthy`` columns; every other column is over malignant vertebrae.
 Each vertebra gets its patient's phenotype hint, as in a run.
 
-Every vertebra goes through the harness's own code: ``wsbench.harness.runner.segment_vertebra``
-(method, output validation, post-processing) under the runner's per-vertebra seed, scored by
-``wsbench.harness.runner.case_record`` (``wsbench.harness.evaluation.evaluate_case``: Detection F1
-``f1``, Instance Dice ``sq``). The gate (``c(z) ≥ 0.5``) is turned off so that every vertebra is
-segmented and timed; ``*_gated`` columns give what the default gate would have scored (an empty
-prediction when ``c(z) < 0.5``). ``measure`` merges its rows into the CSV (one row per setting ×
-vertebra); ``report`` prints the table and draws the figure from the CSV. One torch thread
-throughout; wall and CPU seconds are both recorded (CPU time of the one-thread process is the figure
-that other jobs on a shared machine disturb least).
+A setting is ``S/D`` (stochastic-encoding / decoding DDIM steps) of the chosen ``--variant``:
+
+* ``default``: ``HideAndSeek`` (reference = the DAE's reconstruction, no projection);
+* ``paper``: ``HideAndSeekPaper`` (the input as reference, every ``I_hide`` inverted,
+  decoded and re-encoded; 5-pixel candidates, the difference map's outlines) at ``S/D`` steps,
+  batched;
+* ``input``: the default with the input as reference;
+* ``inverted``: the default with every ``I_hide`` projected (inverted, decoded, re-encoded).
+
+``faithful`` is ``HideAndSeekPaper`` exactly (250/100 steps, unbatched). Rows are named
+``S/D`` followed by every choice that differs from the paper's (``+projection=none``,
+``+reference=reconstruction``, ``+min_candidate_px=25``, ``+boundary=image``) and every ``-p``
+parameter, so the default is ``20/20+projection=none+reference=reconstruction+
+min_candidate_px=25+boundary=image``.
+
+Every vertebra goes through the harness's own code: ``segment_vertebra`` (method, output
+validation, post-processing) under the runner's per-vertebra seed, scored by ``case_record``
+(panoptica: Detection F1 ``f1``, Instance Dice ``sq``). The gate (``c(z) ≥ 0.5``) is off so that
+every vertebra is segmented and timed; ``*_gated`` columns give what the gate would have scored
+(an empty prediction when ``c(z) < 0.5``). ``measure`` merges its rows into one CSV per DAE
+(``docs/figures/hideseek_curve_<DAE stem>.csv``; ``--csv`` overrides), one row per setting ×
+vertebra; ``report`` prints the table and the paired comparison with faithful and draws the
+figure. One torch thread throughout; wall and CPU seconds are both recorded (CPU time of the
+one-thread process is the figure that other jobs on a shared machine disturb least).
 """
 
 from __future__ import annotations
@@ -40,81 +58,90 @@ import numpy as np
 import pandas as pd
 import torch
 import typer
-from wsbench.plugins.hideseek import HideAndSeek, dae_checkpoint
-from wsbench.plugins.hideseek.attribution import healthy_latent, to_tensor
-from wsbench.plugins.hideseek.latent_classifier import encode_slices
 
-from wsbench.cli.main import parse_params
-from wsbench.contract import Phenotype, PreparedVertebra, Split, WeakLabel, patient_hints
+from wsbench.contract import Phenotype, PreparedVertebra, Split, WeakLabel
 from wsbench.data.intensity import hu_to_unit, unit_to_hu
-from wsbench.harness.runner import (
-    RunConfig,
-    case_record,
-    prepare_dataset,
-    seed_everything,
-    segment_vertebra,
-    vertebra_seed,
+from wsbench.harness.params import method_params
+from wsbench.harness.postprocess import MIN_COMPONENT_PX
+from wsbench.harness.runner import case_record, seed_everything, segment_vertebra, vertebra_seed
+from wsbench.plugins.hideseek import (
+    DEFAULT_BOUNDARY_PX,
+    HideAndSeek,
+    HideAndSeekPaper,
 )
-from wsbench.models.store import cache_root
+from wsbench.plugins.hideseek.attribution import healthy_latent
+from wsbench.plugins.shared.dae.latent import encode_slices
+from wsbench.plugins.shared.dae.network import to_tensor
 
-ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ROOT / "docs" / "figures"
+from .common import (
+    FIGURES,
+    dae_path,
+    fitted,
+    hints,
+    markdown,
+    prepared,
+    pyplot,
+    save_figure,
+    seeded_vertebrae,
+    threads,
+)
+
 FAITHFUL = "faithful"
 KEY = ["setting", "vertebra"]
-PAPER = {
-    "projection": "invert",
-    "reference": "input",
-    "min_candidate_px": 5,
-    "boundary": "difference",
+
+
+class InputReference(HideAndSeek):
+    """The default with the paper's reference: ``D`` and Eq. (2) against the input ``I``."""
+
+    reference = "input"
+
+
+class Inverted(HideAndSeek):
+    """The default with the paper's projection: every ``I_hide`` inverted, decoded and
+    re-encoded before it is classified."""
+
+    invert = True
+
+
+VARIANTS: dict[str, type[HideAndSeek]] = {
+    "default": HideAndSeek,
+    "paper": HideAndSeekPaper,
+    "input": InputReference,
+    "inverted": Inverted,
 }
-"""The paper's (and the authors' code's) choices where the method offers other variants."""
+"""The configurations ``measure --variant`` runs at ``S/D`` steps."""
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
-def parse_setting(text: str) -> dict[str, Any]:
-    """``faithful`` or ``S/D`` (stochastic-encoding / decoding DDIM steps) as method params."""
-    text = text.strip()
-    if text == FAITHFUL:
-        return {"faithful": True}
+def parse_steps(text: str) -> tuple[int, int]:
+    """``S/D`` as (stochastic-encoding, decoding) DDIM steps."""
     try:
-        stochastic, decode = (int(part) for part in text.split("/"))
+        stochastic, decode = (int(part) for part in text.strip().split("/"))
     except ValueError as exc:
         raise typer.BadParameter(f"setting {text!r} is neither 'faithful' nor 'S/D'") from exc
-    return {"steps_stochastic": stochastic, "steps_decode": decode}
+    return stochastic, decode
 
 
-def setting_name(method: HideAndSeek, extra: dict[str, Any]) -> str:
-    """``faithful``, or ``S/D`` followed by ``+key=value`` for every variant choice that differs
-    from the paper's (:data:`PAPER`) and every other parameter given in ``extra``."""
-    if method.faithful:
-        return FAITHFUL
-    variant = {k: getattr(method, k) for k, v in PAPER.items() if getattr(method, k) != v}
-    variant |= {k: v for k, v in extra.items() if k not in PAPER}
-    steps = f"{method.steps_stochastic}/{method.steps_decode}"
+def setting_name(method: HideAndSeek, extra: dict[str, Any], faithful: bool = False) -> str:
+    """``faithful``, or ``S/D``, followed by ``+key=value`` for every choice that differs from
+    the paper's and every other parameter given in ``extra``."""
+    variant: dict[str, Any] = {}
+    if not faithful:
+        if not method.invert:
+            variant["projection"] = "none"
+        if method.reference != "input":
+            variant["reference"] = method.reference
+        if method.min_candidate_px != MIN_COMPONENT_PX:
+            variant["min_candidate_px"] = method.min_candidate_px
+        if method.boundary_px > 0:
+            variant["boundary"] = "image"
+            if method.boundary_px != DEFAULT_BOUNDARY_PX:
+                variant["boundary_px"] = method.boundary_px
+    variant |= {k: v for k, v in extra.items() if k not in variant and k != "boundary_px"}
+    steps = FAITHFUL if faithful else f"{method.steps_stochastic}/{method.steps_decode}"
     return steps + "".join(f"+{k}={v:g}" if isinstance(v, float) else f"+{k}={v}"
                            for k, v in variant.items())  # fmt: skip
-
-
-def chosen_vertebrae(
-    data_split: list[PreparedVertebra], count: int, seed: int, label: WeakLabel
-) -> list[PreparedVertebra]:
-    """The first ``count`` vertebrae of ``label`` in a seeded order: malignant ones with a
-    mid-slice lesion, or healthy ones (with a reference map, so false positives can be counted)."""
-    eligible = sorted(
-        (v for v in data_split if v.label == label and v.reference is not None
-         and (label == WeakLabel.HEALTHY or v.reference.any())),
-        key=lambda v: v.key.id,
-    )  # fmt: skip
-    if not eligible and count:
-        raise typer.BadParameter(f"the training split has no eligible {label.value} vertebra")
-    order = np.random.default_rng(seed).permutation(len(eligible))
-    return [eligible[i] for i in order[:count]]
-
-
-def seg_input(vertebra: PreparedVertebra) -> np.ndarray:
-    """The mid slice the method sees, as a batch of one (HU)."""
-    return vertebra.sample().image[None]
 
 
 def measure_one(
@@ -126,7 +153,8 @@ def measure_one(
     seg, _ = segment_vertebra(method, vertebra, hint)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     record = case_record(vertebra, seg, True, None)
-    c_z = float(method.classifier.probability(encode_slices(method.dae, seg_input(vertebra)))[0])
+    image = vertebra.sample().image[None]
+    c_z = float(method.classifier.probability(encode_slices(method.dae, image))[0])
     seg.labels = np.zeros_like(seg.labels)
     empty = case_record(vertebra, seg, True, None)
     gated = record if c_z >= 0.5 else empty
@@ -151,11 +179,6 @@ def measure_one(
     }
 
 
-def curve_csv(checkpoint: Path) -> Path:
-    """``docs/figures/hideseek_curve_<DAE stem>.csv``: one curve per DAE."""
-    return FIGURES / f"hideseek_curve_{checkpoint.stem}.csv"
-
-
 def merge_rows(csv: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
     """The CSV's rows with ``rows`` added, replacing earlier rows of the same setting × vertebra."""
     new = pd.DataFrame(rows)
@@ -173,7 +196,10 @@ def measure(
     settings: Annotated[str, typer.Option(help="comma list of S/D step pairs or 'faithful'")] = (
         "5/5,10/10,20/20,50/50"
     ),
-    vertebrae: Annotated[int, typer.Option(help="vertebrae of the seeded subset")] = 12,
+    variant: Annotated[
+        str, typer.Option(help=f"configuration of the S/D settings: {', '.join(VARIANTS)}")
+    ] = "default",
+    vertebrae: Annotated[int, typer.Option(help="malignant vertebrae of the seeded subset")] = 12,
     healthy: Annotated[
         int, typer.Option(help="healthy vertebrae of a seeded subset, for false positives")
     ] = 0,
@@ -190,31 +216,36 @@ def measure(
         Path | None, typer.Option(help="per-vertebra results (default: named after the DAE)")
     ] = None,
 ) -> None:
-    """Time and score each setting on the seeded training subset; merge rows into ``csv``.
-
-    Settings are named by :func:`setting_name`, e.g. ``100/20+projection=none``."""
-    torch.set_num_threads(1)
-    extra = parse_params(param or [], HideAndSeek.name)
-    _, data = prepare_dataset(RunConfig("hideseek", dataset))
-    loaded = HideAndSeek(checkpoint=str(checkpoint) if checkpoint else None)
-    loaded.fit(data.training_set(), cache_root() / "work" / HideAndSeek.name)
-    csv = csv or curve_csv(checkpoint or dae_checkpoint(data.training_set()))
+    """Time and score each setting on the seeded training subset; merge rows into ``csv``."""
+    if variant not in VARIANTS:
+        raise typer.BadParameter(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
+    threads(1)
+    cls = VARIANTS[variant]
+    extra = method_params(cls, param or [])
+    data = prepared(dataset)
+    loaded = fitted(data, checkpoint)
+    csv = csv or FIGURES / f"hideseek_curve_{dae_path(data, checkpoint).stem}.csv"
     train = data.split(Split.TRAIN)
-    chosen = chosen_vertebrae(train, offset + vertebrae, seed, WeakLabel.MALIGNANT)[offset:]
-    chosen += chosen_vertebrae(train, healthy, seed, WeakLabel.HEALTHY)
-    hints = patient_hints(data.vertebrae)
+    chosen = seeded_vertebrae(train, vertebrae, seed, WeakLabel.MALIGNANT, offset)
+    chosen += seeded_vertebrae(train, healthy, seed, WeakLabel.HEALTHY)
+    patient = hints(data)
     rows = []
     for text in settings.split(","):
-        params = parse_setting(text) | {"only_malignant": False, **extra}
-        if not params.get("faithful"):
-            params["batch_size"] = batch_size
-        method = HideAndSeek.from_parts(loaded.dae, loaded.classifier, **params)
-        name = setting_name(method, extra)
+        faithful = text.strip() == FAITHFUL
+        params: dict[str, Any] = {"only_malignant": False, **extra}
+        if faithful:
+            method = HideAndSeekPaper.from_parts(loaded.dae, loaded.classifier, **params)
+        else:
+            stochastic, decode = parse_steps(text)
+            params |= {"steps_stochastic": stochastic, "steps_decode": decode,
+                       "batch_size": batch_size}  # fmt: skip
+            method = cls.from_parts(loaded.dae, loaded.classifier, **params)
+        name = setting_name(method, extra, faithful)
         for v in chosen:
             row = {"setting": name, "steps_stochastic": method.steps_stochastic,
                    "steps_decode": method.steps_decode, "batch_size": method.batch_size,
-                   **measure_one(method, v, hints[v.key.patient], seed)}  # fmt: skip
-            print(f"{name:>9} {row['vertebra']:<28} {row['seconds']:7.2f} s  "
+                   **measure_one(method, v, patient[v.key.patient], seed)}  # fmt: skip
+            print(f"{name} {row['vertebra']:<24} {row['seconds']:7.2f} s  "
                   f"{row['candidates']:3d} candidates  F1 {row['f1']:.3f}  SQ {row['sq']:.3f}  "
                   f"FP {row['fp']}", flush=True)  # fmt: skip
             rows.append(row)
@@ -227,7 +258,7 @@ def edit_diagnostics(
 ) -> dict[str, Any]:
     """How far Eq. (1) moves ``z`` and the image, and what ``D = I − I_healthy`` holds (HU)."""
     sample = vertebra.sample()
-    body, lesion = sample.body_mask, vertebra.reference > 0
+    body, lesion = sample.body_mask.astype(bool), vertebra.reference > 0
     plane = method.classifier.plane
     with torch.inference_mode():
         x = to_tensor(hu_to_unit(sample.image[None]))
@@ -259,17 +290,16 @@ def edit(
     checkpoint: Annotated[Path | None, typer.Option(help="DAE (default: the dataset's)")] = None,
 ) -> None:
     """Size of the Eq. (1) edit in latent and image space, and of ``D``, per step count."""
-    torch.set_num_threads(1)
-    _, data = prepare_dataset(RunConfig("hideseek", dataset))
-    method = HideAndSeek(checkpoint=str(checkpoint) if checkpoint else None)
-    method.fit(data.training_set(), cache_root() / "work" / HideAndSeek.name)
+    threads(1)
+    data = prepared(dataset)
+    method = fitted(data, checkpoint)
     plane = method.classifier.plane
     spread = float(np.linalg.norm(method.classifier.scale))
     print(f"classifier C {method.classifier.C}, ‖n‖ (raw z) {np.linalg.norm(plane.normal):.1f}, "
           f"latent spread ‖σ‖ {spread:.3f}")  # fmt: skip
-    steps = [tuple(int(p) for p in text.split("/")) for text in settings.split(",")]
-    rows = [edit_diagnostics(method, v, s) for v in chosen_vertebrae(
-        data.split(Split.TRAIN), vertebrae, seed, WeakLabel.MALIGNANT) for s in steps]  # fmt: skip
+    steps = [parse_steps(text) for text in settings.split(",")]
+    chosen = seeded_vertebrae(data.split(Split.TRAIN), vertebrae, seed, WeakLabel.MALIGNANT)
+    rows = [edit_diagnostics(method, v, s) for v in chosen for s in steps]
     print(markdown(pd.DataFrame(rows).set_index("vertebra")))
 
 
@@ -318,9 +348,10 @@ def variant_of(setting: str) -> str:
 
 def setting_order(setting: str) -> tuple[bool, str, int, int]:
     """Faithful last; otherwise by variant, then by stochastic and decoding steps."""
-    if setting == FAITHFUL:
-        return (True, "", 0, 0)
-    stochastic, decode = setting.partition("+")[0].split("/")
+    steps = setting.partition("+")[0]
+    if steps == FAITHFUL:
+        return (True, variant_of(setting), 0, 0)
+    stochastic, decode = steps.split("/")
     return (False, variant_of(setting), int(stochastic), int(decode))
 
 
@@ -359,21 +390,10 @@ def paired_with_faithful(table: pd.DataFrame) -> pd.DataFrame:
             "sq_diff_paired": (sq_pairs[setting] - sq_pairs[FAITHFUL]).mean(),
             "sq_pairs": len(sq_pairs),
         }
+    if not rows:
+        return pd.DataFrame()
     out = pd.DataFrame.from_dict(rows, orient="index").astype({"n": int, "sq_pairs": int})
     return out.loc[sorted(out.index, key=setting_order)]
-
-
-def markdown(table: pd.DataFrame) -> str:
-    """A Markdown table of ``table``, its index as the first column, floats to 4 digits."""
-
-    def cell(value: Any) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join([str(table.index.name or ""), *map(str, table.columns)]) + " |"]
-    lines.append("|---" * (len(table.columns) + 1) + "|")
-    for index, row in table.astype(object).iterrows():
-        lines.append("| " + " | ".join([str(index), *map(cell, row.tolist())]) + " |")
-    return "\n".join(lines)
 
 
 def draw(table: pd.DataFrame, out: Path) -> None:
@@ -381,12 +401,9 @@ def draw(table: pd.DataFrame, out: Path) -> None:
 
     Time is CPU seconds when every setting has them, else wall seconds.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+    plt = pyplot()
     column = "cpu_s" if table["cpu_s"].notna().all() else "wall_s"
     unit = "CPU" if column == "cpu_s" else "wall"
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharex=True)
@@ -413,7 +430,7 @@ def draw(table: pd.DataFrame, out: Path) -> None:
     fig.suptitle("Hide-and-Seek speed/accuracy, malignant phantom TRAINING vertebrae (gate off, "
                  "harness post-processing, panoptica)")  # fmt: skip
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out)
 
 
 @app.command()
@@ -443,12 +460,6 @@ def report(
                 f"{row['sq']:.3f} vs {row['sq_faithful']:.3f} (paired difference "
                 f"{row['sq_diff_paired']:+.3f}, {pairs} vertebrae)"
             )
-    out = out or csv.with_suffix(".png")
     if variant is not None:
         curve = curve[[name == FAITHFUL or variant_of(name) in variant for name in curve.index]]
-    draw(curve, out)
-    print(f"wrote {out}")
-
-
-if __name__ == "__main__":
-    app()
+    draw(curve, out or csv.with_suffix(".png"))

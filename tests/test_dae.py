@@ -139,7 +139,7 @@ def test_checkpoint_round_trip_keeps_outputs_and_intensity_window(tmp_path):
 
 def test_a_checkpoint_of_another_config_is_refused_with_the_fix(tmp_path):
     tiny().save(tmp_path / "dae-x.pt")
-    with pytest.raises(ValueError, match=r"config 'tiny'.*--config cpu"):
+    with pytest.raises(ValueError, match=r"config 'tiny'.*-t config=cpu"):
         DiffusionAutoencoder.load(tmp_path / "dae-x.pt", config="cpu")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a wsbench DAE checkpoint"):

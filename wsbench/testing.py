@@ -37,7 +37,7 @@ from wsbench.contract import (
     WeakLabel,
     patient_hints,
 )
-from wsbench.harness.runner import seed_everything, validate_output, vertebra_seed
+from wsbench.harness.runner import seed_everything, train_method, validate_output, vertebra_seed
 
 SIZE = 32
 """Side of the synthetic slices (pixels)."""
@@ -219,10 +219,9 @@ def check_method(
             raise AssertionError("the dataset's training view is not a TrainingSet")
         ready = True
         if method_cls.learns():
-            seed_everything(seed)
             options = TrainOptions(cache / "work", seed=seed, progress=False)
             try:
-                report.trained = method.train(training, options, **dict(train_settings or {}))
+                report.trained = train_method(method, training, options, dict(train_settings or {}))
                 method.fit(training, cache / "work")
             except Exception as exc:  # reported with the other problems
                 report.problems.append(f"train/fit: {type(exc).__name__}: {exc}")

@@ -26,6 +26,7 @@ from wsbench.contract import (
     PreparedVertebra,
     Segmentation,
     Split,
+    TrainingSet,
     TrainOptions,
     patient_hints,
 )
@@ -233,7 +234,7 @@ def workdir(method_cls: type[Method]) -> Path:
 
 
 def train_method(
-    method: Method, training: Any, options: TrainOptions, settings: dict[str, Any]
+    method: Method, training: TrainingSet, options: TrainOptions, settings: dict[str, Any]
 ) -> list[Path]:
     """Seed everything with ``options.seed`` and run the method's :meth:`Method.train`."""
     seed_everything(options.seed)

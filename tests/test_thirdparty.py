@@ -65,7 +65,7 @@ def test_the_plugin_trains_runs_and_benches_through_the_cli(installed: Path, tmp
                       "--out", str(tmp_path / "bench"))  # fmt: skip
     assert benched.returncode == 0, benched.stderr
     outcomes = json.loads((tmp_path / "bench" / "fakes-TinyDataset" / "bench.json").read_text())
-    assert outcomes["methods"]["otsu"]["status"] == "ok"
+    assert outcomes["methods"]["otsu"]["status"] == "ok", outcomes["methods"]["otsu"]
     assert outcomes["methods"]["brightest"]["status"] == "failed"  # bench used quantile 0.99
     assert "wsbench train --method brightest" in outcomes["methods"]["brightest"]["reason"]
 

@@ -35,11 +35,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def wsbench(installed: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
-    """``wsbench args`` in a fresh process that sees the installed package and the test fakes."""
+    """``wsbench args`` in a fresh process that sees the installed package and the test fakes,
+    started outside the source tree (so that ``wsbench`` is the installed one)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed), str(TESTS)]),
            "WSBENCH_CACHE": str(cache)}  # fmt: skip
     return subprocess.run([sys.executable, "-m", "wsbench", *args], capture_output=True,
-                          text=True, env=env)  # fmt: skip
+                          text=True, env=env, cwd=cache.parent)  # fmt: skip
 
 
 def test_the_plugin_trains_runs_and_benches_through_the_cli(installed: Path, tmp_path: Path):

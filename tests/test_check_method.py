@@ -13,8 +13,8 @@ from fakes import NoisyMethod
 from wsbench.contract import Method, Split, VertebraSample
 from wsbench.models.store import cache_root
 from wsbench.plugins.ad import AnomalyDetection
-from wsbench.plugins.cam import EigenCAMMethod, GradCAMMethod
-from wsbench.plugins.hideseek import HideAndSeek, HideAndSeekPaper
+from wsbench.plugins.cam import GradCAMMethod
+from wsbench.plugins.hideseek import HideAndSeek
 from wsbench.plugins.medsam import MedSAM
 from wsbench.plugins.otsu import Otsu
 from wsbench.testing import check_method, synthetic_dataset
@@ -30,10 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
     [
         (Otsu, {}, {}),
         (GradCAMMethod, {"epochs": 1}, {}),
-        (EigenCAMMethod, {"epochs": 1}, {}),
         (AnomalyDetection, DDIM, TINY_DAE),
         (HideAndSeek, {**DDIM, "only_malignant": False, "min_candidate_px": 5}, TINY_DAE),
-        (HideAndSeekPaper, {**DDIM, "only_malignant": False}, TINY_DAE),
     ],
     ids=lambda value: getattr(value, "name", None) or "",
 )

@@ -1,19 +1,24 @@
 """A third-party method package that trains (tests/thirdparty), installed with pip into a
 throw-away folder and found through its entry point: it goes through ``wsbench train``,
-``wsbench run`` and ``wsbench bench`` like a built-in, and passes ``check_method``."""
+``wsbench run`` and ``wsbench bench`` like a built-in, and passes ``check_method``. (A fresh
+process finding an installed plugin is tested in test_registry.py.)"""
 
 from __future__ import annotations
 
+import importlib
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from wsbench.cli.main import app
+from wsbench.models.store import cache_root
 from wsbench.testing import check_method
 
 TESTS = Path(__file__).resolve().parent
@@ -34,38 +39,40 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-def wsbench(installed: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
-    """``wsbench args`` in a fresh process that sees the installed package and the test fakes,
-    started outside the source tree (so that ``wsbench`` is the installed one)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed), str(TESTS)]),
-           "WSBENCH_CACHE": str(cache)}  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "wsbench", *args], capture_output=True,
-                          text=True, env=env, cwd=cache.parent)  # fmt: skip
+@pytest.fixture
+def wsbench(installed: Path, monkeypatch: pytest.MonkeyPatch):
+    """``wsbench(*args)``: the command line, in this process, with the installed package on the
+    path (its entry point is then found like any installed distribution's)."""
+    monkeypatch.syspath_prepend(str(installed))
+    importlib.invalidate_caches()
+
+    def invoke(*args: str) -> Any:
+        return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+
+    return invoke
 
 
-def test_the_plugin_trains_runs_and_benches_through_the_cli(installed: Path, tmp_path: Path):
-    cache, runs = tmp_path / "cache", tmp_path / "runs"
+def test_the_plugin_trains_runs_and_benches_through_the_cli(wsbench, tmp_path: Path):
+    runs, models = tmp_path / "runs", cache_root() / "models"
     data = ["--dataset", "fakes:TinyDataset"]
-    listed = wsbench(installed, cache, "methods")
-    assert "brightest" in listed.stdout and "wsbench-brightest" in listed.stdout
-    before = wsbench(installed, cache, "run", "--method", "brightest", *data, "--out", str(runs))
-    assert before.returncode == 1 and "wsbench train --method brightest" in before.stderr
-    trained = wsbench(installed, cache, "train", "--method", "brightest", *data,
-                      "-p", "quantile=0.95", "-t", "max_vertebrae=2")  # fmt: skip
-    assert trained.returncode == 0, trained.stderr
-    (card,) = (cache / "models").glob("brightest-*.json")
+    listed = wsbench("methods")
+    assert "brightest" in listed.output and "wsbench-brightest" in listed.output
+    before = wsbench("run", "--method", "brightest", *data, "--out", str(runs))
+    assert before.exit_code == 1 and "wsbench train --method brightest" in before.output
+    trained = wsbench("train", "--method", "brightest", *data, "-p", "quantile=0.95",
+                      "-t", "max_vertebrae=2")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    (card,) = models.glob("brightest-*.json")
     assert json.loads(card.read_text())["vertebrae"] == 2
-    ran = wsbench(installed, cache, "run", "--method", "brightest", *data, "-p", "quantile=0.95",
-                  "--out", str(runs))  # fmt: skip
-    assert ran.returncode == 0, ran.stderr
+    ran = wsbench("run", "--method", "brightest", *data, "-p", "quantile=0.95", "--out", str(runs))
+    assert ran.exit_code == 0, ran.output
     manifests = [json.loads(m.read_text()) for m in runs.glob("*/brightest/*/manifest.json")]
     (record,) = [m for m in manifests if m["finished"]]  # the run before training never got far
     assert record["method"]["params"] == {"quantile": 0.95}
     assert record["method"]["models"]["threshold"].startswith(card.stem)
-    benched = wsbench(installed, cache, "bench", *data, "--methods", "brightest,otsu",
-                      "--out", str(tmp_path / "bench"))  # fmt: skip
-    assert benched.returncode == 0, benched.stderr
-    outcomes = json.loads((tmp_path / "bench" / "fakes-TinyDataset" / "bench.json").read_text())
+    benched = wsbench("bench", *data, "--methods", "brightest,otsu", "--out", str(tmp_path / "b"))
+    assert benched.exit_code == 0, benched.output
+    outcomes = json.loads((tmp_path / "b" / "fakes-TinyDataset" / "bench.json").read_text())
     assert outcomes["methods"]["otsu"]["status"] == "ok", outcomes["methods"]["otsu"]
     assert outcomes["methods"]["brightest"]["status"] == "failed"  # bench used quantile 0.99
     assert "wsbench train --method brightest" in outcomes["methods"]["brightest"]["reason"]

@@ -95,10 +95,11 @@ def direction_key(values: np.ndarray, direction: str) -> np.ndarray:
 
 
 def ranks(means: np.ndarray, direction: str) -> np.ndarray:
-    """Rank of each mean (1 = best, ties share the lowest rank, NaN ranks last)."""
+    """Rank of each mean along the last axis (1 = best, ties share the lowest rank, NaN ranks
+    last)."""
     key = direction_key(np.asarray(means, dtype=float), direction)
     key = np.where(np.isnan(key), np.inf, key)
-    return rankdata(key, method="min").astype(float)
+    return rankdata(key, method="min", axis=-1).astype(float)
 
 
 def metric_matrix(runs: dict[str, MethodRun], category: str, metric: str) -> pd.DataFrame:
@@ -113,24 +114,21 @@ def metric_matrix(runs: dict[str, MethodRun], category: str, metric: str) -> pd.
 
 
 def bootstrap(matrix: pd.DataFrame, direction: str, seed: int) -> dict[str, np.ndarray]:
-    """Bootstrap over vertebrae: 95% CI of each method's mean and of its rank."""
+    """Bootstrap over vertebrae: 95% CI of each method's mean and of its rank.
+
+    :data:`BOOTSTRAP_SAMPLES` seeded resamples of the vertebrae (rows), the same for every method;
+    a method's mean skips the vertebrae it has no value for."""
     # Not scipy.stats.bootstrap (paired, percentile): it draws the same resamples, but it needs
     # two or more vertebrae and gives a NaN mean CI when some resample holds no value of a method,
     # where this skips that resample (4 CIs of the published phantom leaderboard would go blank).
     values = matrix.to_numpy(dtype=float)
-    rng = np.random.default_rng(seed)
     n = values.shape[0]
-    means = np.empty((BOOTSTRAP_SAMPLES, values.shape[1]))
-    rank_draws = np.empty_like(means)
-    for b in range(BOOTSTRAP_SAMPLES):
-        sample = values[rng.integers(0, n, n)]
-        with np.errstate(all="ignore"):
-            counts = np.sum(~np.isnan(sample), axis=0)
-            sums = np.nansum(sample, axis=0)
-            means[b] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        rank_draws[b] = ranks(means[b], direction)
+    samples = values[np.random.default_rng(seed).integers(0, n, (BOOTSTRAP_SAMPLES, n))]
     with np.errstate(all="ignore"):
+        counts = np.sum(~np.isnan(samples), axis=1)
+        means = np.where(counts > 0, np.nansum(samples, axis=1) / np.maximum(counts, 1), np.nan)
         mean_ci = np.nanpercentile(means, [2.5, 97.5], axis=0)
+    rank_draws = ranks(means, direction)
     return {"mean_ci": mean_ci, "rank_ci": np.percentile(rank_draws, [2.5, 97.5], axis=0)}
 
 

@@ -276,8 +276,8 @@ def dae(
     counts ``S/D`` (Hide-and-Seek's default 20/20; the paper's 250/100 takes minutes). Peak
     memory is the process's maximum resident set size after each stage.
     """
-    from wsbench.plugins.shared.dae.training import model_key, new_session, train_config
-    from wsbench.plugins.shared.dae.training import train_step as one_step
+    from wsbench.plugins.common.dae.training import model_key, new_session, train_config
+    from wsbench.plugins.common.dae.training import train_step as one_step
 
     use_threads(threads)
     train = train_config(config, batch_size=batch)

@@ -10,7 +10,7 @@ from fakes import make_vertebra
 from wsbench.contract import BLASTIC, LYTIC, Phenotype, PreparedDataset, Split
 from wsbench.data.intensity import hu_to_unit
 from wsbench.plugins.ad import STORE, AnomalyDetection
-from wsbench.plugins.shared.dae.training import run_training, train_config
+from wsbench.plugins.common.dae.training import run_training, train_config
 from wsbench.testing import sample_of
 
 SIZE = 16

@@ -10,6 +10,18 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from wsbench.contract import BLASTIC, LYTIC
+from wsbench.plugins.common.dae.candidates import (
+    Candidate,
+    binarise,
+    extract_candidates,
+    polarity_maps,
+)
+from wsbench.plugins.common.dae.latent import (
+    Hyperplane,
+    LatentClassifier,
+    fit_latent_classifier,
+    hyperplane_from_standardised,
+)
 from wsbench.plugins.hideseek.attribution import (
     delta_score,
     healthy_latent,
@@ -22,18 +34,6 @@ from wsbench.plugins.hideseek.attribution import (
     scored_candidates,
 )
 from wsbench.plugins.hideseek.latent_classifier import classifier_for, classifier_key
-from wsbench.plugins.shared.dae.candidates import (
-    Candidate,
-    binarise,
-    extract_candidates,
-    polarity_maps,
-)
-from wsbench.plugins.shared.dae.latent import (
-    Hyperplane,
-    LatentClassifier,
-    fit_latent_classifier,
-    hyperplane_from_standardised,
-)
 
 
 class LinearAutoencoder:

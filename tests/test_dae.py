@@ -16,9 +16,9 @@ from torch import nn
 
 from wsbench.contract import Phenotype, PreparedDataset, Split, WeakLabel
 from wsbench.models.store import ModelStore, cache_root
-from wsbench.plugins.shared.dae.network import DiffusionAutoencoder, config_named
-from wsbench.plugins.shared.dae.quality import latent_swap_hu
-from wsbench.plugins.shared.dae.training import (
+from wsbench.plugins.common.dae.network import DiffusionAutoencoder, config_named
+from wsbench.plugins.common.dae.quality import latent_swap_hu
+from wsbench.plugins.common.dae.training import (
     advance,
     ensure_dae,
     load_session,
@@ -193,7 +193,7 @@ def test_resume_continues_at_the_right_step_and_matches_an_uninterrupted_run(tmp
 def test_a_terminated_run_saves_its_state_resumes_and_needs_resume_flag(monkeypatch):
     training = dataset().training_set()
     train = train_config("tiny", steps=3)
-    import wsbench.plugins.shared.dae.training as module
+    import wsbench.plugins.common.dae.training as module
 
     real_step, calls = module.train_step, []
 

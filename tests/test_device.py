@@ -5,9 +5,9 @@ import torch
 
 from wsbench.models.device import module_device, torch_device
 from wsbench.plugins.ad import AnomalyDetection
+from wsbench.plugins.common.dae.network import DiffusionAutoencoder
 from wsbench.plugins.hideseek import HideAndSeek
 from wsbench.plugins.hideseek.attribution import project
-from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -38,7 +38,7 @@ def test_methods_record_their_device_and_the_dae_runs_where_it_was_put():
 
 def test_training_loss_and_ddim_passes_stay_on_the_models_device():
     # On the meta device any tensor left on the CPU raises, so this checks what a GPU would need.
-    from wsbench.plugins.shared.dae.training import diffusion_loss
+    from wsbench.plugins.common.dae.training import diffusion_loss
 
     dae = DiffusionAutoencoder.tiny().to("meta")
     x = torch.zeros(2, 1, 16, 16, device="meta")

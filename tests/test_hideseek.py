@@ -197,7 +197,7 @@ def test_reconstruction_reference_scores_against_the_reconstruction():
 
 def tiny_dae():
     """The DAE's tiny config, seeded."""
-    from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
+    from wsbench.plugins.common.dae.network import DiffusionAutoencoder
 
     torch.manual_seed(0)
     return DiffusionAutoencoder.tiny().eval()

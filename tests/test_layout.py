@@ -12,7 +12,7 @@ import pytest
 PROJECT = Path(__file__).resolve().parents[1]
 PACKAGES = {"wsbench": "wsbench", "plugins": "wsbench.plugins", "datasets": "wsbench.datasets"}
 """Source folder → the package it installs as (pyproject's package-dir)."""
-SHARED = "wsbench.plugins.shared"
+SHARED = "wsbench.plugins.common"
 
 
 def module_name(path: Path) -> str:
@@ -76,7 +76,7 @@ def kind(module: str) -> str:
 def test_the_source_tree_is_read():
     assert "wsbench.harness.runner" in GRAPH and "wsbench.plugins.hideseek" in GRAPH
     assert "wsbench.api" in GRAPH["wsbench.plugins.otsu"]
-    assert "wsbench.plugins.shared.dae.network" in GRAPH["wsbench.plugins.hideseek"]
+    assert "wsbench.plugins.common.dae.network" in GRAPH["wsbench.plugins.hideseek"]
 
 
 def test_the_core_imports_no_method_and_no_dataset():

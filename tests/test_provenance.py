@@ -24,8 +24,8 @@ from wsbench.plugins.cam.classifier import (
     model_key,
     save_classifier,
 )
+from wsbench.plugins.common.dae.network import DiffusionAutoencoder
 from wsbench.plugins.hideseek import HideAndSeek
-from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
 from wsbench.report.leaderboard import MethodRun
 from wsbench.report.publish import header_lines
 

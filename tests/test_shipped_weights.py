@@ -43,7 +43,7 @@ def test_the_train_recipe_of_a_dae_method_is_the_shipped_one(plugin):
     """``wsbench train --method hideseek`` (or ``ad``) on the phantom finds the shipped DAE."""
     from importlib import import_module
 
-    from wsbench.plugins.shared.dae.training import model_key
+    from wsbench.plugins.common.dae.training import model_key
 
     module = import_module(f"wsbench.plugins.{plugin}")
     shipped = next(
@@ -55,8 +55,8 @@ def test_the_train_recipe_of_a_dae_method_is_the_shipped_one(plugin):
 
 def test_training_a_shipped_recipe_reuses_it_and_leaves_its_card_alone():
     from wsbench.contract import TrainingSet
+    from wsbench.plugins.common.dae.training import ensure_dae
     from wsbench.plugins.hideseek import DAE_RECIPE, STORE
-    from wsbench.plugins.shared.dae.training import ensure_dae
 
     shipped = next(p for p in SHIPPED if p.stem.startswith("dae-a78"))
     card = shipped.with_suffix(".json").read_bytes()

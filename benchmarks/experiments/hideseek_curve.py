@@ -64,14 +64,14 @@ from wsbench.data.intensity import hu_to_unit, unit_to_hu
 from wsbench.harness.params import method_params
 from wsbench.harness.postprocess import MIN_COMPONENT_PX
 from wsbench.harness.runner import case_record, seed_everything, segment_vertebra, vertebra_seed
+from wsbench.plugins.common.dae.latent import encode_slices
+from wsbench.plugins.common.dae.network import to_tensor
 from wsbench.plugins.hideseek import (
     DEFAULT_BOUNDARY_PX,
     HideAndSeek,
     HideAndSeekPaper,
 )
 from wsbench.plugins.hideseek.attribution import healthy_latent
-from wsbench.plugins.shared.dae.latent import encode_slices
-from wsbench.plugins.shared.dae.network import to_tensor
 
 from .common import (
     FIGURES,

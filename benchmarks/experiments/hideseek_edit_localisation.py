@@ -11,7 +11,7 @@ directly with the phantom's lesion masks, which no method sees. Per DAE (default
 
 * the latent classifier is fitted exactly as the method fits it (standardised ``z_sem``, C by
   grouped CV) on the labelled training vertebrae of the subjects the DAE quality report keeps
-  (``wsbench.plugins.shared.dae.quality.latent_auc_split``); its held-out AUC is printed;
+  (``wsbench.plugins.common.dae.quality.latent_auc_split``); its held-out AUC is printed;
 * on the held-out subjects' malignant vertebrae with a lesion on the mid slice (all of them, or
   the first ``--vertebrae`` for a quick look; the method's default DDIM steps unless
   ``--steps``) each ``z`` is edited to ``p_target`` (the method's 1e-4 unless ``--p-target``);
@@ -39,11 +39,11 @@ import typer
 from sklearn.metrics import roc_auc_score
 
 from wsbench.contract import BLASTIC, LYTIC, PreparedDataset, Split, WeakLabel
+from wsbench.plugins.common.dae.latent import encode_slices
+from wsbench.plugins.common.dae.network import DiffusionAutoencoder
+from wsbench.plugins.common.dae.quality import holdout_classifier, latent_auc_split, mid_slices
 from wsbench.plugins.hideseek import HideAndSeek
 from wsbench.plugins.hideseek.attribution import P_TARGET, healthy_latent
-from wsbench.plugins.shared.dae.latent import encode_slices
-from wsbench.plugins.shared.dae.network import DiffusionAutoencoder
-from wsbench.plugins.shared.dae.quality import holdout_classifier, latent_auc_split, mid_slices
 
 from .common import MID, dae_path, prepared, threads
 

@@ -36,9 +36,9 @@ from wsbench.contract import BLASTIC, LYTIC, Phenotype, PreparedVertebra
 from wsbench.data.intensity import HU_WINDOW, hu_to_unit, unit_to_hu
 from wsbench.datasets.inhouse import InHouseDataset
 from wsbench.harness.postprocess import postprocess
+from wsbench.plugins.common.dae.quality import reconstruct_slices, similarity
 from wsbench.plugins.hideseek import Attribution, HideAndSeek
 from wsbench.plugins.hideseek.attribution import P_TARGET
-from wsbench.plugins.shared.dae.quality import reconstruct_slices, similarity
 
 from .common import FIGURES, REAL, dae_path, fitted, prepared, pyplot, require, save_figure, threads
 

@@ -3,7 +3,7 @@
 A diffusion autoencoder trained on healthy vertebrae only (``wsbench train --method ad``)
 reconstructs each slice: ``x̂ = decode(stochastic_encode(x, z), z)`` with ``z = encode(x)``. As
 it has never seen a lesion, ``x̂`` is a pseudo-healthy version of ``x``. Candidates come from the
-residual exactly as in Hide-and-Seek (:mod:`wsbench.plugins.shared.dae.candidates`): lytic where
+residual exactly as in Hide-and-Seek (:mod:`wsbench.plugins.common.dae.candidates`): lytic where
 the reconstruction is brighter than the image, blastic where it is darker, each polarity
 binarised at its per-image mean inside the body and split into 8-connected components. Every
 component is kept (no attribution step); the phenotype hint selects the polarities (none/mixed:
@@ -31,10 +31,10 @@ from wsbench.api import (
     module_device,
     torch_device,
 )
-from wsbench.plugins.shared.dae.candidates import extract_candidates, polarity_maps
-from wsbench.plugins.shared.dae.method import DiffusionMethod
-from wsbench.plugins.shared.dae.network import DiffusionAutoencoder, to_array, to_tensor
-from wsbench.plugins.shared.dae.training import train_config
+from wsbench.plugins.common.dae.candidates import extract_candidates, polarity_maps
+from wsbench.plugins.common.dae.method import DiffusionMethod
+from wsbench.plugins.common.dae.network import DiffusionAutoencoder, to_array, to_tensor
+from wsbench.plugins.common.dae.training import train_config
 
 STORE = ModelStore(Path(__file__).parent / "weights")
 """The healthy-only DAE shipped for the default phantom, then the user cache."""

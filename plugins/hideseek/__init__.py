@@ -45,13 +45,13 @@ from wsbench.api import (
     module_device,
     torch_device,
 )
+from wsbench.plugins.common.dae.candidates import Candidate
+from wsbench.plugins.common.dae.latent import LatentClassifier
+from wsbench.plugins.common.dae.method import DiffusionMethod
+from wsbench.plugins.common.dae.network import Autoencoder, DiffusionAutoencoder
+from wsbench.plugins.common.dae.training import TrainConfig, train_config
 from wsbench.plugins.hideseek import attribution as hs
 from wsbench.plugins.hideseek.latent_classifier import classifier_for
-from wsbench.plugins.shared.dae.candidates import Candidate
-from wsbench.plugins.shared.dae.latent import LatentClassifier
-from wsbench.plugins.shared.dae.method import DiffusionMethod
-from wsbench.plugins.shared.dae.network import Autoencoder, DiffusionAutoencoder
-from wsbench.plugins.shared.dae.training import TrainConfig, train_config
 
 STORE = ModelStore(Path(__file__).parent / "weights")
 """The DAE and latent classifier shipped for the default phantom, then the user cache."""

@@ -6,7 +6,7 @@ autoencoder's three batched methods) on ``(B, 1, H, W)`` tensors in network unit
 
 Sign convention (differs from the paper's text): on CT a lytic lesion is hypodense, so its
 healthy edit is *brighter*; lytic candidates are where ``healthy > image`` and blastic
-candidates where ``image > healthy`` (:mod:`wsbench.plugins.shared.dae.candidates`).
+candidates where ``image > healthy`` (:mod:`wsbench.plugins.common.dae.candidates`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 
 from wsbench.api import BLASTIC, LYTIC, MIN_COMPONENT_PX, components, eroded_body, module_device
-from wsbench.plugins.shared.dae.candidates import Candidate, extract_candidates
-from wsbench.plugins.shared.dae.latent import Hyperplane
-from wsbench.plugins.shared.dae.network import Autoencoder, to_array, to_tensor
+from wsbench.plugins.common.dae.candidates import Candidate, extract_candidates
+from wsbench.plugins.common.dae.latent import Hyperplane
+from wsbench.plugins.common.dae.network import Autoencoder, to_array, to_tensor
 
 P_TARGET = 1e-4
 """Target malignancy probability of the healthy edit (paper Table 3, ``p_healthy``)."""

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from wsbench.api import ModelKey, ModelStore, TrainingSet
-from wsbench.plugins.shared.dae.latent import LatentClassifier, encode_slices, fit_latent_classifier
-from wsbench.plugins.shared.dae.network import Autoencoder
+from wsbench.plugins.common.dae.latent import LatentClassifier, encode_slices, fit_latent_classifier
+from wsbench.plugins.common.dae.network import Autoencoder
 
 KIND = "hideseek-classifier"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from wsbench.api import Method, ModelStore, TrainingSet, TrainOptions
-from wsbench.plugins.shared.dae.training import TrainConfig, ensure_dae, train_config
+from wsbench.plugins.common.dae.training import TrainConfig, ensure_dae, train_config
 
 
 class DiffusionMethod(Method):

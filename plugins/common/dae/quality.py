@@ -5,7 +5,7 @@ the training subjects is held out. Reported: SSIM/PSNR (network units, data rang
 ``decode(stochastic_encode(x, z), z)`` on the held-out vertebrae's mid-sagittal slices at stated
 step counts (these subjects were in the DAE's unsupervised training data, so this measures how
 well it reproduces images, not how it generalises); the held-out ROC-AUC of the latent probe
-(:mod:`wsbench.plugins.shared.dae.latent`) fitted on the kept subjects, also for an untrained
+(:mod:`wsbench.plugins.common.dae.latent`) fitted on the kept subjects, also for an untrained
 encoder (the level random features reach); how much the decoder uses ``z_sem``
 (:func:`latent_swap_hu`); and a figure (original / reconstruction / |difference|).
 """
@@ -33,8 +33,8 @@ from wsbench.api import (
     subject_holdout,
     write_card,
 )
-from wsbench.plugins.shared.dae.latent import LatentClassifier, encode_slices, fit_latent_classifier
-from wsbench.plugins.shared.dae.network import DiffusionAutoencoder, to_array, to_tensor
+from wsbench.plugins.common.dae.latent import LatentClassifier, encode_slices, fit_latent_classifier
+from wsbench.plugins.common.dae.network import DiffusionAutoencoder, to_array, to_tensor
 
 EVAL_STEPS = (20, 20)
 """(stochastic encode, decode) DDIM steps of the quality report: Hide-and-Seek's default."""
@@ -146,7 +146,7 @@ def latent_auc(dae: DiffusionAutoencoder, training: TrainingSet, seed: int) -> d
     for an untrained encoder (``latent_auc_untrained``, the chance level of random features).
 
     Fitted (standardised, C by grouped CV:
-    :func:`~wsbench.plugins.shared.dae.latent.fit_latent_classifier`) on all central slices of the
+    :func:`~wsbench.plugins.common.dae.latent.fit_latent_classifier`) on all central slices of the
     kept subjects' labelled vertebrae, scored on the held-out vertebrae's mid-sagittal slices. Too
     few labelled subjects give ``latent_auc: None`` and the reason (``latent_auc_error``) instead of
     a number.

@@ -1,4 +1,4 @@
-"""Training of the diffusion autoencoder (:mod:`wsbench.plugins.shared.dae.network`).
+"""Training of the diffusion autoencoder (:mod:`wsbench.plugins.common.dae.network`).
 
 Training (paper §4, A.1.2, Table 3): each step draws ``batch_size`` training vertebrae, one of
 each vertebra's central five slices at random, HU → [-1, 1], Table-3 augmentations (MONAI, via
@@ -15,7 +15,7 @@ finished run keeps its final state (``<stem>.state``), from which ``resume`` ext
 steps under the longer run's key, bit-identical to training that long at once; a log
 (``<stem>.log``) records the loss. The final checkpoint holds the EMA weights only, with a model
 card: command, seed, data fingerprint, wall time, and the quality report
-(:mod:`wsbench.plugins.shared.dae.quality`).
+(:mod:`wsbench.plugins.common.dae.quality`).
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ from wsbench.api import (
     torch_device,
     write_card,
 )
-from wsbench.plugins.shared.dae.network import DAEConfig, DiffusionAutoencoder, config_named
-from wsbench.plugins.shared.dae.quality import EVAL_STEPS, evaluate_and_card
+from wsbench.plugins.common.dae.network import DAEConfig, DiffusionAutoencoder, config_named
+from wsbench.plugins.common.dae.quality import EVAL_STEPS, evaluate_and_card
 
 VERSION = 1
 FINAL_STATE = ".state"

@@ -25,7 +25,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from wsbench.api import ModelKey, hu_to_unit, module_device, write_card
-from wsbench.plugins.shared.dae.network import Autoencoder, to_array, to_tensor
+from wsbench.plugins.common.dae.network import Autoencoder, to_array, to_tensor
 
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 MAX_FOLDS = 5

@@ -1,1 +1,1 @@
-"""Built-in dataset adapters (installed as ``wsbench.datasets``); one module per source."""
+"""Built-in dataset adapters (installed as ``wsbench.datasets``): one package per source."""

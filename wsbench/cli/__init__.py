@@ -1,1 +1,1 @@
-"""wsbench/cli"""
+"""The ``wsbench`` command line (``wsbench.cli.main:app``)."""

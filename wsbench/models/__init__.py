@@ -1,1 +1,1 @@
-"""wsbench/models"""
+"""What learned methods share: the model store, the torch device parser, training helpers."""

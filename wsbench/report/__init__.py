@@ -1,1 +1,2 @@
-"""wsbench/report"""
+"""Reports from run directories: the run summary, leaderboard statistics and pages, comparison
+of runs, export of masks into the source CT."""

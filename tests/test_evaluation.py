@@ -16,6 +16,7 @@ from wsbench.harness.evaluation import (
     LESION_METRIC_COLUMNS,
     METRICS,
     Metric,
+    category_counts,
     category_of,
     evaluate_case,
     summarize,
@@ -290,28 +291,97 @@ def test_metric_better_and_key() -> None:
 
 
 def test_summarize_tiny_frame() -> None:
+    """Every row counts whatever its status: the failed row ``d`` carries an empty answer's
+    metrics (f1 0, no SQ, no false positive) and is in the means."""
     cases = pd.DataFrame({
         "vertebra": ["a", "b", "c", "d", "e", "f"],
         "category": ["blastic", "blastic", "blastic", "blastic", "healthy", "healthy"],
-        "status": ["ok", "ok", "ok", "failed", "ok", "ok"],
+        "status": ["ok", "ok", "refused", "failed", "ok", "timeout"],
         "f1": [1.0, 0.5, np.nan, 0.0, np.nan, np.nan],
-        "sq": [0.8, 0.6, np.nan, 0.0, np.nan, np.nan],
-        "fp": [0, 1, 0, 9, 3, 0],
-        "pred_area_mm2": [5.0, 6.0, 0.0, 1.0, 2.5, 0.0],
+        "sq": [0.8, 0.6, np.nan, np.nan, np.nan, np.nan],
+        "fp": [0, 1, 0, 0, 3, 0],
+        "pred_area_mm2": [5.0, 6.0, 0.0, 0.0, 2.5, 0.0],
     })  # fmt: skip
     summary = summarize(cases).set_index(["category", "metric"])
     f1 = summary.loc[("blastic", "f1")]
-    assert f1["mean"] == pytest.approx(0.75) and f1["sd"] == pytest.approx(np.std([1, 0.5], ddof=1))
-    assert (f1["n"], f1["n_nan"]) == (2, 1)
+    assert f1["mean"] == pytest.approx(0.5)
+    assert f1["sd"] == pytest.approx(np.std([1, 0.5, 0], ddof=1))
+    assert (f1["n"], f1["n_nan"]) == (3, 1)
+    assert (f1["vertebrae"], f1["failed"], f1["refused"]) == (4, 1, 1)
     assert f1["label"] == "Detection F1 (RQ)" and f1["direction"] == "higher"
+    assert summary.loc[("blastic", "sq"), "mean"] == pytest.approx(0.7)
     fp = summary.loc[("healthy", "fp")]
     assert (fp["mean"], fp["sd"], fp["n"], fp["n_nan"]) == pytest.approx(
         (1.5, math.sqrt(4.5), 2, 0)
     )
+    assert (fp["vertebrae"], fp["failed"], fp["refused"]) == (2, 1, 0)
     assert summary.loc[("healthy", "pred_area_mm2"), "mean"] == pytest.approx(1.25)
     assert ("healthy", "f1") not in summary.index, "lesion metrics are not summarised for healthy"
     assert ("blastic", "fp") not in summary.index
     assert ("blastic", "assd") not in summary.index, "absent columns are skipped"
+
+
+def test_a_method_failing_on_k_of_n_vertebrae_is_averaged_over_all_n() -> None:
+    """Failure rows carry what :func:`evaluate_case` gives an empty prediction; the means are
+    over all vertebrae, by hand."""
+    ref = blank()
+    ref[2:6, 2:6] = BLASTIC
+    near = blank()
+    near[3:7, 2:6] = BLASTIC  # Dice 0.75 (test_assd_in_mm_with_anisotropic_spacing)
+    fp_pred = blank()
+    fp_pred[2:5, 2:5] = LYTIC  # one false-positive lesion of 9 px
+    rows = [
+        ("b1", "blastic", "ok", evaluate_case(ref, ref, "blastic", UNIT)),
+        ("b2", "blastic", "ok", evaluate_case(near, ref, "blastic", UNIT)),
+        ("b3", "blastic", "failed", evaluate_case(blank(), ref, "blastic", UNIT)),
+        ("h1", "healthy", "ok", evaluate_case(fp_pred, blank(), "healthy", UNIT)),
+        ("h2", "healthy", "ok", evaluate_case(fp_pred, blank(), "healthy", UNIT)),
+        ("h3", "healthy", "timeout", evaluate_case(blank(), blank(), "healthy", UNIT)),
+    ]
+    cases = pd.DataFrame([{"vertebra": v, "category": c, "status": s, **m} for v, c, s, m in rows])
+    summary = summarize(cases).set_index(["category", "metric"])
+    assert summary.loc[("blastic", "f1"), "mean"] == pytest.approx((1 + 1 + 0) / 3)
+    assert summary.loc[("blastic", "pq"), "mean"] == pytest.approx((1 + 0.75 + 0) / 3)
+    assert summary.loc[("blastic", "global_dice"), "mean"] == pytest.approx((1 + 0.75 + 0) / 3)
+    assert summary.loc[("blastic", "recall"), "mean"] == pytest.approx(2 / 3)
+    sq = summary.loc[("blastic", "sq")]  # defined over matched lesions only: the failure has none
+    assert (sq["mean"], sq["n"], sq["n_nan"]) == (pytest.approx(0.875), 2, 1)
+    fp = summary.loc[("healthy", "fp")]
+    assert (fp["mean"], fp["n"]) == (pytest.approx(2 / 3), 3)
+    assert summary.loc[("healthy", "pred_area_mm2"), "mean"] == pytest.approx(18 / 3)
+    assert (fp["vertebrae"], fp["failed"]) == (3, 1)
+
+
+def test_old_failure_rows_without_metrics_still_summarise() -> None:
+    """Runs made before failures were scored have NaN metrics on failed rows: they are counted
+    as vertebrae and failures, and left out of the means like any NaN."""
+    cases = pd.DataFrame({
+        "vertebra": ["a", "b", "c"], "category": ["lytic"] * 3,
+        "status": ["ok", "ok", "failed"], "reason": ["", "", "RuntimeError: boom"],
+        "f1": [1.0, 0.5, np.nan],
+    })  # fmt: skip
+    row = summarize(cases).iloc[0]
+    assert (row["mean"], row["n"], row["n_nan"], row["vertebrae"], row["failed"]) == (
+        0.75,
+        2,
+        1,
+        3,
+        1,
+    )
+
+
+def test_category_counts() -> None:
+    cases = pd.DataFrame({
+        "category": ["healthy", "lytic", "lytic", "", np.nan, "lytic", "healthy"],
+        "status": ["ok", "failed", "timeout", "failed", "ok", "refused", "refused"],
+    })  # fmt: skip
+    counts = category_counts(cases)
+    assert counts.to_dict("records") == [
+        {"category": "lytic", "vertebrae": 3, "failed": 2, "refused": 1},
+        {"category": "healthy", "vertebrae": 2, "failed": 0, "refused": 1},
+    ]
+    with pytest.raises(ValueError, match=r"no 'category' column.*cases\.csv"):
+        category_counts(pd.DataFrame({"status": ["ok"]}))
 
 
 def test_summarize_single_value_has_nan_sd() -> None:
@@ -364,10 +434,10 @@ def test_vertebra_level_summary_tiny_frame() -> None:
         "label": ["malignant", "malignant", "malignant", "malignant", "healthy", "healthy",
                   "", "malignant"],
         "phenotype": ["lytic", "blastic", "blastic", np.nan, "", "", "", "lytic"],
-        "status": ["ok"] * 7 + ["failed"],
-        "pred_lytic_px": [10, 0, 3, 0, 0, 4, 9, 9],
+        "status": ["ok"] * 7 + ["failed"],  # the failed one carries an empty answer
+        "pred_lytic_px": [10, 0, 3, 0, 0, 4, 9, 0],
         "pred_blastic_px": [0, 0, 2, 0, 0, 0, 0, 0],
-        "pred_phenotype": ["lytic", "", "mixed", "", "", "lytic", "lytic", "lytic"],
+        "pred_phenotype": ["lytic", "", "mixed", "", "", "lytic", "lytic", ""],
     })  # fmt: skip
     summary = vertebra_level_summary(cases).set_index(["measure", "group"])
 
@@ -376,12 +446,13 @@ def test_vertebra_level_summary_tiny_frame() -> None:
         assert (row["count"], row["total"]) == (count, total), (measure, group)
         assert row["value"] == pytest.approx(count / total)
 
-    check("sensitivity", "all", 2, 4)
-    check("sensitivity", "lytic", 1, 1)
+    check("sensitivity", "all", 2, 5)
+    check("sensitivity", "lytic", 1, 2)
     check("sensitivity", "blastic", 1, 2)
     check("specificity", "all", 1, 2)
-    check("phenotype agreement", "all", 1, 3)  # lytic right; blastic missed / called mixed
+    check("phenotype agreement", "all", 1, 4)  # one lytic right; blastic missed / called mixed
     check("phenotype agreement", "detected", 1, 2)
+    check("phenotype agreement", "lytic", 1, 2)
     check("phenotype agreement", "blastic", 0, 2)
     assert ("sensitivity", "mixed") not in summary.index
 

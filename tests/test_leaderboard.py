@@ -57,10 +57,12 @@ def test_paired_p_on_zero_direction_compares_magnitudes() -> None:
     assert paired_p(a, -a, "zero") == 1.0
 
 
-def run_of(method: str, f1: list[float], categories: list[str]) -> MethodRun:
+def run_of(
+    method: str, f1: list[float], categories: list[str], status: list[str] | None = None
+) -> MethodRun:
     cases = pd.DataFrame({
         "vertebra": [f"v{i}" for i in range(len(f1))], "category": categories,
-        "status": "ok", "f1": f1,
+        "status": status or "ok", "f1": f1,
     })  # fmt: skip
     manifest = {"dataset": {"fingerprint": "fp"}, "packages": {"wsbench": "0"}, "split": "test",
                 "git_commit": "abc"}  # fmt: skip
@@ -79,6 +81,15 @@ def test_metric_stats_best_and_significance() -> None:
         wilcoxon([0.2 + 0.01 * i for i in range(n)], [0.9] * n).pvalue
     )
     assert stats.loc["bad", "mean"] == pytest.approx(np.mean([0.2 + 0.01 * i for i in range(n)]))
+
+
+def test_metric_stats_use_every_vertebra_and_count_failures() -> None:
+    """A failed row (scored as an empty answer: f1 0) and a refused one are in the mean."""
+    statuses = ["ok", "failed", "timeout", "refused", "ok"]
+    run = run_of("m", [1.0, 0.0, 0.0, 0.5, 1.0], ["lytic"] * 5, statuses)
+    row = metric_stats({"m": run}, "lytic", "f1", seed=0).iloc[0]
+    assert row["mean"] == pytest.approx(2.5 / 5) and row["n"] == 5
+    assert (row["vertebrae"], row["failed"], row["refused"]) == (5, 2, 1)
 
 
 def test_all_nan_metric_gives_no_rows() -> None:
@@ -121,13 +132,19 @@ def test_publish_from_run_directories(tmp_path: Path) -> None:
     bench_record = {"methods": {"medsam": {"status": "failed", "reason": "weights not supplied"}}}
     (runs_root / "fakes-TinyDataset" / "bench.json").write_text(json.dumps(bench_record))
     out = tmp_path / "leaderboard"
-    assert publish(runs_root, out) == ["fakes-TinyDataset"]
+    assert publish(runs_root, out) == {"fakes-TinyDataset": {}}, "no method failed"
     md = (out / "fakes-TinyDataset.md").read_text()
     assert "| Metric | fakes-NoisyMethod | otsu |" in md
+    assert (
+        "## Blastic (n = 1)" in md
+        and "| Vertebrae: n (failed, refused) | 1 (0, 0) | 1 (0, 0) |" in md
+    )
+    assert "†" not in md
     assert "**medsam**: not run — weights not supplied" in md
     assert regenerate_markdown(out, "fakes-TinyDataset") == md
     tidy = pd.read_csv(out / "fakes-TinyDataset.csv")
-    assert {"category", "method", "metric", "mean", "ci_low", "rank_ci_high"} <= set(tidy)
+    assert {"category", "method", "metric", "mean", "ci_low", "rank_ci_high", "vertebrae", "failed",
+            "refused"} <= set(tidy)  # fmt: skip
     page = (out / "fakes-TinyDataset.html").read_text()
     assert "<table>" in page and "data:image/png;base64," in page
     assert "<title>wsbench — fakes-TinyDataset</title>" in page

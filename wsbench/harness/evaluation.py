@@ -119,6 +119,14 @@ METRICS: dict[str, Metric] = {
 }
 """Every summarised metric by its ``cases.csv`` column; ranking uses ``direction`` only."""
 
+FAILED_STATUSES = ("failed", "timeout")
+"""Statuses of a vertebra the method gave no answer for (it raised, returned garbage, its worker
+died, or it ran out of time); the row is scored as an empty answer and counted in every mean,
+and a resumed run computes it again unless told to keep it. The other statuses are ``ok`` and
+:data:`REFUSED`."""
+REFUSED = "refused"
+"""Status of a vertebra the method answered but declined to look at; scored on its answer."""
+
 
 def category_of(label: WeakLabel | None, phenotype: Phenotype | None) -> str | None:
     """The evaluation category of a vertebra; ``None`` when its label is unknown.
@@ -249,36 +257,56 @@ def evaluate_case(
     return {**record, **metrics, "empty_both": bool(empty_both)}
 
 
-def summarize(cases: pd.DataFrame) -> pd.DataFrame:
-    """Per category × metric: mean, SD (ddof=1), n (non-NaN values) and n_nan.
-
-    Rows whose ``status`` is not ``ok`` and rows without a category are left out; only metrics
-    that apply to a category and whose column is present are reported.
-    """
+def category_counts(cases: pd.DataFrame) -> pd.DataFrame:
+    """Per category present (table order): ``vertebrae`` (rows, whatever their status),
+    ``failed`` (status in :data:`FAILED_STATUSES`) and ``refused``; rows without a category are
+    left out."""
     if "category" not in cases:
-        raise ValueError("summarize needs a 'category' column (one row per vertebra)")
-    ok = cases
-    if "status" in cases:
-        ok = cases[cases["status"] == "ok"]
-    ok = ok[ok["category"].notna() & (ok["category"].astype(str) != "")]
-    present = set(ok["category"].astype(str))
+        raise ValueError(
+            f"the cases table (columns {list(cases.columns)}) has no 'category' column; "
+            "summaries need one row per vertebra with its category, as cases.csv has"
+        )
+    category = cases["category"].fillna("").astype(str)
+    status = cases.get("status", pd.Series("ok", index=cases.index)).fillna("").astype(str)
+    present = set(category) - {""}
     order = [c for c in CATEGORIES if c in present] + sorted(present - set(CATEGORIES))
+    rows = [
+        {"category": c, "vertebrae": int((category == c).sum()),
+         "failed": int(((category == c) & status.isin(FAILED_STATUSES)).sum()),
+         "refused": int(((category == c) & (status == REFUSED)).sum())}
+        for c in order
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["category", "vertebrae", "failed", "refused"])
+
+
+def summarize(cases: pd.DataFrame) -> pd.DataFrame:
+    """Per category × metric: mean, SD (ddof=1), n (non-NaN values), n_nan, and the category's
+    ``vertebrae``, ``failed`` and ``refused`` counts (:func:`category_counts`).
+
+    Every row with a category counts, whatever its ``status``: a failed or timed-out vertebra
+    carries the metrics of an empty answer (``docs/evaluation.md``). Only metrics that apply to
+    a category and whose column is present are reported.
+    """
+    counts = category_counts(cases)
+    category = cases["category"].fillna("").astype(str)
     rows = []
-    for category in order:
-        part = ok[ok["category"].astype(str) == category]
+    for count in counts.itertuples(index=False):
+        part = cases[category == count.category]
         for metric in METRICS.values():
-            if not metric.applies_to(category) or metric.name not in part:
+            if not metric.applies_to(count.category) or metric.name not in part:
                 continue
             values = pd.to_numeric(part[metric.name], errors="coerce").astype(float)
             n = int(values.notna().sum())
             rows.append({
-                "category": category, "metric": metric.name, "label": metric.label,
+                "category": count.category, "metric": metric.name, "label": metric.label,
                 "direction": metric.direction,
                 "mean": float(values.mean()) if n else math.nan,
                 "sd": float(values.std(ddof=1)) if n > 1 else math.nan,
-                "n": n, "n_nan": int(len(values) - n),
+                "n": n, "n_nan": int(len(values) - n), "vertebrae": count.vertebrae,
+                "failed": count.failed, "refused": count.refused,
             })  # fmt: skip
-    columns = ["category", "metric", "label", "direction", "mean", "sd", "n", "n_nan"]
+    columns = ["category", "metric", "label", "direction", "mean", "sd", "n", "n_nan",
+               "vertebrae", "failed", "refused"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -337,8 +365,8 @@ def vertebra_level_summary(cases: pd.DataFrame) -> pd.DataFrame:
 
     A vertebra is predicted malignant when it has any predicted lesion pixel
     (``pred_lytic_px + pred_blastic_px > 0``). Rows: ``measure``, ``group`` (``all`` or a
-    phenotype), ``value`` = ``count`` / ``total``. Vertebrae without a known label and rows
-    whose ``status`` is not ``ok`` are left out.
+    phenotype), ``value`` = ``count`` / ``total``. Every vertebra with a known label counts,
+    whatever its ``status`` (a failed one has no predicted pixel: an empty answer).
     """
     missing = {"label", "phenotype", "pred_lytic_px", "pred_blastic_px", "pred_phenotype"}
     missing -= set(cases.columns)
@@ -347,15 +375,14 @@ def vertebra_level_summary(cases: pd.DataFrame) -> pd.DataFrame:
             f"vertebra-level summary needs columns {sorted(missing)} "
             "(from vertebra_level_case); re-run the evaluation"
         )
-    ok = cases[cases["status"] == "ok"] if "status" in cases else cases
-    label = ok["label"].map(_weak_label)
-    ok, label = ok[label != ""], label[label != ""]
+    label = cases["label"].map(_weak_label)
+    scored, label = cases[label != ""], label[label != ""]
     positive = (
-        pd.to_numeric(ok["pred_lytic_px"], errors="coerce").fillna(0)
-        + pd.to_numeric(ok["pred_blastic_px"], errors="coerce").fillna(0)
+        pd.to_numeric(scored["pred_lytic_px"], errors="coerce").fillna(0)
+        + pd.to_numeric(scored["pred_blastic_px"], errors="coerce").fillna(0)
     ) > 0
-    sheet = ok["phenotype"].map(_text)
-    predicted = ok["pred_phenotype"].map(_text)
+    sheet = scored["phenotype"].map(_text)
+    predicted = scored["pred_phenotype"].map(_text)
     malignant, healthy = label == "malignant", label == "healthy"
     rows = []
 

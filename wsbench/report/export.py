@@ -22,7 +22,7 @@ import numpy as np
 from wsbench.data.dicom import CtVolume, read_ct_series, scan_series, write_prediction_seg
 from wsbench.data.nifti import bids_stem, write_nifti_gz
 from wsbench.data.preprocess import mask_to_source
-from wsbench.harness.rundir import RunError, read_cases, read_manifest, safe_name
+from wsbench.harness.rundir import RunError, mask_path, read_cases, read_manifest, safe_name
 
 ExportFormat = Literal["nifti", "dicom-seg"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
@@ -90,15 +90,14 @@ def run_vertebrae(run_dir: Path) -> dict[str, RunVertebra]:
 
 def groups_of(run_dir: Path) -> dict[str, Group]:
     """The run's masks grouped by source CT (the ``source`` of each crop's geometry)."""
-    known = run_vertebrae(run_dir)
     groups: dict[str, Group] = defaultdict(list)
-    for npz in sorted((run_dir / "masks").glob("*.npz")):
-        vertebra = known.get(npz.stem)
-        if vertebra is None:
-            raise RunError(f"{npz} has no record in {run_dir / 'cases'}; the run is incomplete")
+    for vertebra_id, vertebra in sorted(run_vertebrae(run_dir).items()):
+        npz = mask_path(run_dir, vertebra_id)
+        if not npz.exists():  # the method failed on it: nothing to export
+            continue
         if "source_affine" not in vertebra.geometry:
             raise RunError(
-                f"{npz.stem}: the run recorded no source geometry to export into (runs made "
+                f"{vertebra_id}: the run recorded no source geometry to export into (runs made "
                 "before runs stored it, or a dataset without source volumes); run it again"
             )
         with np.load(npz) as arrays:

@@ -4,7 +4,9 @@ For each dataset the newest finished run of every method is read (``cases.csv`` 
 ``manifest.json``). Per category and metric: mean ± SD over vertebrae, a seeded bootstrap over
 vertebrae for the 95% CI of each mean and of each method's rank, and a paired Wilcoxon
 signed-rank test of every method against the best one. Ranking uses only each metric's
-declared direction.
+declared direction. Every vertebra counts whatever its status: a failed or timed-out one carries
+the metrics of an empty answer, and each method × category carries its ``vertebrae``, ``failed``
+and ``refused`` counts.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata, wilcoxon
 
-from wsbench.harness.evaluation import METRICS
+from wsbench.harness.evaluation import METRICS, category_counts
+from wsbench.harness.rundir import read_manifest
 
 BOOTSTRAP_SAMPLES = 1000
 ALPHA = 0.05
@@ -40,7 +43,7 @@ def read_run(run_dir: Path) -> MethodRun | None:
     manifest_path, cases_path = run_dir / "manifest.json", run_dir / "cases.csv"
     if not (manifest_path.exists() and cases_path.exists()):
         return None
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(run_dir)
     if not manifest.get("finished"):
         return None
     cases = pd.read_csv(cases_path, dtype={"subject": str, "session": str, "reason": str})
@@ -80,6 +83,17 @@ def published_runs(dataset_dir: Path) -> dict[str, MethodRun]:
     return runs
 
 
+def failures(run: MethodRun) -> int:
+    """How many of the run's vertebrae (with a category) failed or timed out."""
+    return int(category_counts(run.cases)["failed"].sum())
+
+
+def failure_note(run: MethodRun) -> str:
+    """``2 of 207 vertebrae failed or timed out``."""
+    total = int(category_counts(run.cases)["vertebrae"].sum())
+    return f"{failures(run)} of {total} vertebrae failed or timed out"
+
+
 def not_run(dataset_dir: Path) -> dict[str, str]:
     """Methods a bench could not run on this dataset, with the reason (``bench.json``)."""
     return {m: r["reason"] for m, r in bench_outcomes(dataset_dir).items() if r["status"] != "ok"}
@@ -103,13 +117,13 @@ def ranks(means: np.ndarray, direction: str) -> np.ndarray:
 
 
 def metric_matrix(runs: dict[str, MethodRun], category: str, metric: str) -> pd.DataFrame:
-    """Vertebrae (rows) × methods (columns) values of one metric in one category."""
+    """Vertebrae (rows) × methods (columns) values of one metric in one category, whatever the
+    vertebra's status."""
     columns = {}
     for method, run in runs.items():
-        cases = run.cases
-        ok = cases[(cases["status"] == "ok") & (cases["category"] == category)]
-        if metric in ok:
-            columns[method] = ok.set_index("vertebra")[metric].astype(float)
+        part = run.cases[run.cases["category"] == category]
+        if metric in part:
+            columns[method] = part.set_index("vertebra")[metric].astype(float)
     return pd.DataFrame(columns)
 
 
@@ -145,7 +159,8 @@ def paired_p(a: pd.Series, b: pd.Series, direction: str) -> float:
 
 
 def metric_stats(runs: dict[str, MethodRun], category: str, metric: str, seed: int) -> pd.DataFrame:
-    """Per method: mean, SD, n, CI of the mean, rank with CI, p against the best, best flag."""
+    """Per method: mean, SD, n (values in the mean), CI of the mean, rank with CI, p against the
+    best, best flag, and the category's ``vertebrae``, ``failed`` and ``refused`` counts."""
     direction = METRICS[metric].direction
     matrix = metric_matrix(runs, category, metric)
     if matrix.empty or matrix.notna().sum().sum() == 0:
@@ -157,6 +172,7 @@ def metric_stats(runs: dict[str, MethodRun], category: str, metric: str, seed: i
     rows = []
     for i, method in enumerate(matrix.columns):
         column = matrix[method]
+        counts = category_counts(runs[method].cases).set_index("category").loc[category]
         p = math.nan if method == best else paired_p(column, matrix[best], direction)
         rows.append({
             "category": category, "method": method, "metric": metric, "direction": direction,
@@ -166,6 +182,8 @@ def metric_stats(runs: dict[str, MethodRun], category: str, metric: str, seed: i
             "rank_ci_high": boot["rank_ci"][1, i],
             "p_vs_best": p, "worse_than_best": bool(p < ALPHA) if not math.isnan(p) else False,
             "best": bool(rank[i] == 1 and not math.isnan(means[i])),
+            "vertebrae": int(counts["vertebrae"]), "failed": int(counts["failed"]),
+            "refused": int(counts["refused"]),
         })  # fmt: skip
     return pd.DataFrame(rows)
 

@@ -1,8 +1,10 @@
 """Write the published leaderboard: markdown, tidy CSV, HTML with figures, and an index.
 
 Everything here is generated from run summaries copied into ``<out>/runs/<dataset>/<method>/``
-(``manifest.json``, ``cases.csv``, ``lesions.csv``), so the tables can be regenerated and
-checked from the repository alone.
+(``manifest.json``, ``cases.csv``, ``lesions.csv``) and the publishing choices beside them
+(``not_run.json``, ``publish.json``), so the tables can be regenerated and checked from the
+repository alone. A method that failed or timed out on some vertebrae is marked ``†`` wherever
+it is shown; with ``exclude_failed`` it is left out of the tables and listed under them.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from wsbench.files import write_json
 from wsbench.harness.evaluation import CATEGORIES, HEALTHY, METRICS
+from wsbench.harness.rundir import mask_path, read_manifest
 from wsbench.report.leaderboard import (
     ALPHA,
     BOOTSTRAP_SAMPLES,
     MethodRun,
+    failure_note,
+    failures,
     leaderboard_stats,
     not_run,
     published_runs,
@@ -38,6 +43,7 @@ from wsbench.report.leaderboard import (
 SUMMARY_FILES = ("manifest.json", "cases.csv", "lesions.csv")
 RANKED_METRICS = ("f1", "sq")
 LYTIC_RGB, BLASTIC_RGB = (0.9, 0.15, 0.15), (0.15, 0.35, 0.95)
+FAILED_MARK = "†"
 MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
 """CommonMark with tables; HTML in the text (a reason, a method name) is shown, not obeyed."""
 
@@ -72,8 +78,19 @@ def models_lines(runs: dict[str, MethodRun]) -> list[str]:
     return [f"- models: {'; '.join(parts)}"] if parts else []
 
 
+def failure_lines(runs: dict[str, MethodRun]) -> list[str]:
+    """``- † = …: otsu 2 of 207 vertebrae failed or timed out``: what the mark means and which
+    methods carry it; no line when no method failed anywhere."""
+    failing = [f"{m} {failure_note(r)}" for m, r in runs.items() if failures(r)]
+    if not failing:
+        return []
+    return [f"- {FAILED_MARK} = failed or timed out on some vertebrae, which are scored as an "
+            f"empty answer and counted in every mean: {'; '.join(failing)}"]  # fmt: skip
+
+
 def header_lines(dataset: str, runs: dict[str, MethodRun]) -> list[str]:
-    """Dataset fingerprint, split sizes, versions and commits of the runs, the models used."""
+    """Dataset fingerprint, split sizes, versions and commits of the runs, the models used, and
+    which methods failed on some vertebrae."""
     manifests = [r.manifest for r in runs.values()]
     fingerprints = sorted({m["dataset"]["fingerprint"] for m in manifests})
     versions = sorted({m["packages"].get("wsbench", "?") for m in manifests})
@@ -90,6 +107,7 @@ def header_lines(dataset: str, runs: dict[str, MethodRun]) -> list[str]:
         f"- mean ± SD over vertebrae; **bold** = best; `*` = worse than the best "
         f"(paired Wilcoxon signed-rank, p < {ALPHA}); 95% CIs from {BOOTSTRAP_SAMPLES} "
         "bootstrap resamples of vertebrae (seed 0) are in the CSV and HTML",
+        *failure_lines(runs),
     ]
 
 
@@ -102,16 +120,30 @@ def cell(row: pd.Series) -> str:
     return f"**{text}**" if row["best"] else text
 
 
+def counts_cell(row: pd.Series) -> str:
+    """``19 (2, 0)``: a method's vertebrae in a category (failed or timed out, refused)."""
+    return f"{row['vertebrae']} ({row['failed']}, {row['refused']})"
+
+
 def category_table(stats: pd.DataFrame, category: str, methods: list[str]) -> list[str]:
-    """Markdown rows: metrics × methods for one category."""
+    """Markdown rows: metrics × methods for one category, after the vertebrae each method was
+    scored on; a method that failed on any of them is marked, with a footnote."""
     part = stats[stats["category"] == category]
-    lines = ["| Metric | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    counts = part.groupby("method").first()
+    failing = [m for m in methods if m in counts.index and counts.loc[m, "failed"] > 0]
+    names = [f"{m} {FAILED_MARK}" if m in failing else m for m in methods]
+    lines = ["| Metric | " + " | ".join(names) + " |", "|---" * (len(methods) + 1) + "|"]
+    cells = [counts_cell(counts.loc[m]) if m in counts.index else "–" for m in methods]
+    lines.append("| Vertebrae: n (failed, refused) | " + " | ".join(cells) + " |")
     for metric in METRICS.values():
         rows = part[part["metric"] == metric.name].set_index("method")
         if rows.empty:
             continue
         cells = [cell(rows.loc[m]) if m in rows.index else "–" for m in methods]
         lines.append(f"| {metric.label} {metric.arrow} | " + " | ".join(cells) + " |")
+    if failing:
+        lines += ["", f"{FAILED_MARK} failed or timed out on some of these vertebrae, scored as "
+                      "an empty answer (row *Vertebrae*)."]  # fmt: skip
     return lines
 
 
@@ -123,6 +155,7 @@ def rank_table(stats: pd.DataFrame, category: str, methods: list[str]) -> list[s
     metrics = [m for m in RANKED_METRICS if m in set(part["metric"])]
     lines = ["| Method | " + " | ".join(f"rank by {METRICS[m].label}" for m in metrics) + " |",
              "|---" * (len(metrics) + 1) + "|"]  # fmt: skip
+    failing = set(part.loc[part["failed"] > 0, "method"])
     for method in methods:
         cells = []
         for metric in metrics:
@@ -132,23 +165,39 @@ def rank_table(stats: pd.DataFrame, category: str, methods: list[str]) -> list[s
                 continue
             r = row.iloc[0]
             cells.append(f"{r['rank']:.0f} [{r['rank_ci_low']:.0f}–{r['rank_ci_high']:.0f}]")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        name = f"{method} {FAILED_MARK}" if method in failing else method
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
+def ranked_runs(
+    runs: dict[str, MethodRun], exclude_failed: bool
+) -> tuple[dict[str, MethodRun], dict[str, str]]:
+    """The runs the tables show, and the methods left out: with ``exclude_failed``, those that
+    failed or timed out on any vertebra, each with ``excluded: 2 of 207 vertebrae failed or
+    timed out``; else none."""
+    excluded = {m: f"excluded: {failure_note(r)}" for m, r in runs.items()
+                if exclude_failed and failures(r)}  # fmt: skip
+    return {m: r for m, r in runs.items() if m not in excluded}, excluded
+
+
 def markdown(dataset: str, runs: dict[str, MethodRun], stats: pd.DataFrame,
-             missing: dict[str, str]) -> str:  # fmt: skip
-    """The whole ``<dataset>.md`` page."""
-    methods = list(runs)
+             missing: dict[str, str], excluded: dict[str, str]) -> str:  # fmt: skip
+    """The whole ``<dataset>.md`` page; ``excluded`` methods (with why) are listed, not shown
+    in the tables."""
+    methods = [m for m in runs if m not in excluded]
     lines = [f"# wsbench leaderboard — {dataset}", "", *header_lines(dataset, runs), ""]
     present = [c for c in CATEGORIES if c in set(stats.get("category", []))]
     for category in present:
-        n = int(stats[stats["category"] == category]["n"].max())
+        n = int(stats[stats["category"] == category]["vertebrae"].max())
         title = "Healthy vertebrae (false positives)" if category == HEALTHY else category.title()
         lines += [f"## {title} (n = {n})", "", *category_table(stats, category, methods), ""]
         ranked = rank_table(stats, category, methods)
         if ranked:
             lines += ["Rank (95% bootstrap CI):", "", *ranked, ""]
+    if excluded:
+        lines += ["## Excluded from ranking (`--exclude-failed`)", ""]
+        lines += [f"- **{m}**: {why}" for m, why in excluded.items()] + [""]
     if missing:
         lines += ["## Not run", ""] + [f"- **{m}**: not run — {why}" for m, why in missing.items()]
         lines.append("")
@@ -190,21 +239,25 @@ def figure_rows(runs: dict[str, MethodRun]) -> list[str]:
     return chosen
 
 
-def qualitative_figure(runs: dict[str, MethodRun], masks_dirs: dict[str, Path]) -> str | None:
-    """Paper-Fig.-2-style grid as base64 PNG (rows vertebrae; input, ground truth, methods)."""
-    rows = figure_rows(runs)
-    methods = [m for m in runs if (masks_dirs[m] / f"{rows[0]}.npz").exists()] if rows else []
-    if not methods:
+def qualitative_figure(runs: dict[str, MethodRun], run_dirs: dict[str, Path]) -> str | None:
+    """Paper-Fig.-2-style grid as base64 PNG (rows vertebrae; input, ground truth, methods),
+    from the masks in each method's run directory ``run_dirs[method]``."""
+    rows = figure_rows(runs) if runs else []
+    stored = {m: [mask_path(run_dirs[m], v).exists() for v in rows] for m in runs}
+    rows = [v for i, v in enumerate(rows) if any(found[i] for found in stored.values())]
+    methods = [m for m in runs if any(stored[m])]  # a failed vertebra has no masks
+    if not methods or not rows:
         return None
     size = (1.6 * (len(methods) + 2), 1.7 * len(rows))
     fig, axes = plt.subplots(len(rows), len(methods) + 2, figsize=size, squeeze=False)
     for i, vertebra in enumerate(rows):
-        with np.load(masks_dirs[methods[0]] / f"{vertebra}.npz") as first:
+        source = next(m for m in methods if mask_path(run_dirs[m], vertebra).exists())
+        with np.load(mask_path(run_dirs[source], vertebra)) as first:
             image, reference = first["image"], first.get("reference")
         overlay(axes[i, 0], image, None, f"{vertebra}")
         overlay(axes[i, 1], image, reference, "ground truth")
         for j, method in enumerate(methods):
-            path = masks_dirs[method] / f"{vertebra}.npz"
+            path = mask_path(run_dirs[method], vertebra)
             labels = np.load(path)["labels"] if path.exists() else None
             overlay(axes[i, j + 2], image, labels, method)
     fig.tight_layout()
@@ -275,28 +328,33 @@ def write_index(out: Path) -> None:
 
 
 def publish_dataset(dataset: str, runs: dict[str, MethodRun], missing: dict[str, str],
-                    out: Path, masks_dirs: dict[str, Path]) -> pd.DataFrame:  # fmt: skip
-    """Write ``<dataset>.md``, ``.csv`` and ``.html`` into ``out`` from the given runs."""
-    stats = leaderboard_stats(runs)
-    md = markdown(dataset, runs, stats, missing)
+                    out: Path, run_dirs: dict[str, Path],
+                    exclude_failed: bool = False) -> pd.DataFrame:  # fmt: skip
+    """Write ``<dataset>.md``, ``.csv`` and ``.html`` into ``out`` from the given runs; with
+    ``exclude_failed`` the methods that failed on any vertebra are listed instead of ranked."""
+    shown, excluded = ranked_runs(runs, exclude_failed)
+    stats = leaderboard_stats(shown)
+    md = markdown(dataset, runs, stats, missing, excluded)
     (out / f"{dataset}.md").write_text(md)
     stats.to_csv(out / f"{dataset}.csv", index=False, float_format="%.6g")
     figures = {
-        "Qualitative comparison (blastic blue, lytic red)": qualitative_figure(runs, masks_dirs),
-        "Candidate size vs score": size_score_figure(runs),
+        "Qualitative comparison (blastic blue, lytic red)": qualitative_figure(shown, run_dirs),
+        "Candidate size vs score": size_score_figure(shown),
     }
     (out / f"{dataset}.html").write_text(html_page(dataset, md, figures))
     return stats
 
 
-def publish(runs_root: Path, out: Path) -> list[str]:
-    """Publish every dataset found under ``runs_root``; returns the dataset names."""
-    published = []
+def publish(runs_root: Path, out: Path, exclude_failed: bool = False) -> dict[str, dict[str, str]]:
+    """Publish every dataset found under ``runs_root``; returns, per published dataset, the
+    methods that failed or timed out on some vertebrae with ``2 of 207 vertebrae failed or timed
+    out`` (left out of the tables with ``exclude_failed``)."""
+    published = {}
     for dataset_dir in sorted(p for p in runs_root.iterdir() if p.is_dir()):
         runs = published_runs(dataset_dir)
         if not runs:
             continue
-        masks_dirs = {m: r.run_dir / "masks" for m, r in runs.items()}
+        run_dirs = {m: r.run_dir for m, r in runs.items()}
         out.mkdir(parents=True, exist_ok=True)
         summaries = out / "runs" / dataset_dir.name
         if summaries.exists():
@@ -304,8 +362,9 @@ def publish(runs_root: Path, out: Path) -> list[str]:
         copied = copy_summaries(runs, summaries)
         missing = not_run(dataset_dir)
         write_json(summaries / "not_run.json", missing)
-        publish_dataset(dataset_dir.name, copied, missing, out, masks_dirs)
-        published.append(dataset_dir.name)
+        write_json(summaries / "publish.json", {"exclude_failed": exclude_failed})
+        publish_dataset(dataset_dir.name, copied, missing, out, run_dirs, exclude_failed)
+        published[dataset_dir.name] = {m: failure_note(r) for m, r in copied.items() if failures(r)}
     write_index(out)
     return published
 
@@ -315,9 +374,14 @@ def regenerate_markdown(out: Path, dataset: str) -> str:
     summaries = out / "runs" / dataset
     runs = {}
     for method_dir in sorted(p for p in summaries.iterdir() if p.is_dir()):
-        manifest = json.loads((method_dir / "manifest.json").read_text())
+        manifest = read_manifest(method_dir)
         cases = pd.read_csv(method_dir / "cases.csv",
                             dtype={"subject": str, "session": str, "reason": str})  # fmt: skip
         runs[method_dir.name] = MethodRun(method_dir.name, method_dir, manifest, cases)
     missing = json.loads((summaries / "not_run.json").read_text())
-    return markdown(dataset, runs, leaderboard_stats(runs), missing)
+    options = summaries / "publish.json"
+    exclude_failed = (
+        json.loads(options.read_text())["exclude_failed"] if options.exists() else False
+    )
+    shown, excluded = ranked_runs(runs, exclude_failed)
+    return markdown(dataset, runs, leaderboard_stats(shown), missing, excluded)

@@ -1,16 +1,33 @@
-"""The run summary printed after ``wsbench run``: paper-Table-2 layout, mean ± SD."""
+"""The run summary printed after ``wsbench run``: paper-Table-2 layout, mean ± SD, then what the
+dataset skipped and which vertebrae failed, timed out or were refused, on one screen."""
 
 from __future__ import annotations
 
-import json
 import math
+import re
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from wsbench.harness.evaluation import CATEGORIES, METRICS, summarize, vertebra_level_summary
+from wsbench.harness.evaluation import (
+    CATEGORIES,
+    FAILED_STATUSES,
+    METRICS,
+    REFUSED,
+    category_counts,
+    summarize,
+    vertebra_level_summary,
+)
+from wsbench.harness.rundir import read_manifest
 from wsbench.harness.runner import RunResult
+
+MAX_GROUPS = 10
+"""Reason groups shown per list (skipped, not answered); the rest are counted, never hidden."""
+EXAMPLES = 3
+"""Example vertebrae or files shown per reason group."""
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
 def mean_sd(mean: float, sd: float) -> str:
@@ -20,15 +37,28 @@ def mean_sd(mean: float, sd: float) -> str:
     return f"{mean:.2f}" if sd is None or math.isnan(sd) else f"{mean:.2f} ± {sd:.2f}"
 
 
+def column_header(category: str, vertebrae: int, failed: int, refused: int) -> str:
+    """``blastic`` over ``n=19, failed 2, refused 3`` (two lines); zero counts of failed and
+    refused are left out."""
+    parts = [f"n={vertebrae}"]
+    parts += [f"failed {failed}"] if failed else []
+    parts += [f"refused {refused}"] if refused else []
+    return f"{category}\n{', '.join(parts)}"
+
+
 def lesion_table(cases: pd.DataFrame) -> Table:
-    """Metrics (rows) × categories (columns), mean ± SD with the number of vertebrae."""
+    """Metrics (rows) × categories (columns), mean ± SD over every vertebra of the category,
+    with its number of vertebrae and how many failed (scored as an empty answer) or were
+    refused."""
     summary = summarize(cases)
+    counts = category_counts(cases).set_index("category")
     present = [c for c in CATEGORIES if c in set(summary["category"])]
-    counts = cases[cases["status"] == "ok"]["category"].value_counts()
     table = Table(title="Lesion-level evaluation (mean ± SD over vertebrae)")
     table.add_column("Metric")
     for category in present:
-        table.add_column(f"{category} (n={counts.get(category, 0)})", justify="right")
+        row = counts.loc[category]
+        header = column_header(category, row["vertebrae"], row["failed"], row["refused"])
+        table.add_column(header, justify="right")
     for metric in METRICS.values():
         cells = []
         for category in present:
@@ -50,19 +80,91 @@ def vertebra_table(cases: pd.DataFrame) -> Table:
     return table
 
 
+def shared_reason(reasons: list[str]) -> str:
+    """The reasons of one group (the same text around their numbers) as one text: a number
+    they all share is kept, one that differs is shown as ``…``."""
+    numbers = [NUMBER.findall(reason) for reason in reasons]
+    shared = [column[0] if len(set(column)) == 1 else "…" for column in zip(*numbers, strict=True)]
+    texts = NUMBER.split(reasons[0])
+    return "".join(text + number for text, number in zip(texts, [*shared, ""], strict=True))
+
+
+def reason_groups(
+    records: pd.DataFrame, kind: str, where: str, order: tuple[str, ...]
+) -> pd.DataFrame:
+    """Records grouped by ``kind`` and reason, numbers in the reason aside (``c(z)=0.31`` and
+    ``c(z)=0.12`` group together): ``kind``, ``count``, ``reason`` (:func:`shared_reason`) and
+    ``examples`` (the first few ``where`` values); kinds in ``order``, the largest group first
+    within a kind."""
+    text = records["reason"].fillna("").astype(str)
+    keyed = records.assign(_key=text.map(lambda r: tuple(NUMBER.split(r))), _reason=text)
+    rows = []
+    for (value, _), part in keyed.groupby([kind, "_key"], sort=False):
+        shown = ", ".join(part[where].astype(str).head(EXAMPLES))
+        more = len(part) - EXAMPLES
+        rows.append({
+            kind: value, "count": len(part), "reason": shared_reason(list(part["_reason"])),
+            "examples": shown + (f", … {more} more" if more > 0 else ""),
+            "_rank": order.index(value) if value in order else len(order),
+        })  # fmt: skip
+    frame = pd.DataFrame(rows, columns=[kind, "count", "reason", "examples", "_rank"])
+    frame = frame.sort_values(["_rank", "count"], ascending=[True, False], kind="stable")
+    return frame.drop(columns="_rank").reset_index(drop=True)
+
+
+def groups_table(groups: pd.DataFrame, title: str, rest: str) -> Table:
+    """The first :data:`MAX_GROUPS` reason groups as a table; the others are counted in the
+    caption, with ``rest`` saying where all of them are."""
+    table = Table(title=title, title_justify="left", min_width=len(title))
+    for column in groups.columns:
+        table.add_column(str(column), justify="right" if column == "count" else "left")
+    for row in groups.head(MAX_GROUPS).itertuples(index=False):
+        table.add_row(*[Text(str(value)) for value in row])  # reasons are text, not markup
+    hidden = groups.iloc[MAX_GROUPS:]
+    if len(hidden):
+        table.caption = f"… and {int(hidden['count'].sum())} more {rest}"
+    return table
+
+
+def skipped_table(skipped: list[dict]) -> Table:
+    """What the dataset skipped (the manifest's ``skipped``), grouped by scope and reason."""
+    records = pd.DataFrame(skipped, columns=["where", "reason", "scope"])
+    records["scope"] = records["scope"].fillna("vertebra")  # manifests before scopes existed
+    groups = reason_groups(records, "scope", "where", ("dataset", "file", "vertebra"))
+    title = f"Skipped by the dataset: {len(records)} (all {len(records)} in manifest.json)"
+    return groups_table(groups, title, "in manifest.json")
+
+
+def unanswered_table(cases: pd.DataFrame) -> Table:
+    """Vertebrae that failed, timed out or were refused, grouped by status and reason."""
+    records = cases[cases["status"].isin([*FAILED_STATUSES, REFUSED])]
+    groups = reason_groups(records, "status", "vertebra", (*FAILED_STATUSES, REFUSED))
+    title = f"Failed or timed out (scored as empty) or refused: {len(records)} (all in cases.csv)"
+    return groups_table(groups, title, "in cases.csv")
+
+
+def scored_line(cases: pd.DataFrame) -> str:
+    """``207 vertebrae scored (2 failed, 1 timeout, 14 refused, 3 without a category)``."""
+    status = cases["status"].value_counts()
+    parts = [f"{status[s]} {s}" for s in (*FAILED_STATUSES, REFUSED) if status.get(s, 0)]
+    unlabelled = int((cases["category"].fillna("").astype(str) == "").sum())
+    if unlabelled:
+        parts.append(f"{unlabelled} without a category, in no table")
+    return f"{len(cases)} vertebrae scored" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def print_summary(result: RunResult, console: Console) -> None:
-    """Print the summary table, failures, the trained weights the method used (as recorded in the
-    manifest) and where the run directory is."""
+    """Print the summary table, what was skipped and which vertebrae failed or were refused,
+    the trained weights the method used (as recorded in the manifest) and where the run
+    directory is."""
     cases = result.cases
-    ok = cases[cases["status"] == "ok"]
+    manifest = read_manifest(result.run_dir)
     console.print(lesion_table(cases) if result.lesion_metrics else vertebra_table(cases))
-    failed = cases[cases["status"] != "ok"]
-    if len(failed):
-        console.print(
-            f"[red]{len(failed)} vertebrae failed[/] (reasons in cases.csv), e.g. "
-            f"{failed.iloc[0]['vertebra']}: {failed.iloc[0]['reason']}"
-        )
-    models = json.loads((result.run_dir / "manifest.json").read_text())["method"]["models"]
+    if manifest.get("skipped"):
+        console.print(skipped_table(manifest["skipped"]))
+    if cases["status"].isin([*FAILED_STATUSES, REFUSED]).any():
+        console.print(unanswered_table(cases))
+    models = manifest["method"]["models"]
     if models:
         console.print("weights: " + ", ".join(f"{role} {name}" for role, name in models.items()))
-    console.print(f"{len(ok)} vertebrae evaluated → [bold]{result.run_dir}[/]")
+    console.print(f"{scored_line(cases)} → [bold]{result.run_dir}[/]")

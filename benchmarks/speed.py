@@ -10,6 +10,7 @@ Usage:
     python benchmarks/speed.py preprocess --subjects 4
     python benchmarks/speed.py tcia --subjects 4
     python benchmarks/speed.py phantom --subjects 340 --otsu
+    python benchmarks/speed.py timeout --method otsu --repeats 5
 
 Timings are wall seconds (medians where a probe repeats). Models with random weights are used
 wherever speed does not depend on the weights. Nothing is written to the wsbench cache except
@@ -516,13 +517,53 @@ def otsu_scores(data, hints) -> dict[str, dict[str, float]]:  # type: ignore[no-
     rows = []
     for vertebra in data.split(Split.TEST):
         seg, _ = segment_vertebra(method, vertebra, hints[vertebra.key.patient])
-        rows.append(case_record(vertebra, seg, True, None))
+        rows.append(case_record(vertebra, seg.labels, True, "ok", ""))
     summary = summarize(pd.DataFrame(rows))
     wanted = summary[summary["metric"].isin(["f1", "global_dice", "fp", "pred_area_mm2"])]
     scores: dict[str, dict[str, float]] = {}
     for row in wanted.itertuples():
         scores.setdefault(row.category, {"n": int(row.n)})[row.metric] = round(row.mean, 3)
     return scores
+
+
+@app.command("timeout")
+def timeout_probe(
+    method: Annotated[str, typer.Option(help="registered method")] = "otsu",
+    dataset: Annotated[str, typer.Option(help="registered dataset (prepared, cached)")] = "phantom",
+    repeats: Repeats = 5,
+) -> None:
+    """Cost of the per-vertebra time limit: whole runs of ``method`` on the test split, in
+    this process (``--timeout 0``) and in the forked worker (the method's default limit),
+    alternating; median run and segmentation seconds of each and the worker's overhead."""
+    from wsbench.harness.runner import RunConfig, run
+
+    config = RunConfig(method, dataset)
+    run(config, Path(tempfile.mkdtemp()), timeout_s=0)  # warm the dataset cache
+    found: dict[str, dict[str, list[float]]] = {"in_process": {}, "worker": {}}
+    for _ in range(repeats):
+        for mode, limit in (("in_process", 0.0), ("worker", None)):
+            with tempfile.TemporaryDirectory() as out:
+                start = time.perf_counter()
+                result = run(config, Path(out), timeout_s=limit)
+                total = time.perf_counter() - start
+                timings = json.loads((result.run_dir / "manifest.json").read_text())["timings_s"]
+            record = found[mode]
+            record.setdefault("run_s", []).append(total)
+            for stage in ("fit", "segment"):
+                record.setdefault(f"{stage}_s", []).append(timings.get(stage, 0.0))
+    medians = {
+        mode: {k: round(statistics.median(v), 3) for k, v in record.items()}
+        for mode, record in found.items()
+    }
+    base, worker = medians["in_process"], medians["worker"]
+    emit({
+        "method": method, "dataset": dataset, "repeats": repeats,
+        "vertebrae": len(result.cases), **medians,
+        "overhead_run_pct": round(100 * (worker["run_s"] / base["run_s"] - 1), 1),
+        "overhead_segment_fit_pct": round(
+            100 * ((worker["segment_s"] + worker["fit_s"]) / (base["segment_s"] + base["fit_s"])
+                   - 1), 1),
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def test_checkpoint_from_the_environment(
 def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "medsam_vit_b.pth"
     path.write_bytes(b"<html>Google Drive virus scan warning</html>")
-    with pytest.raises(CheckpointError, match=r"cannot read the MedSAM checkpoint .*medsam_vit_b"):
+    with pytest.raises(CheckpointError, match=r"medsam_vit_b.pth is not a MedSAM checkpoint"):
         MedSAM(checkpoint=str(path))
 
 

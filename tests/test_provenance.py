@@ -121,7 +121,7 @@ def test_the_run_summary_names_the_weights(tmp_path: Path) -> None:
 def test_an_interrupted_run_already_records_the_models(tmp_path: Path) -> None:
     InterruptedAfterFit.fitted = False
     with pytest.raises(KeyboardInterrupt):
-        run(RunConfig("test_provenance:InterruptedAfterFit", TINY), tmp_path)
+        run(RunConfig("test_provenance:InterruptedAfterFit", TINY), tmp_path, timeout_s=0)
     (run_dir,) = (tmp_path / "fakes-TinyDataset" / "test_provenance-InterruptedAfterFit").iterdir()
     manifest = manifest_of(run_dir)
     assert manifest["finished"] is None and manifest["method"]["models"] == KNOWN

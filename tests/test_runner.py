@@ -56,22 +56,22 @@ def test_same_seed_same_numbers(tmp_path: Path) -> None:
 
 def test_fit_receives_the_weak_training_view(tmp_path: Path) -> None:
     fakes.NoisyMethod.seen.clear()
-    run(tiny("fakes:NoisyMethod"), tmp_path)
+    run(tiny("fakes:NoisyMethod"), tmp_path, timeout_s=0)  # fit in this process, to look at it
     (training,) = fakes.NoisyMethod.seen
     assert isinstance(training, TrainingSet) and len(training) == 4
 
 
 def test_resume_after_crash_gives_identical_cases(tmp_path: Path) -> None:
     fakes.CrashAfterTwo.calls, fakes.CrashAfterTwo.crash_at = 0, None
-    reference = run(tiny("fakes:CrashAfterTwo"), tmp_path / "ref").run_dir / "cases.csv"
+    reference = run(tiny("fakes:CrashAfterTwo"), tmp_path / "ref").run_dir / "cases.csv"  # worker
     fakes.CrashAfterTwo.calls, fakes.CrashAfterTwo.crash_at = 0, 2
     with pytest.raises(KeyboardInterrupt):
-        run(tiny("fakes:CrashAfterTwo"), tmp_path / "crash")
+        run(tiny("fakes:CrashAfterTwo"), tmp_path / "crash", timeout_s=0)
     (run_dir,) = (tmp_path / "crash" / "fakes-TinyDataset" / "fakes-CrashAfterTwo").iterdir()
     assert len(list((run_dir / "cases").glob("*.json"))) == 2
     assert not (run_dir / "cases.csv").exists()
     fakes.CrashAfterTwo.calls, fakes.CrashAfterTwo.crash_at = 0, None
-    resumed = run(tiny("fakes:CrashAfterTwo"), tmp_path / "crash", resume=True)
+    resumed = run(tiny("fakes:CrashAfterTwo"), tmp_path / "crash", resume=True, timeout_s=0)
     assert resumed.run_dir == run_dir
     assert fakes.CrashAfterTwo.calls == 2, "finished vertebrae are not recomputed"
     assert (run_dir / "cases.csv").read_bytes() == reference.read_bytes()
@@ -82,7 +82,7 @@ def test_a_run_of_another_method_version_or_other_data_is_not_resumed(
 ) -> None:
     fakes.CrashAfterTwo.calls, fakes.CrashAfterTwo.crash_at = 0, 2
     with pytest.raises(KeyboardInterrupt):
-        run(tiny("fakes:CrashAfterTwo"), tmp_path)
+        run(tiny("fakes:CrashAfterTwo"), tmp_path, timeout_s=0)
     fakes.CrashAfterTwo.calls, fakes.CrashAfterTwo.crash_at = 0, None
     monkeypatch.setattr(fakes.CrashAfterTwo, "version", "2")
     with pytest.raises(RunError, match="made by method version '1', the installed one is '2'"):
@@ -93,7 +93,7 @@ def test_a_run_of_another_method_version_or_other_data_is_not_resumed(
     manifest["dataset"]["fingerprint"] = "older-data"
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RunError, match="fingerprint older-data differs"):
-        run(tiny("fakes:CrashAfterTwo"), tmp_path, resume=True)
+        run(tiny("fakes:CrashAfterTwo"), tmp_path, resume=True, timeout_s=0)
     assert fakes.CrashAfterTwo.calls == 0
 
 
@@ -132,7 +132,7 @@ def test_output_under_a_file_is_refused(tmp_path: Path) -> None:
 
 def test_methods_get_the_patient_level_hint_never_the_vertebra_label(tmp_path: Path) -> None:
     fakes.HintRecorder.seen.clear()
-    run(tiny("fakes:HintRecorder"), tmp_path)
+    run(tiny("fakes:HintRecorder"), tmp_path, timeout_s=0)  # segment in this process
     # s3: a blastic and a lytic vertebra; s4: a mixed and a healthy one
     assert fakes.HintRecorder.seen == {
         "tiny_s3_L1": Phenotype.MIXED,

@@ -71,7 +71,7 @@ def test_the_plugin_trains_runs_and_benches_through_the_cli(wsbench, tmp_path: P
     assert record["method"]["params"] == {"quantile": 0.95}
     assert record["method"]["models"]["threshold"].startswith(card.stem)
     benched = wsbench("bench", *data, "--methods", "brightest,otsu", "--out", str(tmp_path / "b"))
-    assert benched.exit_code == 0, benched.output
+    assert benched.exit_code == 1 and "brightest crashed" in benched.output, benched.output
     outcomes = json.loads((tmp_path / "b" / "fakes-TinyDataset" / "bench.json").read_text())
     assert outcomes["methods"]["otsu"]["status"] == "ok", outcomes["methods"]["otsu"]
     assert outcomes["methods"]["brightest"]["status"] == "failed"  # bench used quantile 0.99

@@ -233,12 +233,22 @@ def patient_hints(vertebrae: Iterable[PreparedVertebra]) -> dict[tuple[str, str]
     return {patient: Phenotype.combine(kinds) for patient, kinds in found.items()}
 
 
+class Scope(str, Enum):
+    """What a :class:`Skipped` record costs: one vertebra, a file (a subject or series), or the
+    dataset as a whole. ``wsbench datasets check`` exits non-zero on file and dataset faults."""
+
+    VERTEBRA = "vertebra"
+    FILE = "file"
+    DATASET = "dataset"
+
+
 @dataclass(frozen=True)
 class Skipped:
     """A vertebra or file that could not be used, with the reason (never dropped silently)."""
 
     where: str
     reason: str
+    scope: Scope = Scope.VERTEBRA
 
 
 @dataclass
@@ -275,7 +285,8 @@ class LesionScore:
 
 @dataclass
 class Segmentation:
-    """A method's answer: label map 0/1/2 (uint8), optional score map and candidate scores.
+    """A method's answer: label map 0/1/2 (uint8), optional score map, candidate scores and a
+    refusal.
 
     ``candidates``, when given, is an int32 instance map on the slice grid in which value
     ``i + 1`` marks the pixels of ``lesions[i]``; the harness uses it to tell which scored
@@ -286,6 +297,9 @@ class Segmentation:
     scores: np.ndarray | None = None
     lesions: list[LesionScore] = field(default_factory=list)
     candidates: np.ndarray | None = None
+    refusal: str = ""
+    """Why the method declined to look for lesions here (e.g. its classifier calls the vertebra
+    healthy), with ``labels`` its answer; the harness records the vertebra as ``refused``."""
 
 
 class WeightsNotSuppliedError(FileNotFoundError):
@@ -322,13 +336,17 @@ class Method:
     or train quickly when none is stored). ``distinguishes_phenotype = False`` declares that the
     method returns a binary foreground (0/1) which the harness labels by the phenotype hint.
     ``bench = False`` leaves a method out of ``wsbench bench`` unless it is named (a
-    configuration too slow for a routine sweep).
+    configuration too slow for a routine sweep). A vertebra on which :meth:`segment` runs longer
+    than ``timeout_s`` is stopped and recorded as ``timeout``.
     """
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     distinguishes_phenotype: ClassVar[bool] = True
     bench: ClassVar[bool] = True
+    timeout_s: ClassVar[float] = 120.0
+    """Default time limit of one vertebra's :meth:`segment`, in seconds (``--timeout``
+    overrides it; 0 = none): generous for a method answering in well under a second."""
 
     @classmethod
     def parameters(cls) -> dict[str, inspect.Parameter]:
@@ -409,6 +427,14 @@ class DatasetAdapter:
         self.root = root
         self.cache_dir = cache_dir
         self.options = options
+
+    @classmethod
+    def option_parameters(cls) -> dict[str, inspect.Parameter]:
+        """The options the adapter accepts (``-o key=value``) with their defaults: the keyword
+        parameters of its constructor besides ``root`` and ``cache_dir``. An adapter declares
+        each option there, typed, and forwards it to this class in ``**options``."""
+        found = signature_parameters(cls, "__init__", DatasetAdapter)
+        return {n: p for n, p in found.items() if n not in ("root", "cache_dir")}
 
     @classmethod
     def missing_root(cls, asked: str) -> str:

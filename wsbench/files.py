@@ -9,7 +9,10 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def digest(value: Any, length: int = 12) -> str:
@@ -25,9 +28,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
     without an error, so a crash never leaves a half-written ``path``. A failed write (disk
     full, …) is raised as ``OSError`` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(handle)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        os.close(handle)
+    except OSError as exc:
+        raise OSError(exc.errno, f"could not write {path}: {exc.strerror or exc}") from exc
     temporary = Path(name)
     try:
         yield temporary
@@ -49,3 +55,9 @@ def write_json(path: Path, record: Mapping[str, Any]) -> None:
     with atomic_path(path) as temporary:
         text = json.dumps(record, indent=2, default=_json_default, allow_nan=True)
         temporary.write_text(text + "\n")
+
+
+def write_csv(path: Path, table: pd.DataFrame) -> None:
+    """Write ``table`` as CSV without its index, atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False)

@@ -35,6 +35,7 @@ from wsbench.api import (
     augment_batch,
     augmentations,
     hu_to_unit,
+    load_weights,
     progress_bar,
     sample_slices,
     subject_holdout,
@@ -162,10 +163,7 @@ def save_classifier(path: Path, model: nn.Module, key: ModelKey) -> None:
 
 def load_classifier(path: Path, expected: ModelKey | None = None) -> nn.Module:
     """Load a checkpoint (refused when ``expected`` is given and the stored key differs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"classifier checkpoint {path} does not exist")
-    record = torch.load(path, map_location="cpu", weights_only=True)
+    record = load_weights(Path(path), "classifier checkpoint")
     if not isinstance(record, dict) or "state_dict" not in record or "key" not in record:
         raise ValueError(f"{path} is not a wsbench classifier checkpoint (no key/state_dict)")
     if expected is not None:

@@ -80,6 +80,8 @@ class Attribution:
     deltas: tuple[float, ...] = ()
     p_hide: tuple[float, ...] = ()
     tau: float = hs.TAU
+    refusal: str = ""
+    """Why no candidate was scored (the gate, or nothing above ``p_target``); ``""`` otherwise."""
 
     def kept(self, index: int) -> bool:
         """Whether candidate ``index`` is in the result."""
@@ -96,7 +98,7 @@ class Attribution:
             extra = {"c_z": self.p_orig, "c_base": self.p_base, "c_hide": self.p_hide[i],
                      "c_healthy": self.p_healthy}  # fmt: skip
             lesions.append(LesionScore(candidate.label, candidate.size, delta, kept, extra))
-        return Segmentation(labels, scores, lesions, instances)
+        return Segmentation(labels, scores, lesions, instances, refusal=self.refusal)
 
 
 class HideAndSeek(DiffusionMethod):
@@ -190,9 +192,12 @@ class HideAndSeek(DiffusionMethod):
             x = hs.to_tensor(hu_to_unit(image[None]), module_device(dae))
             z = dae.encode(x)
             p_orig = float(plane.probability(hs.to_array(z))[0])
-            gated = self.only_malignant and p_orig < 0.5
-            if gated or p_orig <= self.p_target:  # at or below p_target Eq. 1 adds malignancy
-                return Attribution(p_orig=p_orig)
+            if self.only_malignant and p_orig < 0.5:
+                why = f"c(z)={p_orig:.3f} < 0.5, the classifier calls it healthy (only_malignant)"
+                return Attribution(p_orig=p_orig, refusal=why)
+            if p_orig <= self.p_target:  # at or below p_target Eq. 1 adds malignancy
+                why = f"c(z)={p_orig:.3f} <= p_target={self.p_target:g}, nothing to remove"
+                return Attribution(p_orig=p_orig, refusal=why)
             z_healthy = hs.healthy_latent(hs.to_array(z), plane, self.p_target)
             x_t = dae.stochastic_encode(x, z, steps[0])
             z_edit = torch.as_tensor(z_healthy, dtype=z.dtype, device=z.device)
@@ -205,7 +210,8 @@ class HideAndSeek(DiffusionMethod):
             encoded = z if base is x else dae.encode(base)
             p_base = float(plane.probability(hs.to_array(encoded))[0])
         if p_base <= self.p_target:
-            return Attribution(p_orig=p_orig, p_base=p_base)
+            why = f"c(base)={p_base:.3f} <= p_target={self.p_target:g}, nothing to remove"
+            return Attribution(p_orig=p_orig, p_base=p_base, refusal=why)
         healthy, base = hs.to_array(healthy[0, 0]), hs.to_array(base[0, 0])
         p_healthy = float(plane.probability(z_healthy)[0])
         wanted = HINTED.get(phenotype, BOTH)
@@ -245,6 +251,7 @@ class HideAndSeekPaper(HideAndSeek):
 
     name = "hideseek-paper"
     bench = False
+    timeout_s = 3600.0  # every candidate projected with 350 DDIM steps: minutes per vertebra
     reference = "input"
     invert = True
 

@@ -39,8 +39,10 @@ from wsbench.api import (
     HU_WINDOW,
     Method,
     VertebraSample,
+    WeightsFileError,
     WeightsNotSuppliedError,
     file_identity,
+    load_weights,
     torch_device,
 )
 
@@ -182,12 +184,9 @@ def build_sam(arch: SamArchitecture) -> Sam:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The SAM state dict stored in ``path`` (plain, or under a ``model`` key)."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read the MedSAM checkpoint {path}: {type(exc).__name__}: {exc}. The file is "
-            f"corrupt, truncated or not a PyTorch checkpoint. {HOW_TO_GET_WEIGHTS}"
-        ) from None
+        loaded = load_weights(path, "MedSAM checkpoint")
+    except WeightsFileError as exc:
+        raise CheckpointError(f"{exc}. {HOW_TO_GET_WEIGHTS}") from None
     if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
         loaded = loaded["model"]
     if not isinstance(loaded, Mapping) or not all(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,11 +13,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from wsbench.harness.registry import declared, import_target
+from wsbench.harness.params import dataset_options
+from wsbench.harness.registry import declared, import_target, load_dataset
 
 console = Console()
 err_console = Console(stderr=True)
 STATE = {"debug": False}
+
+
+def advice(exc: Exception) -> str:
+    """What to do about an error whose message cannot say it (a full disk), else ``""``."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return " — free space on that disk, or write elsewhere (--out, $WSBENCH_CACHE)"
+    return ""
 
 
 @contextmanager
@@ -35,22 +44,17 @@ def user_errors() -> Iterator[None]:
     except Exception as exc:
         if STATE["debug"]:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {exc}{advice(exc)}", highlight=False)
         if not STATE["debug"]:
             err_console.print("[dim](add --debug for the traceback)[/]")
         raise typer.Exit(1) from None
 
 
-def parse_dataset_options(items: list[str] | None) -> dict[str, Any]:
-    """Dataset adapter options from ``key=value`` pairs (the adapter converts the values)."""
-    options = {}
-    for item in items or []:
-        name, sep, text = item.partition("=")
-        if not sep or not name:
-            message = f"{item!r} is not of the form key=value"
-            raise typer.BadParameter(message, param_hint="--dataset-option")
-        options[name] = text
-    return options
+def parse_dataset_options(dataset: str, items: list[str] | None) -> dict[str, Any]:
+    """``-o key=value`` items typed for the options ``dataset``'s adapter declares; an unknown
+    key or a value of the wrong type raises a ``ValueError`` naming the key (one line under
+    :func:`user_errors`)."""
+    return dataset_options(load_dataset(dataset), items or [])
 
 
 DEFAULT_DATASET = "phantom"
@@ -66,7 +70,8 @@ DatasetOptions = Annotated[
         "--dataset-option",
         "-o",
         help="Dataset adapter option key=value (repeatable), e.g. -o subjects=40 for the "
-        "phantom, -o lesions=DIR for tcia.",
+        "phantom, -o edge=exclude for inhouse, -o lesions=DIR for tcia; an unknown key lists "
+        "the accepted ones (docs/datasets.md).",
     ),
 ]
 Param = Annotated[
@@ -75,6 +80,22 @@ Param = Annotated[
         "--param",
         "-p",
         help="Method parameter key=value (repeatable); `wsbench methods M` lists them.",
+    ),
+]
+Timeout = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        min=0,
+        help="Seconds one vertebra may take before it is stopped and recorded as timeout "
+        "(default: the method's own limit, shown by `wsbench methods M`; 0 = no limit).",
+    ),
+]
+KeepFailed = Annotated[
+    bool,
+    typer.Option(
+        "--keep-failed",
+        help="With --resume, keep failed and timed-out vertebrae instead of retrying them.",
     ),
 ]
 Threads = Annotated[

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -22,9 +22,11 @@ from wsbench.cli.common import (
     STATE,
     DatasetName,
     DatasetOptions,
+    KeepFailed,
     Param,
     Root,
     Threads,
+    Timeout,
     console,
     err_console,
     parse_dataset_options,
@@ -120,6 +122,8 @@ def run(
     ] = False,
     dataset_option: DatasetOptions = None,
     threads: Threads = None,
+    timeout: Timeout = None,
+    keep_failed: KeepFailed = False,
 ) -> None:
     """Run a method on a dataset split, evaluate every vertebra and print the summary."""
     from wsbench.harness.params import method_params
@@ -136,7 +140,7 @@ def run(
         params = method_params(load_method(method), [*(param or [])])
         if checkpoint is not None:
             params.update(method_params(load_method(method), [f"checkpoint={checkpoint}"]))
-        options = parse_dataset_options(dataset_option)
+        options = parse_dataset_options(dataset, dataset_option)
         config = RunConfig(
             method, dataset, split, seed, str(root) if root else None, params, options
         )
@@ -146,7 +150,11 @@ def run(
             def advance(done: int, total: int, vertebra: str) -> None:
                 bar.update(task, completed=done, total=total, description=vertebra)
 
-            result = run_config(config, out, resume=resume, progress=advance)
+            def warn(message: str) -> None:
+                bar.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+            result = run_config(config, out, resume=resume, progress=advance, timeout_s=timeout,
+                                retry_failed=not keep_failed, notify=warn)  # fmt: skip
         print_summary(result, console)
 
 
@@ -197,6 +205,8 @@ def bench_command(
         ),
     ] = False,
     threads: Threads = None,
+    timeout: Timeout = None,
+    keep_failed: KeepFailed = False,
     device: Annotated[
         str | None,
         typer.Option(
@@ -224,9 +234,20 @@ def bench_command(
             return advance
 
         names = [m.strip() for m in methods.split(",")] if methods else None
-        options = parse_dataset_options(dataset_option)
+        options = parse_dataset_options(dataset, dataset_option)
         root_text = str(root) if root else None
-        outcomes = bench(dataset, out, names, root_text, seed, on_method, options, fresh, device)
+        outcomes = bench(dataset, out, names, root_text, seed, on_method, options, fresh, device,
+                         timeout_s=timeout, retry_failed=not keep_failed)  # fmt: skip
+    console.print(bench_table(dataset, outcomes))
+    crashed = [name for name, outcome in outcomes.items() if outcome["status"] == "failed"]
+    if crashed:
+        err_console.print(f"[bold red]error:[/] {', '.join(crashed)} crashed (reasons above)")
+        raise typer.Exit(1)
+
+
+def bench_table(dataset: str, outcomes: dict[str, dict[str, Any]]) -> Table:
+    """One row per method: its status (with its failed, timed-out and refused vertebrae) and
+    its run directory or the reason it did not run."""
     table = Table(title=f"bench on {dataset}")
     for column in ("method", "status", "run directory or reason"):
         table.add_column(column)
@@ -234,8 +255,12 @@ def bench_command(
     for name, outcome in outcomes.items():
         status = outcome["status"]
         detail = outcome["run_dir"] if status == "ok" else outcome["reason"]
-        table.add_row(name, f"[{colours[status]}]{status}[/]", detail)
-    console.print(table)
+        counts = [f"{outcome[k]} {k}" for k in ("failed", "timeout", "refused") if outcome.get(k)]
+        faulty = status == "ok" and (outcome.get("failed") or outcome.get("timeout"))
+        colour = "yellow" if faulty else colours[status]
+        label = f"{status} ({', '.join(counts)})" if counts else status
+        table.add_row(name, f"[{colour}]{label}[/]", detail)
+    return table
 
 
 @app.command("leaderboard")
@@ -244,6 +269,15 @@ def leaderboard_command(
     out: Annotated[Path, typer.Option(help="Where the tables are published.")] = Path(
         "leaderboard"
     ),
+    exclude_failed: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-failed",
+            help="Leave methods that failed or timed out on any vertebra out of the tables; "
+            "they are listed under them instead (by default they are ranked, marked †, with "
+            "those vertebrae scored as an empty answer).",
+        ),
+    ] = False,
 ) -> None:
     """Publish ranked tables (markdown, CSV, HTML with figures): per method, the run the last
     `wsbench bench` recorded, else its newest finished run."""
@@ -252,11 +286,16 @@ def leaderboard_command(
     with user_errors():
         if not runs.is_dir():
             raise FileNotFoundError(f"runs folder {runs} does not exist; run `wsbench bench` first")
-        published = publish(runs, out)
+        published = publish(runs, out, exclude_failed)
         if not published:
             raise FileNotFoundError(f"no finished runs under {runs}")
-        for name in published:
+        for name, failing in published.items():
             console.print(f"published {out / name}.md, .csv, .html")
+            for method, note in failing.items():
+                what = ("excluded from the tables" if exclude_failed else
+                        "ranked with those scored as an empty answer (--exclude-failed leaves it "
+                        "out)")  # fmt: skip
+                console.print(f"  [yellow]{method}[/]: {note}; {what}")
 
 
 @app.command("compare")
@@ -328,6 +367,7 @@ def methods(
         cls = load_method(name)
         console.print(f"[bold]{cls.name}[/] {cls.__module__}:{cls.__qualname__} v{cls.version}")
         console.print((cls.__doc__ or "").strip())
+        console.print(f"time limit per vertebra: {cls.timeout_s:g} s (--timeout)")
         console.print(parameter_table("parameters (-p)", cls.parameters(), constructor_hints(cls)))
         if cls.train_settings():
             settings = parameter_table("training settings (wsbench train -t)",

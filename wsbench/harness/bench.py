@@ -7,9 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from wsbench.contract import WeightsNotSuppliedError
+from wsbench.harness.evaluation import FAILED_STATUSES
 from wsbench.harness.registry import METHODS_GROUP, declared, load_method
-from wsbench.harness.rundir import find_resumable, read_finished, safe_name
+from wsbench.harness.rundir import RunError, find_resumable, read_finished, safe_name
 from wsbench.harness.runner import RunConfig, made_otherwise, run
 
 
@@ -35,6 +38,31 @@ def default_methods() -> list[str]:
     return names
 
 
+def check_names(names: list[str]) -> None:
+    """RunError naming every method in ``names`` that is neither registered nor ``module:Class``,
+    before anything runs."""
+    known = declared(METHODS_GROUP)
+    unknown = [name for name in names if ":" not in name and name not in known]
+    if unknown:
+        raise RunError(
+            f"unknown method(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(known)} (or give module:Class)"
+        )
+
+
+def vertebra_counts(run_dir: Path) -> dict[str, int]:
+    """How many vertebrae of a finished run ended in each status other than ``ok``."""
+    cases = pd.read_csv(run_dir / "cases.csv", usecols=["status"])
+    counts = cases["status"].value_counts()
+    return {status: int(counts.get(status, 0)) for status in ("failed", "timeout", "refused")}
+
+
+def has_failures(run_dir: Path) -> bool:
+    """Whether a finished run holds failed or timed-out vertebrae."""
+    counts = vertebra_counts(run_dir)
+    return any(counts[status] for status in FAILED_STATUSES)
+
+
 def bench(
     dataset: str,
     out: Path,
@@ -45,6 +73,8 @@ def bench(
     dataset_options: dict[str, Any] | None = None,
     fresh: bool = False,
     device: str | None = None,
+    timeout_s: float | None = None,
+    retry_failed: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Run every registered method (or ``methods``; :func:`default_methods`) on ``dataset``;
     record each outcome.
@@ -57,10 +87,14 @@ def bench(
     resumed; one made by another version is run afresh. ``fresh`` runs every method afresh
     regardless; earlier run directories are left in place. A failing method is recorded with
     its error and the bench goes on; one whose weights are not supplied is recorded as not run.
+    ``timeout_s`` and ``retry_failed`` are given to every :func:`~wsbench.harness.runner.run`;
+    a finished run with failed or timed-out vertebrae is resumed to retry them when
+    ``retry_failed``. An ``ok`` outcome counts its failed, timed-out and refused vertebrae.
     The record ``<out>/<dataset>/bench.json`` is updated after every method (outcomes of methods
     not in this bench are kept). Returns this bench's outcomes.
     """
     names = methods or default_methods()
+    check_names(names)
     record_path = out / safe_name(dataset) / "bench.json"
     record_path.parent.mkdir(parents=True, exist_ok=True)
     earlier = json.loads(record_path.read_text())["methods"] if record_path.exists() else {}
@@ -76,11 +110,14 @@ def bench(
                 fresh or made_otherwise(previous, load_method(name).version)
             ):
                 previous = None
-            if previous is not None and read_finished(previous):
+            finished = previous is not None and read_finished(previous)
+            if finished and not (retry_failed and has_failures(previous)):
                 run_dir = previous
             else:
-                run_dir = run(config, out, resume=previous is not None, progress=progress).run_dir
-            outcomes[name] = {"status": "ok", "reason": "", "run_dir": str(run_dir)}
+                run_dir = run(config, out, resume=previous is not None, progress=progress,
+                              timeout_s=timeout_s, retry_failed=retry_failed).run_dir  # fmt: skip
+            outcomes[name] = {"status": "ok", "reason": "", "run_dir": str(run_dir),
+                              **vertebra_counts(run_dir)}  # fmt: skip
         except WeightsNotSuppliedError as exc:
             outcomes[name] = {"status": "not run", "reason": "weights not supplied",
                               "detail": str(exc), "run_dir": ""}  # fmt: skip

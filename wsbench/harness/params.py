@@ -10,7 +10,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union
 
-from wsbench.contract import Method
+from wsbench.contract import DatasetAdapter, Method
 
 TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
@@ -100,3 +100,10 @@ def train_settings(cls: type[Method], items: list[str]) -> dict[str, Any]:
     owner = f"method {cls.name or cls.__name__!r}"
     hints = type_hints(cls.train)
     return parse_options(items, cls.train_settings(), hints, owner, "training setting")
+
+
+def dataset_options(cls: type[DatasetAdapter], items: list[str]) -> dict[str, Any]:
+    """``-o key=value`` items typed for ``cls``'s declared options
+    (:meth:`DatasetAdapter.option_parameters`)."""
+    owner = f"dataset {cls.name or cls.__name__!r}"
+    return parse_options(items, cls.option_parameters(), constructor_hints(cls), owner, "option")

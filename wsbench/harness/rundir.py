@@ -4,9 +4,10 @@ and export it without the dataset.
 Layout of ``<out>/<dataset>/<method>/<run-id>/``: ``manifest.json`` (provenance, timings, skipped
 and failed vertebrae), ``cases.csv`` (one row per vertebra: ids, category, raw counts, every
 metric), ``lesions.csv`` (every candidate a method scored), ``masks/<vertebra>.npz``
-(post-processed and raw label maps, score map, input slice) and ``cases/<vertebra>.json`` (the
-per-vertebra record a resumed run reuses, with the vertebra's geometry in its source CT, from
-which ``wsbench export`` writes masks back without preparing the dataset again).
+(post-processed and raw label maps, score map, input slice; none where the method failed) and
+``cases/<vertebra>.json`` (the per-vertebra record a resumed run reuses, with the vertebra's
+geometry in its source CT, from which ``wsbench export`` writes masks back without preparing the
+dataset again). File names are the vertebra ids, made safe by :func:`file_stem`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from wsbench.contract import PreparedVertebra, Segmentation
-from wsbench.files import atomic_path, write_json
+from wsbench.files import atomic_path, digest, write_json
 
 
 class RunError(Exception):
@@ -45,17 +46,24 @@ def ensure_writable(folder: Path) -> None:
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """The run's manifest (RunError when ``run_dir`` is not a run directory)."""
+    """The run's manifest; RunError naming the file when ``run_dir`` is not a run directory or
+    its manifest cannot be read."""
     path = run_dir / "manifest.json"
     if not path.is_file():
         raise RunError(f"{run_dir} is not a run directory (no manifest.json)")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is torn or not JSON ({exc}); run that configuration again") from exc
+    if not isinstance(manifest, dict):
+        raise RunError(f"{path} is not a run manifest (a JSON object); run it again")
+    return manifest
 
 
 def read_finished(run_dir: Path) -> bool:
     """True when ``run_dir`` holds a finished run."""
     manifest = run_dir / "manifest.json"
-    return manifest.exists() and bool(json.loads(manifest.read_text()).get("finished"))
+    return manifest.exists() and bool(read_manifest(run_dir).get("finished"))
 
 
 def find_resumable(method_dir: Path, digest: str) -> Path | None:
@@ -66,9 +74,25 @@ def find_resumable(method_dir: Path, digest: str) -> Path | None:
     return runs[-1] if runs else None
 
 
+def file_stem(vertebra_id: str) -> str:
+    """The file name (without suffix) of a vertebra's files: the id itself when it is a safe
+    name, else its :func:`safe_name` and a short hash of the id, so that an id holding ``/`` or
+    ``..`` never reaches outside the run directory and two ids never share a file. Tables keep
+    the id verbatim."""
+    safe = safe_name(vertebra_id)
+    if safe == vertebra_id and not safe.startswith("."):
+        return safe
+    return f"{safe.lstrip('.')}-{digest(vertebra_id, length=8)}"
+
+
 def case_path(run_dir: Path, vertebra_id: str) -> Path:
     """Where the per-vertebra record of ``vertebra_id`` is stored."""
-    return run_dir / "cases" / f"{vertebra_id}.json"
+    return run_dir / "cases" / f"{file_stem(vertebra_id)}.json"
+
+
+def mask_path(run_dir: Path, vertebra_id: str) -> Path:
+    """Where the masks of ``vertebra_id`` are stored (none for a vertebra the method failed on)."""
+    return run_dir / "masks" / f"{file_stem(vertebra_id)}.npz"
 
 
 def write_case(run_dir: Path, vertebra_id: str, record: dict[str, Any]) -> None:
@@ -76,10 +100,25 @@ def write_case(run_dir: Path, vertebra_id: str, record: dict[str, Any]) -> None:
     write_json(case_path(run_dir, vertebra_id), record)
 
 
+class TornRecord(RunError):
+    """A per-vertebra record that cannot be read (a write cut short by a crash or a full disk)."""
+
+
+def read_case(path: Path) -> dict[str, Any]:
+    """One per-vertebra record; :class:`TornRecord` naming the file when it cannot be read."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TornRecord(f"{path} is torn or not JSON ({exc})") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("case"), dict):
+        raise TornRecord(f"{path} is not a per-vertebra record (no 'case' object)")
+    return record
+
+
 def read_cases(run_dir: Path) -> Iterator[dict[str, Any]]:
-    """Every stored per-vertebra record of the run, in vertebra-id order."""
+    """Every stored per-vertebra record of the run, in file-name order."""
     for path in sorted((run_dir / "cases").glob("*.json")):
-        yield json.loads(path.read_text())
+        yield read_case(path)
 
 
 def save_masks(path: Path, seg: Segmentation, raw: np.ndarray, vertebra: PreparedVertebra) -> None:

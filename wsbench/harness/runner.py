@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-import json
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,33 +24,46 @@ from wsbench.contract import (
     Phenotype,
     PreparedDataset,
     PreparedVertebra,
+    Scope,
     Segmentation,
     Split,
     TrainingSet,
     TrainOptions,
     patient_hints,
 )
-from wsbench.files import digest, write_json
-from wsbench.harness.evaluation import category_of, evaluate_case, vertebra_level_case
+from wsbench.files import digest, write_csv, write_json
+from wsbench.harness.evaluation import (
+    FAILED_STATUSES,
+    REFUSED,
+    category_of,
+    evaluate_case,
+    vertebra_level_case,
+)
 from wsbench.harness.postprocess import postprocess
 from wsbench.harness.provenance import git_commit, git_dirty, package_versions, torch_threads
 from wsbench.harness.registry import load_dataset, load_method
 from wsbench.harness.rundir import (
     RunError,
+    TornRecord,
     case_path,
     ensure_writable,
     find_resumable,
+    mask_path,
+    read_case,
+    read_manifest,
     safe_name,
     save_masks,
     write_case,
 )
+from wsbench.harness.worker import Outcome, TimedCalls
 from wsbench.models.store import cache_root
 
-HARNESS_VERSION = "1"
+HARNESS_VERSION = "2"
 """Version of what the harness does around a method: the sample it is given (crop, slices,
 hint), the post-processing and the scoring. Bump it with any change to those, so that
 ``wsbench bench`` runs every method again instead of reusing runs made the old way. Manifests
-written before it existed count as ``"1"`` (the harness of 2026-11-26, patient-level hints)."""
+written before it existed count as ``"1"`` (the harness of 2026-11-26, patient-level hints);
+``"2"`` scores failed and timed-out vertebrae as empty answers and records refusals."""
 
 
 @dataclass
@@ -105,6 +118,8 @@ def validate_output(method: Method, output: object, shape: tuple[int, ...]) -> S
     extra = set(np.unique(labels).tolist()) - allowed
     if extra:
         raise ValueError(f"returned label values {sorted(extra)}, allowed {sorted(allowed)}")
+    if not isinstance(seg.refusal, str):
+        raise ValueError(f"returned a refusal of type {type(seg.refusal).__name__}, expected str")
     for name in ("scores", "candidates"):
         value = getattr(seg, name)
         if value is not None and np.shape(value) != shape:
@@ -155,9 +170,10 @@ def segment_vertebra(
 
 
 def case_record(
-    vertebra: PreparedVertebra, seg: Segmentation | None, lesion_metrics: bool, error: str | None
+    vertebra: PreparedVertebra, labels: np.ndarray, lesion_metrics: bool, status: str, reason: str
 ) -> dict[str, Any]:
-    """One ``cases.csv`` row: ids, labels, category, status and (when ok) counts and metrics."""
+    """One ``cases.csv`` row: ids, labels, category, status with its reason, and the counts and
+    metrics of the post-processed ``labels``."""
     key = vertebra.key
     record: dict[str, Any] = {
         "vertebra": key.id,
@@ -168,17 +184,15 @@ def case_record(
         "label": vertebra.label.value if vertebra.label else "",
         "phenotype": vertebra.phenotype.value if vertebra.phenotype else "",
         "category": category_of(vertebra.label, vertebra.phenotype) or "",
-        "status": "failed" if error else "ok",
-        "reason": error or "",
+        "status": status,
+        "reason": reason,
     }
-    if seg is None:
-        return record
     if lesion_metrics and vertebra.reference is not None and record["category"]:
         record.update(
-            evaluate_case(seg.labels, vertebra.reference, record["category"], vertebra.spacing)
+            evaluate_case(labels, vertebra.reference, record["category"], vertebra.spacing)
         )
     else:
-        record.update(vertebra_level_case(seg.labels, vertebra.spacing))
+        record.update(vertebra_level_case(labels, vertebra.spacing))
     return record
 
 
@@ -200,31 +214,53 @@ def lesion_rows(vertebra: PreparedVertebra, seg: Segmentation) -> list[dict[str,
     return rows
 
 
-def process_vertebra(
-    method: Method,
-    vertebra: PreparedVertebra,
+def answer_vertebra(
+    method: Method, vertebra: PreparedVertebra, seed: int, hint: Phenotype | None
+) -> tuple[Segmentation, np.ndarray]:
+    """:func:`segment_vertebra` with the per-vertebra seed (:func:`vertebra_seed`) set first."""
+    seed_everything(vertebra_seed(seed, vertebra.key.id))
+    return segment_vertebra(method, vertebra, hint)
+
+
+def store_vertebra(
     run_dir: Path,
-    config: RunConfig,
+    vertebra: PreparedVertebra,
+    outcome: Outcome[tuple[Segmentation, np.ndarray]],
     lesion_metrics: bool,
-    hint: Phenotype | None,
 ) -> dict[str, Any]:
-    """Segment, evaluate and store one vertebra; a method failure becomes a failed row."""
-    seed_everything(vertebra_seed(config.seed, vertebra.key.id))
-    seg: Segmentation | None = None
-    try:
-        seg, raw = segment_vertebra(method, vertebra, hint)
-        error = None
-    except Exception as exc:  # a method's failure is recorded, the run goes on
-        error = f"{type(exc).__name__}: {exc}"
-    record = {
-        "case": case_record(vertebra, seg, lesion_metrics, error),
-        "lesions": [],
-        "geometry": dict(vertebra.geometry),
-    }
-    if seg is not None:
-        save_masks(run_dir / "masks" / f"{vertebra.key.id}.npz", seg, raw, vertebra)
-        record["lesions"] = lesion_rows(vertebra, seg)
+    """Evaluate and store one vertebra's outcome; a failure or timeout is scored as an empty
+    answer and stores no masks."""
+    if outcome.answer is None:
+        labels = np.zeros(vertebra.sample().image.shape, np.uint8)
+        case = case_record(vertebra, labels, lesion_metrics, outcome.status, outcome.reason)
+        record = {"case": case, "lesions": [], "geometry": dict(vertebra.geometry)}
+    else:
+        seg, raw = outcome.answer
+        status, reason = (REFUSED, f"refused: {seg.refusal}") if seg.refusal else ("ok", "")
+        case = case_record(vertebra, seg.labels, lesion_metrics, status, reason)
+        save_masks(mask_path(run_dir, vertebra.key.id), seg, raw, vertebra)
+        record = {"case": case, "lesions": lesion_rows(vertebra, seg),
+                  "geometry": dict(vertebra.geometry)}  # fmt: skip
     write_case(run_dir, vertebra.key.id, record)
+    return record
+
+
+def finished_record(
+    run_dir: Path, vertebra_id: str, retry: bool, notify: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """The stored record of a vertebra a resumed run keeps; ``None`` when there is none, when
+    it is torn (``notify`` says so, naming the file) or, with ``retry``, when it failed or timed
+    out."""
+    path = case_path(run_dir, vertebra_id)
+    if not path.exists():
+        return None
+    try:
+        record = read_case(path)
+    except TornRecord as exc:
+        notify(f"{exc}; computing {vertebra_id} again")
+        return None
+    if retry and record["case"].get("status") in FAILED_STATUSES:
+        return None
     return record
 
 
@@ -251,14 +287,26 @@ def prepare_dataset(config: RunConfig) -> tuple[DatasetAdapter, PreparedDataset]
     return adapter, adapter.prepare()
 
 
+def refuse_faulty(name: str, dataset: PreparedDataset) -> None:
+    """RunError when the dataset holds a dataset-level fault (:attr:`Scope.DATASET`: its labels
+    are unusable as a whole, say): its numbers would mean nothing."""
+    faults = [s for s in dataset.skipped if s.scope == Scope.DATASET]
+    if faults:
+        first = faults[0]
+        raise RunError(
+            f"dataset {name!r} cannot be evaluated: {first.where}: {first.reason}"
+            f"{f' (and {len(faults) - 1} more)' if len(faults) > 1 else ''}; "
+            "`wsbench datasets check` lists every problem"
+        )
+
+
 def made_otherwise(run_dir: Path, version: str, fingerprint: str | None = None) -> str | None:
     """Why ``run_dir`` was not made by method ``version`` and this :data:`HARNESS_VERSION` on
     data ``fingerprint`` (``None`` when it was, or when the fingerprint is not given and both
     versions match)."""
-    manifest = run_dir / "manifest.json"
-    if not manifest.exists():
+    if not (run_dir / "manifest.json").exists():
         return None
-    record = json.loads(manifest.read_text())
+    record = read_manifest(run_dir)
     made = record.get("method", {}).get("version")
     if made != version:
         return f"it was made by method version {made!r}, the installed one is {version!r}"
@@ -298,33 +346,60 @@ def start_run_dir(
     return run_dir
 
 
+def default_notify(message: str) -> None:
+    """Print a warning of the run to standard error."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def time_limit(method_cls: type[Method], timeout_s: float | None) -> float | None:
+    """The per-vertebra time limit in seconds: ``timeout_s`` when given (0 = none), else the
+    method's :attr:`Method.timeout_s`; ``None`` means no limit."""
+    limit = method_cls.timeout_s if timeout_s is None else timeout_s
+    if limit < 0:
+        raise RunError(f"time limit {limit} s is negative; give seconds, or 0 for no limit")
+    return float(limit) or None
+
+
 def run(
     config: RunConfig,
     out: Path,
     resume: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    timeout_s: float | None = None,
+    retry_failed: bool = True,
+    notify: Callable[[str], None] = default_notify,
 ) -> RunResult:
-    """Run ``config`` and write its run directory under ``out``; see the module docstring."""
+    """Run ``config`` and write its run directory under ``out``; see the module docstring.
+
+    Each vertebra gets at most ``timeout_s`` seconds (:func:`time_limit`). With ``resume``, the
+    vertebrae an earlier attempt finished are kept, except failed and timed-out ones when
+    ``retry_failed``; ``notify`` receives warnings (torn records, an unenforced time limit).
+    """
     timings: dict[str, float] = {}
     started = datetime.now(timezone.utc).isoformat()
     ensure_writable(out)
     method_cls = load_method(config.method)
-    method = method_cls(**config.params)
+    limit = time_limit(method_cls, timeout_s)
     with timed(timings, "prepare"):
         _, dataset = prepare_dataset(config)
+    refuse_faulty(config.dataset, dataset)
     run_dir = start_run_dir(out, config, resume, method_cls.version, dataset.fingerprint)
     (run_dir / "masks").mkdir(exist_ok=True)
     (run_dir / "cases").mkdir(exist_ok=True)
     vertebrae = dataset.split(Split(config.split))
     if not vertebrae:
-        raise RunError(f"dataset {config.dataset!r} has no vertebrae in split {config.split!r}")
+        raise RunError(
+            f"dataset {config.dataset!r} has no vertebrae in split {config.split!r} "
+            f"({len(dataset.vertebrae)} prepared, {len(dataset.skipped)} skipped: "
+            "`wsbench datasets check` lists why)"
+        )
     manifest = {
         "method": {
             "name": config.method,
             "class": f"{method_cls.__module__}:{method_cls.__name__}",
             "version": method_cls.version,
-            "params": method.params(),
-            "models": method.models(),  # a learning method's are known after fit (below)
+            "params": config.params,  # all of them, defaults included, once it is built (below)
+            "models": {},
         },
         "dataset": {
             "name": dataset.name,
@@ -343,36 +418,57 @@ def run(
         "git_dirty": git_dirty(),
         "harness_version": HARNESS_VERSION,
         "torch_threads": torch_threads(),
+        "timeout_s": limit,
         "started": started,
         "resumed": resume,
         "finished": None,
         "skipped": [asdict(s) for s in dataset.skipped],
+        "warnings": [],
     }
+
+    def warn(message: str) -> None:
+        manifest["warnings"].append(message)
+        notify(message)
+
     write_json(run_dir / "manifest.json", manifest)
-    if method.learns():
-        seed_everything(config.seed)
-        with timed(timings, "fit"):
+    hints = patient_hints(dataset.vertebrae)
+
+    built: dict[str, Method] = {}
+
+    def prepare() -> dict[str, Any]:
+        method = built["method"] = method_cls(**config.params)
+        if method.learns():
+            seed_everything(config.seed)
             method.fit(dataset.training_set(), workdir(method_cls))
-        manifest["method"]["models"] = method.models()
+        return {"params": method.params(), "models": method.models()}
+
+    def answer(index: int) -> tuple[Segmentation, np.ndarray]:
+        vertebra = vertebrae[index]
+        return answer_vertebra(built["method"], vertebra, config.seed,
+                               hints[vertebra.key.patient])  # fmt: skip
+
+    records = []
+    with TimedCalls(prepare, answer, limit) as calls:
+        if calls.unenforced:
+            warn(f"the time limit of {limit:g} s is not enforced: {calls.unenforced}")
+        with timed(timings, "fit"):
+            manifest["method"].update(calls.prepared())
         write_json(run_dir / "manifest.json", manifest)
-    records, hints = [], patient_hints(dataset.vertebrae)
-    with timed(timings, "segment"):
-        for index, vertebra in enumerate(vertebrae):
-            done = case_path(run_dir, vertebra.key.id)
-            if done.exists():
-                records.append(json.loads(done.read_text()))
-            else:
-                hint = hints[vertebra.key.patient]
-                records.append(process_vertebra(method, vertebra, run_dir, config,
-                                                dataset.lesion_metrics, hint))  # fmt: skip
-            if progress is not None:
-                progress(index + 1, len(vertebrae), vertebra.key.id)
+        with timed(timings, "segment"):
+            for index, vertebra in enumerate(vertebrae):
+                record = finished_record(run_dir, vertebra.key.id, retry_failed, warn)
+                if record is None:
+                    outcome = calls(index)
+                    record = store_vertebra(run_dir, vertebra, outcome, dataset.lesion_metrics)
+                records.append(record)
+                if progress is not None:
+                    progress(index + 1, len(vertebrae), vertebra.key.id)
     cases = pd.DataFrame([r["case"] for r in records]).sort_values("vertebra")
-    cases.to_csv(run_dir / "cases.csv", index=False)
-    lesions = pd.DataFrame([row for r in records for row in r["lesions"]])
-    lesions.to_csv(run_dir / "lesions.csv", index=False)
-    failed = cases[cases["status"] != "ok"]
-    manifest["failed"] = failed[["vertebra", "reason"]].to_dict("records")
+    write_csv(run_dir / "cases.csv", cases)
+    write_csv(run_dir / "lesions.csv", pd.DataFrame([row for r in records for row in r["lesions"]]))
+    for key, statuses in (("failed", FAILED_STATUSES), ("refused", (REFUSED,))):
+        rows = cases[cases["status"].isin(statuses)]
+        manifest[key] = rows[["vertebra", "status", "reason"]].to_dict("records")
     manifest["timings_s"] = timings
     manifest["finished"] = datetime.now(timezone.utc).isoformat()
     write_json(run_dir / "manifest.json", manifest)

@@ -85,6 +85,37 @@ class ModelKey:
         )
 
 
+class WeightsFileError(ValueError):
+    """A file given as weights that is not a weights file wsbench can read."""
+
+
+def load_weights(path: Path, what: str = "weights file") -> Any:
+    """The tensors and plain values stored in ``path`` by ``torch.save``, on the CPU.
+
+    Only tensors and plain Python values are read (``weights_only``): a file holding pickled
+    objects is refused, as are truncated, corrupt and foreign files, each with one line naming
+    ``path`` as a ``what`` and saying what to give instead.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch's reader fails on foreign bytes in many ways
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+            why = "it holds pickled Python objects, which wsbench never loads"
+        else:
+            why = "it is truncated, corrupt or not a PyTorch file"
+    raise WeightsFileError(
+        f"{path} is not a {what} wsbench can read: {why}. Give a file written by "
+        "`wsbench train` or shipped with the method"
+    )
+
+
 def read_card(weights: Path) -> dict[str, Any]:
     """The JSON model card beside ``weights`` (``{}`` when there is none)."""
     card = Path(weights).with_suffix(".json")

@@ -24,7 +24,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from wsbench.api import ModelKey, hu_to_unit, module_device, write_card
+from wsbench.api import ModelKey, hu_to_unit, load_weights, module_device, write_card
 from wsbench.plugins.common.dae.network import Autoencoder, to_array, to_tensor
 
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -107,7 +107,7 @@ class LatentClassifier:
     @classmethod
     def load(cls, path: Path, key: ModelKey) -> LatentClassifier:
         """Read a classifier written by :meth:`save`, refusing one made for another setting."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights(path, "latent classifier")
         key.check(state["key"], path)
         return cls(
             weights=state["weights"].numpy(),

@@ -20,6 +20,9 @@ class DiffusionMethod(Method):
     dae_hours: ClassVar[str] = ""
     """What training ``dae_recipe`` costs, for the message when no DAE is found."""
     store: ClassVar[ModelStore]
+    timeout_s: ClassVar[float] = 900.0
+    """DDIM sampling takes about a second per vertebra on two quiet CPU cores but a minute or
+    more on a busy machine; the limit only stops a vertebra that hangs."""
     checkpoint: str | None
     device: str
 

@@ -36,7 +36,7 @@ from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from monai.networks.schedulers import DDIMScheduler
 from torch import nn
 
-from wsbench.api import HU_WINDOW, hu_to_unit, torch_device, unit_to_hu
+from wsbench.api import HU_WINDOW, hu_to_unit, load_weights, torch_device, unit_to_hu
 
 FORMAT = "wsbench-dae"
 FORMAT_VERSION = 1
@@ -393,9 +393,7 @@ class DiffusionAutoencoder(nn.Module):
         """Read a checkpoint written by :meth:`save` onto ``device``, in eval mode; with
         ``config``, refuse any other config."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"DAE checkpoint {path} does not exist")
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        record = load_weights(path, "DAE checkpoint")
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise ValueError(f"{path} is not a wsbench DAE checkpoint (format {FORMAT!r})")
         stored = DAEConfig.from_dict(record["config"])

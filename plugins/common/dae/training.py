@@ -47,6 +47,7 @@ from wsbench.api import (
     atomic_path,
     augment_batch,
     augmentations,
+    load_weights,
     module_device,
     progress_bar,
     read_card,
@@ -228,7 +229,7 @@ def load_session(
 
     ``extends``: the state is the final one of that shorter run, continued as ``key``.
     """
-    record = torch.load(path, map_location="cpu", weights_only=True)
+    record = load_weights(path, "DAE training state")
     (extends or key).check(record["key"], path)
     session = new_session(key, train, device)
     session.model.load_state_dict(record["model"])
@@ -263,7 +264,7 @@ def extendable_run(key: ModelKey, store: ModelStore) -> tuple[Path, ModelKey] | 
 
 def training_state_ema(path: Path) -> tuple[DiffusionAutoencoder, int]:
     """The EMA model and step count of a training state (``.resume`` or ``.state`` file)."""
-    record = torch.load(path, map_location="cpu", weights_only=True)
+    record = load_weights(path, "DAE training state")
     config = record["key"]["config"]
     dae = DiffusionAutoencoder(DAEConfig.from_dict(config["arch"]), tuple(config["hu_window"]))
     dae.load_state_dict(record["ema"])

@@ -146,9 +146,14 @@ class BrokenFit(Method):
 
 
 class OptionsDataset(TinyDataset):
-    """:class:`TinyDataset` that records the options it was given."""
+    """:class:`TinyDataset` that declares two options and records those it was given."""
 
     seen: ClassVar[list[dict[str, Any]]] = []
+
+    def __init__(
+        self, root: Any = None, cache_dir: Any = None, *, colour: str = "", size: str = ""
+    ):
+        super().__init__(root, cache_dir, colour=colour, size=size)
 
     def prepare(self) -> PreparedDataset:
         OptionsDataset.seen.append(dict(self.options))

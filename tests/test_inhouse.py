@@ -14,7 +14,7 @@ import typer
 from test_preprocess import PSR_0P8, PSR_SHAPE, anatomy
 from typer.testing import CliRunner
 
-from wsbench.contract import Phenotype, Split, WeakLabel
+from wsbench.contract import Phenotype, Scope, Split, WeakLabel
 from wsbench.data.preprocess import mask_to_source, preprocess_volumes
 from wsbench.data.splits import seeded_split
 from wsbench.data.volumes import SubjectVolumes, VertebraLabel
@@ -121,7 +121,10 @@ def test_seeded_split_by_subject(tmp_path: Path):
     data = InHouseDataset(root=tmp_path, seed=3, test_fraction=0.5).prepare()
     splits = {v.key.subject: v.split for v in data.vertebrae}
     assert splits == seeded_split([f"{i:03d}" for i in range(6)], 3, 0.5)
-    assert sum(s == Split.TEST for s in splits.values()) == 3
+    assert {s: split.value for s, split in splits.items()} == {
+        "000": "train", "001": "train", "002": "test", "003": "train", "004": "test",
+        "005": "train",
+    }  # fmt: skip
     again = InHouseDataset(root=tmp_path, seed=3, test_fraction=0.5).prepare()
     assert {v.key.subject: v.split for v in again.vertebrae} == splits
 
@@ -176,14 +179,18 @@ def test_bad_inputs_are_reported(tmp_path: Path):
         "labels.csv row 6": "phenotype 'striped'",
         "labels.csv sub-005 L3": "in the labels table but no usable",
         "sub-001 T12": "in labels.csv but no voxels",
-        "sub-002": "lesion mask affine differs",
-        "sub-003": "CT has 1 NaN voxels",
-        "sub-006": "lesion mask has 1 NaN or infinite voxels",
-        "sub-007": "lesion mask values [0, 1, 2, 5] are not within 0/1/2",
+        "sub-002": "lesion mask sub-002_seg-lesion_msk.nii.gz affine differs",
+        "sub-003": "CT sub-003_ct.nii.gz has 1 non-finite voxels (NaN or infinite)",
+        "sub-006": "lesion mask sub-006_seg-lesion_msk.nii.gz has 1 NaN or infinite voxels",
+        "sub-007": "lesion mask sub-007_seg-lesion_msk.nii.gz values [0, 1, 2, 5] are not within",
     }
     for where, fragment in expected_fragments.items():
         assert any(w == where and fragment in r for w, r in found), (where, fragment, found)
     assert len(data.skipped) == len(expected_fragments)
+    lost = {Path(s.where).name for s in data.skipped if s.scope is Scope.FILE}
+    assert lost == {"sub-002", "sub-003", "sub-004_ct.nii.gz", "sub-006", "sub-007"} | {
+        "sub-009_seg-vert_msk.nii.gz"
+    }
 
 
 def test_missing_table_is_one_clear_error(tmp_path: Path):

@@ -227,7 +227,8 @@ def test_cache_hit_gives_identical_arrays(tmp_path: Path):
     first, hit1 = cached_result(tmp_path, "key", compute)
     second, hit2 = cached_result(tmp_path, "key", compute)
     assert (hit1, hit2, len(calls)) == (False, True, 1)
-    assert [p.name for p in tmp_path.iterdir()] == ["key.npz"]  # no temporary file left
+    # no temporary file left; the name carries the result format
+    assert [p.name for p in tmp_path.iterdir()] == ["key-r2.npz"]
     for a, b in zip(first.crops, second.crops, strict=True):
         for name in ("slices", "body", "lesions"):
             x, y = getattr(a, name), getattr(b, name)

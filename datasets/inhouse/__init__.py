@@ -7,11 +7,13 @@ docs/datasets.md) or the authors' manifest file (``.xlsx``/``.csv`` with columns
 
 from __future__ import annotations
 
+import inspect
+import zipfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import nibabel as nib
 import numpy as np
@@ -22,15 +24,18 @@ from wsbench.contract import (
     Phenotype,
     PreparedDataset,
     PreparedVertebra,
+    Scope,
     Skipped,
     Split,
     VertebraKey,
     WeakLabel,
 )
+from wsbench.data.nifti import UnreadableNiftiError, load_nifti
 from wsbench.data.preprocess import (
     CROP_AXES,
     PreprocessParams,
     SubjectResult,
+    VertebraCrop,
     cached_result,
     preprocess_subject,
 )
@@ -42,6 +47,16 @@ from wsbench.models.store import cache_root, sha256_file
 from wsbench.progress import progress_over
 
 MANIFEST_SUFFIXES = (".csv", ".xlsx", ".xls")
+
+LABEL_TABLE_COLUMNS = ("subject", "vertebra", "label")
+"""Columns every labels table needs (``session``, ``phenotype`` and ``split`` are optional)."""
+
+MANIFEST_COLUMNS = ("image", "seg_msk", "label")
+"""Columns every Hide-and-Seek manifest needs (``patient_id``, ``split``, ``phenotype``
+optional)."""
+
+LIBRARY_OPTIONS = ("params",)
+"""Constructor parameters for library code only, not ``-o`` options."""
 
 HIDESEEK_HU = (2000.0, -1000.0)
 """HU ≈ a·x + b for the authors' normalised crops, i.e. x = (HU + 1000) / 2000. On the real sample
@@ -61,11 +76,42 @@ class LabelRow:
     split: Split | None
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV or Excel table read as text (empty cells → ``""``)."""
-    if path.suffix.lower() == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    return pd.read_excel(path, dtype=str, keep_default_na=False)
+def read_table(path: Path, needed: Sequence[str]) -> pd.DataFrame:
+    """A CSV or Excel table read as text, empty cells ``""`` and column names stripped and lower
+    case; ``ValueError`` naming the file when it is empty, unreadable or lacks a ``needed``
+    column."""
+    try:
+        if path.suffix.lower() == ".csv":
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+        else:
+            table = pd.read_excel(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(
+            f"{path} is empty; it needs columns {', '.join(needed)} (see docs/datasets.md)"
+        ) from None
+    except (ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(
+            f"{path} cannot be read as a table ({exc}); save it as UTF-8 CSV or .xlsx"
+        ) from None
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    twice = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
+    if twice:
+        raise ValueError(f"{path}: column(s) {', '.join(twice)} appear twice; keep one of each")
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {', '.join(missing)}; it needs {', '.join(needed)} "
+            "(see docs/datasets.md)"
+        )
+    return table.fillna("")
+
+
+def no_valid_rows(path: Path, problems: Sequence[Skipped]) -> str:
+    """The message for a table of which no row is usable: the file, and the first reasons."""
+    shown = "; ".join(f"{p.where}: {p.reason}" for p in problems[:3])
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    detail = f": {shown}{more}" if problems else " (it has no data rows)"
+    return f"{path} has no usable row{detail}; fix the table (see docs/datasets.md)"
 
 
 def parse_split(value: str) -> Split | None:
@@ -79,45 +125,74 @@ def parse_split(value: str) -> Split | None:
         raise ValueError(f"split {value!r} is neither train nor test") from None
 
 
+def splits_required(table: pd.DataFrame) -> bool:
+    """True when the table's ``split`` column gives a split anywhere: then every row needs one
+    (a column left empty throughout gives none, and the seeded split applies)."""
+    return "split" in table.columns and any(str(v).strip() for v in table["split"])
+
+
+def parse_label_row(record: dict[str, Any], split_required: bool) -> LabelRow:
+    """One labels-table record as a :class:`LabelRow` (``ValueError`` saying which cell is
+    wrong)."""
+    subject = str(record["subject"]).strip().removeprefix("sub-")
+    if not subject:
+        raise ValueError("the subject cell is empty; fill it")
+    split = parse_split(record.get("split", ""))
+    if split is None and split_required:
+        raise ValueError(
+            "the split cell is empty while other rows give one; fill it with train or test"
+        )
+    return LabelRow(
+        subject=subject,
+        session=str(record.get("session", "")).strip().removeprefix("ses-"),
+        level=level_name(record["vertebra"]),
+        label=WeakLabel.parse(record["label"]),
+        phenotype=Phenotype.parse(record.get("phenotype", "")),
+        split=split,
+    )
+
+
 def parse_labels(path: Path) -> tuple[list[LabelRow], list[Skipped]]:
-    """Rows of a ``labels.csv|xlsx``; unparseable rows become :class:`Skipped` records."""
-    table = read_table(path)
-    table.columns = [str(c).strip().lower() for c in table.columns]
-    missing = [c for c in ("subject", "vertebra", "label") if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; see docs/datasets.md")
-    rows, skipped, seen = [], [], set()
+    """Rows of a ``labels.csv|xlsx``; unparseable rows become :class:`Skipped` records, and so do
+    both rows of a vertebra listed twice with different contents (an exact repeat counts once).
+    ``ValueError`` naming the file when it is empty, unreadable or lacks a needed column."""
+    table = read_table(path, LABEL_TABLE_COLUMNS)
+    required = splits_required(table)
+    parsed: dict[tuple[str, str, str], list[tuple[int, LabelRow]]] = defaultdict(list)
+    skipped = []
     for i, record in enumerate(table.to_dict(orient="records")):
-        where = f"{path.name} row {i + 2}"
         try:
-            row = LabelRow(
-                subject=str(record["subject"]).strip().removeprefix("sub-"),
-                session=str(record.get("session", "")).strip().removeprefix("ses-"),
-                level=level_name(record["vertebra"]),
-                label=WeakLabel.parse(record["label"]),
-                phenotype=Phenotype.parse(record.get("phenotype", "")),
-                split=parse_split(record.get("split", "")),
-            )
+            row = parse_label_row(record, required)
         except ValueError as exc:
-            skipped.append(Skipped(where, str(exc)))
+            skipped.append(Skipped(f"{path.name} row {i + 2}", str(exc)))
             continue
-        key = (row.subject, row.session, row.level)
-        if key in seen:
-            skipped.append(Skipped(where, f"duplicate row for {row.subject} {row.level}"))
+        parsed[(row.subject, row.session, row.level)].append((i + 2, row))
+    rows = []
+    for (subject, _, level), found in parsed.items():
+        if len({row for _, row in found}) == 1:
+            rows.append(found[0][1])
             continue
-        seen.add(key)
-        rows.append(row)
+        numbers = [n for n, _ in found]
+        for number in numbers:
+            others = ", ".join(str(n) for n in numbers if n != number)
+            reason = (
+                f"sub-{subject} {level} is also in row(s) {others} with a different label, "
+                "phenotype or split; all are rejected: keep the right row only"
+            )
+            skipped.append(Skipped(f"{path.name} row {number}", reason))
     return rows, skipped
 
 
 class InHouseDataset(DatasetAdapter):
     """BIDS-like in-house CT (``root`` = folder) or a Hide-and-Seek manifest (``root`` = file).
 
-    Options: ``seed`` and ``test_fraction`` of the subject split used when the table has no split;
-    ``labels`` (path of the table, default ``root/labels.csv`` or ``.xlsx``); ``manifest_axes``:
-    ``"PSR"`` (default: manifest crops are PSR arrays whatever their header says, as in the
-    authors' pipeline) or ``"header"`` (reorient by the header); ``manifest_hu``: ``(a, b)`` with
-    HU ≈ a·x + b for the manifest's normalised intensities.
+    Options: ``seed`` and ``test_fraction`` of the subject split used when the table gives no
+    split; ``labels`` (path of the table, default ``root/labels.csv`` or ``.xlsx``); ``edge``:
+    ``"keep"`` (default) or ``"exclude"`` vertebrae whose mask touches the scan's edge (possibly
+    cut off); ``manifest_axes``: ``"PSR"`` (default: manifest crops are PSR arrays whatever
+    their header says, as in the authors' pipeline) or ``"header"`` (reorient by the header);
+    ``manifest_hu``: ``(a, b)`` with HU ≈ a·x + b for the manifest's normalised intensities.
+    ``params`` (library use only) replaces the default preprocessing parameters.
     """
 
     name: ClassVar[str] = "inhouse"
@@ -125,6 +200,50 @@ class InHouseDataset(DatasetAdapter):
         "a BIDS-like folder of your CT (NIfTI + vertebra masks + labels.csv) or a "
         "Hide-and-Seek manifest file; docs/datasets.md"
     )
+
+    def __init__(
+        self,
+        root: Path | None = None,
+        cache_dir: Path | None = None,
+        *,
+        seed: int = DEFAULT_SEED,
+        test_fraction: float = DEFAULT_TEST_FRACTION,
+        labels: Path | None = None,
+        edge: Literal["keep", "exclude"] = "keep",
+        manifest_axes: Literal["PSR", "header"] = "PSR",
+        manifest_hu: tuple[float, float] = HIDESEEK_HU,
+        params: PreprocessParams | None = None,
+    ) -> None:
+        if not 0.0 <= test_fraction <= 1.0:
+            raise ValueError(f"option test_fraction={test_fraction} must lie between 0 and 1")
+        if edge not in ("keep", "exclude"):
+            raise ValueError(f"option edge={edge!r} is neither 'keep' nor 'exclude'")
+        if manifest_axes not in ("PSR", "header"):
+            raise ValueError(
+                f"option manifest_axes={manifest_axes!r} is neither 'PSR' nor 'header'"
+            )
+        if len(manifest_hu) != 2:
+            raise ValueError(f"option manifest_hu={manifest_hu!r} needs two numbers a,b")
+        super().__init__(
+            root,
+            cache_dir,
+            seed=seed,
+            test_fraction=test_fraction,
+            labels=labels,
+            edge=edge,
+            manifest_axes=manifest_axes,
+            manifest_hu=manifest_hu,
+            params=params,
+        )
+        self.seed, self.test_fraction, self.labels, self.edge = seed, test_fraction, labels, edge
+        self.manifest_axes, self.manifest_hu = manifest_axes, manifest_hu
+        self.params = params or PreprocessParams()
+
+    @classmethod
+    def option_parameters(cls) -> dict[str, inspect.Parameter]:
+        """The ``-o`` options: the constructor's, less those for library code only."""
+        found = super().option_parameters()
+        return {n: p for n, p in found.items() if n not in LIBRARY_OPTIONS}
 
     def prepare(self) -> PreparedDataset:
         """Read, validate and preprocess the source (per-subject results cached as npz)."""
@@ -139,26 +258,13 @@ class InHouseDataset(DatasetAdapter):
             return self._prepare_manifest(root)
         return self._prepare_bids(root)
 
-    @property
-    def params(self) -> PreprocessParams:
-        """Preprocessing parameters (``params`` option or the defaults)."""
-        return self.options.get("params", PreprocessParams())
-
-    @property
-    def _split_options(self) -> tuple[int, float]:
-        return (
-            int(self.options.get("seed", DEFAULT_SEED)),
-            float(self.options.get("test_fraction", DEFAULT_TEST_FRACTION)),
-        )
-
     def _cache(self) -> Path:
         base = Path(self.cache_dir) if self.cache_dir is not None else cache_root() / "prepared"
         return base / self.name
 
     def _labels_path(self, root: Path) -> Path:
-        given = self.options.get("labels")
-        if given:
-            return Path(given)
+        if self.labels:
+            return Path(self.labels)
         for name in ("labels.csv", "labels.xlsx"):
             if (root / name).is_file():
                 return root / name
@@ -169,7 +275,8 @@ class InHouseDataset(DatasetAdapter):
         labels_path = self._labels_path(root)
         rows, table_problems = parse_labels(labels_path)
         skipped += table_problems
-        seed, fraction = self._split_options
+        if not rows:
+            raise ValueError(no_valid_rows(labels_path, table_problems))
         params = self.params
         by_subject: dict[tuple[str, str], dict[str, LabelRow]] = defaultdict(dict)
         for row in rows:
@@ -184,7 +291,7 @@ class InHouseDataset(DatasetAdapter):
                     )
                 )
 
-        splits = self._subject_splits(subjects, rows, skipped, seed, fraction)
+        splits = self._subject_splits(subjects, rows, skipped, labels_path.name)
         hashes: list[tuple[str, str]] = []
         vertebrae: list[PreparedVertebra] = []
         for files in progress_over(subjects, "preparing subjects"):
@@ -202,14 +309,18 @@ class InHouseDataset(DatasetAdapter):
                 **by_subject.get((files.subject, ""), {}),
                 **by_subject.get((files.subject, files.session), {}),
             }
-            for level in sorted(set(table) - set(result.mask_levels)):
+            lost = any(s.scope is Scope.FILE for s in result.skipped)
+            for level in sorted(set(table) - set(result.mask_levels) if not lost else ()):
                 skipped.append(
                     Skipped(
                         f"{files.where} {level}",
                         f"in {labels_path.name} but no voxels in the vertebra mask",
                     )
                 )
-            vertebrae += self._vertebrae(files, result, table, splits[files.subject])
+            crops = self._usable_crops(files, result, table, skipped)
+            vertebrae += self._vertebrae(files, crops, table, splits[files.subject])
+        if subjects and not vertebrae:
+            skipped.append(Skipped(str(root), "no vertebra could be prepared", Scope.DATASET))
         label_rows = sorted(
             (
                 r.subject,
@@ -221,22 +332,30 @@ class InHouseDataset(DatasetAdapter):
             )
             for r in rows
         )
+        selection = [] if self.edge == "keep" else [f"edge={self.edge}"]
         dataset_fp = digest(
-            ["inhouse", sorted(hashes), params.as_dict(), label_rows, seed, fraction], length=64
+            [
+                "inhouse",
+                sorted(hashes),
+                params.as_dict(),
+                label_rows,
+                self.seed,
+                self.test_fraction,
+                *selection,
+            ],
+            length=64,
         )
         has_lesions = any("lesion" in s.masks for s in subjects)
         return PreparedDataset(self.name, dataset_fp, vertebrae, skipped, has_lesions, root)
 
     @staticmethod
     def _process(files: SubjectFiles, params: PreprocessParams) -> SubjectResult:
-        def load(role: str) -> Any:
-            return nib.load(files.masks[role]) if role in files.masks else None
-
         try:
-            ct = nib.load(files.ct)
-            images = (load("vert"), load("subreg"), load("lesion"))
-        except Exception as exc:  # any unreadable file is reported for this subject only
-            return SubjectResult([], [Skipped(files.where, f"cannot read NIfTI: {exc}")], [])
+            ct = load_nifti(files.ct)
+            masks = {role: load_nifti(path) for role, path in files.masks.items()}
+        except UnreadableNiftiError as exc:
+            return SubjectResult([], [Skipped(files.where, str(exc), Scope.FILE)], [])
+        images = (masks["vert"], masks.get("subreg"), masks.get("lesion"))
         return preprocess_subject(ct, *images, where=files.where, params=params)
 
     def _subject_splits(
@@ -244,33 +363,73 @@ class InHouseDataset(DatasetAdapter):
         subjects: Sequence[SubjectFiles],
         rows: Sequence[LabelRow],
         skipped: list[Skipped],
-        seed: int,
-        fraction: float,
+        table_name: str,
     ) -> dict[str, Split]:
-        """Split per subject: from the table where given (consistently), else seeded."""
+        """Split per subject: from the table where it gives splits (consistently, and then for
+        every subject), else :func:`seeded_split` (a function of the subject's own id)."""
         given: dict[str, set[Split]] = defaultdict(set)
         for row in rows:
             if row.split is not None:
                 given[row.subject].add(row.split)
+        if not given:
+            return seeded_split({s.subject for s in subjects}, self.seed, self.test_fraction)
         splits: dict[str, Split] = {}
-        for subject, values in given.items():
+        for subject in sorted({s.subject for s in subjects}):
+            values = given.get(subject, set())
             if len(values) == 1:
                 splits[subject] = next(iter(values))
+            elif values:
+                reason = f"rows of {table_name} disagree on the split; give one split per subject"
+                skipped.append(Skipped(f"sub-{subject}", reason, Scope.FILE))
             else:
-                skipped.append(Skipped(f"sub-{subject}", "rows disagree on the split"))
-        rest = {s.subject for s in subjects} - set(given)
-        splits.update(seeded_split(rest, seed, fraction))
+                reason = (
+                    f"{table_name} gives splits but none for this subject; "
+                    "add its rows with a split"
+                )
+                skipped.append(Skipped(f"sub-{subject}", reason, Scope.FILE))
         return splits
 
-    def _vertebrae(
+    def _usable_crops(
         self,
         files: SubjectFiles,
         result: SubjectResult,
         table: dict[str, LabelRow],
+        skipped: list[Skipped],
+    ) -> list[VertebraCrop]:
+        """The crops to deliver: without malignant vertebrae whose own mask holds no lesion voxel
+        of the subject's lesion mask (their reference is unusable) and, with ``edge=exclude``,
+        without vertebrae touching the scan's edge."""
+        kept = []
+        for crop in result.crops:
+            row = table.get(crop.level)
+            where = f"{files.where} {crop.level}"
+            malignant = row is not None and row.label == WeakLabel.MALIGNANT
+            if malignant and crop.lesion_voxels == 0:
+                reason = (
+                    f"malignant, but its vertebra mask holds no voxel of "
+                    f"{files.masks['lesion'].name} (a shifted or misassigned lesion mask?): "
+                    "its reference is unusable; fix the lesion mask"
+                )
+                skipped.append(Skipped(where, reason))
+            elif self.edge == "exclude" and crop.geometry["touches_scan_border"]:
+                reason = (
+                    "its mask touches the scan's edge (the vertebra may be cut off); excluded by "
+                    "-o edge=exclude"
+                )
+                skipped.append(Skipped(where, reason))
+            else:
+                kept.append(crop)
+        return kept
+
+    def _vertebrae(
+        self,
+        files: SubjectFiles,
+        crops: Sequence[VertebraCrop],
+        table: dict[str, LabelRow],
         split: Split,
     ) -> list[PreparedVertebra]:
         out = []
-        for crop in result.crops:
+        for crop in crops:
             row = table.get(crop.level)
             geometry = {**crop.geometry, "source": str(files.ct)}
             out.append(
@@ -291,35 +450,41 @@ class InHouseDataset(DatasetAdapter):
     # --- Hide-and-Seek manifest ------------------------------------------------------------------
 
     def _prepare_manifest(self, manifest: Path) -> PreparedDataset:
-        table = read_table(manifest)
-        table.columns = [str(c).strip().lower() for c in table.columns]
-        missing = [c for c in ("image", "seg_msk", "label") if c not in table.columns]
-        if missing:
-            raise ValueError(
-                f"{manifest}: missing column(s) {', '.join(missing)} "
-                "(a Hide-and-Seek manifest has image, seg_msk, label)"
-            )
-        seed, fraction = self._split_options
+        table = read_table(manifest, MANIFEST_COLUMNS)
+        required = splits_required(table)
         records = table.to_dict(orient="records")
         subjects = [self._manifest_subject(r) for r in records]
         skipped: list[Skipped] = []
-        given: dict[str, Split] = {}
+        given: dict[str, set[Split]] = defaultdict(set)
+        row_splits: dict[int, Split | None] = {}
         for i, (subject, record) in enumerate(zip(subjects, records, strict=True)):
+            where = f"{manifest.name} row {i + 2}"
             try:
                 split = parse_split(record.get("split", ""))
             except ValueError as exc:
-                skipped.append(Skipped(f"{manifest.name} row {i + 2}", str(exc)))
+                skipped.append(Skipped(where, str(exc)))
                 continue
+            if split is None and required:
+                reason = "the split cell is empty while other rows give one; fill it"
+                skipped.append(Skipped(where, f"{reason} with train or test"))
+                continue
+            row_splits[i] = split
             if split is not None:
-                given[subject] = split
-        splits = seeded_split(set(subjects) - set(given), seed, fraction)
-        splits.update(given)
+                given[subject].add(split)
+        torn = {s for s, values in given.items() if len(values) > 1}
+        for subject in sorted(torn):
+            reason = f"rows of {manifest.name} disagree on the split; give one split per patient"
+            skipped.append(Skipped(f"{manifest.name} patient {subject}", reason, Scope.FILE))
+        seeded = seeded_split(set(subjects) - set(given), self.seed, self.test_fraction)
+        splits = {**seeded, **{s: next(iter(v)) for s, v in given.items() if s not in torn}}
         vertebrae: list[PreparedVertebra] = []
         hashes = []
         used: set[VertebraKey] = set()
         for i, (record, subject) in enumerate(
             progress_over(list(zip(records, subjects, strict=True)), "reading crops")
         ):
+            if i not in row_splits or subject in torn:
+                continue
             where = f"{manifest.name} row {i + 2}"
             try:
                 vertebra = self._manifest_row(manifest, record, subject, splits[subject], i, used)
@@ -332,12 +497,19 @@ class InHouseDataset(DatasetAdapter):
                 continue
             used.add(vertebra.key)
             vertebrae.append(vertebra)
-        options = [
-            self.options.get("manifest_axes", "PSR"),
-            list(self.options.get("manifest_hu", HIDESEEK_HU)),
-        ]
+        if not vertebrae:
+            raise ValueError(no_valid_rows(manifest, skipped))
+        options = [self.manifest_axes, list(self.manifest_hu)]
         dataset_fp = digest(
-            ["inhouse-manifest", hashes, options, self.params.n_slices, seed, fraction], length=64
+            [
+                "inhouse-manifest",
+                hashes,
+                options,
+                self.params.n_slices,
+                self.seed,
+                self.test_fraction,
+            ],
+            length=64,
         )
         return PreparedDataset(self.name, dataset_fp, vertebrae, skipped, False, manifest)
 
@@ -348,7 +520,13 @@ class InHouseDataset(DatasetAdapter):
 
     @staticmethod
     def _resolve(manifest: Path, value: object) -> Path:
-        path = Path(str(value).strip()).expanduser()
+        text = str(value).strip()
+        try:
+            path = Path(text).expanduser()
+        except RuntimeError:  # ~name of an unknown user
+            raise ValueError(
+                f"path {text!r} names an unknown user's home; give a full path"
+            ) from None
         return path if path.is_absolute() else manifest.parent / path
 
     def _manifest_row(
@@ -365,20 +543,24 @@ class InHouseDataset(DatasetAdapter):
         seg_path = self._resolve(manifest, record["seg_msk"])
         label = WeakLabel.parse(record["label"])
         phenotype = Phenotype.parse(record.get("phenotype", ""))
-        image, seg = nib.load(image_path), nib.load(seg_path)
+        image, seg = load_nifti(image_path), load_nifti(seg_path)
         size = self.params.crop
         if image.shape != (size,) * 3:
             raise ValueError(f"{image_path.name} has shape {image.shape}, expected a {size}³ crop")
         if seg.shape != image.shape or not np.allclose(seg.affine, image.affine, atol=1e-3):
             raise ValueError(f"{seg_path.name} is not on the grid of {image_path.name}")
-        axes = self.options.get("manifest_axes", "PSR")
+        axes = self.manifest_axes
         psr_image, psr_affine = _as_psr(image, axes)
         psr_seg, _ = _as_psr(seg, axes)
-        if np.isnan(psr_image).any():
-            raise ValueError(f"{image_path.name} has {int(np.isnan(psr_image).sum())} NaN voxels")
+        n_bad = int(psr_image.size - np.count_nonzero(np.isfinite(psr_image)))
+        if n_bad:
+            raise ValueError(
+                f"{image_path.name} has {n_bad} non-finite voxels (NaN or infinite); "
+                "fix or re-export the crop"
+            )
         if not (psr_seg > 0.5).any():
             raise ValueError(f"{seg_path.name}: empty vertebral-body mask")
-        a, b = self.options.get("manifest_hu", HIDESEEK_HU)
+        a, b = self.manifest_hu
         n = self.params.n_slices
         first = size // 2 - n // 2
         to_display = (2, 1, 0)

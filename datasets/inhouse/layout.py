@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from wsbench.api import Skipped, SubjectVolumes, bids_folder, bids_stem, write_nifti_gz
+from wsbench.contract import Scope
 
 LABEL_COLUMNS = ("subject", "session", "vertebra", "label", "phenotype", "split")
 """Columns of ``labels.csv`` in the in-house layout."""
@@ -159,11 +160,15 @@ def find_subjects(root: Path) -> tuple[list[SubjectFiles], list[Skipped]]:
     found, skipped = [], []
     for key in sorted(set(masks) - set(cts)):
         names = ", ".join(str(m.path) for m in masks[key])
-        skipped.append(Skipped(names, "mask without a CT in rawdata/ for this subject/session"))
+        reason = (
+            "mask without a CT in rawdata/ for this subject/session; add the CT or move the mask"
+        )
+        skipped.append(Skipped(names, reason, Scope.FILE))
     for key in sorted(cts):
         if len(cts[key]) > 1:
             names = ", ".join(str(c.path.name) for c in cts[key])
-            skipped.append(Skipped(f"sub-{key[0]}", f"several CT files ({names}); keep one"))
+            reason = f"several CT files ({names}); keep one"
+            skipped.append(Skipped(f"sub-{key[0]}", reason, Scope.FILE))
             continue
         ct = cts[key][0]
         subject = SubjectFiles(key[0], key[1], ct.path)
@@ -181,7 +186,7 @@ def find_subjects(root: Path) -> tuple[list[SubjectFiles], list[Skipped]]:
         if problem is None and "vert" not in subject.masks:
             problem = f"no seg-vert mask for {ct.path.name} in derivatives/"
         if problem:
-            skipped.append(Skipped(str(ct.path), problem))
+            skipped.append(Skipped(str(ct.path), problem, Scope.FILE))
         else:
             found.append(subject)
     if not cts:

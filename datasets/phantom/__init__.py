@@ -5,6 +5,7 @@ preprocessing real data goes through. See docs/phantom.md."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,17 +21,15 @@ OPTION_NAMES = tuple(f.name for f in dataclasses.fields(PhantomOptions))
 
 
 def phantom_options(options: dict[str, Any]) -> PhantomOptions:
-    """:class:`PhantomOptions` from adapter options (unknown names raise ``ValueError``)."""
+    """:class:`PhantomOptions` from the adapter's typed options, ``workers`` left out (unknown
+    names, which only library code can pass, raise ``ValueError``; ``-o`` checks them first)."""
     unknown = sorted(set(options) - set(OPTION_NAMES) - {"workers"})
     if unknown:
         raise ValueError(
-            f"unknown phantom option(s) {', '.join(unknown)}; known: {', '.join(OPTION_NAMES)}"
+            f"unknown phantom option(s) {', '.join(unknown)}; known: {', '.join(OPTION_NAMES)}, "
+            "workers"
         )
-    types = {f.name: f.type for f in dataclasses.fields(PhantomOptions)}
-    cast = {"int": int, "float": float}
-    return PhantomOptions(
-        **{k: cast[str(types[k])](v) for k, v in options.items() if k in OPTION_NAMES}
-    )
+    return PhantomOptions(**{k: v for k, v in options.items() if k in OPTION_NAMES})
 
 
 def build_with_progress(cache: Path, options: PhantomOptions, workers: int) -> Path:
@@ -60,6 +59,17 @@ class PhantomDataset(DatasetAdapter):
     needs_root: ClassVar[bool] = False
     lesion_metrics: ClassVar[bool] = True
 
+    @classmethod
+    def option_parameters(cls) -> dict[str, inspect.Parameter]:
+        """The ``-o`` options: the fields of :class:`PhantomOptions` and ``workers``."""
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        found = {
+            f.name: inspect.Parameter(f.name, keyword, default=f.default, annotation=f.type)
+            for f in dataclasses.fields(PhantomOptions)
+        }
+        workers = inspect.Parameter("workers", keyword, default=default_workers(), annotation=int)
+        return {**found, "workers": workers}
+
     def prepare(self) -> PreparedDataset:
         """Build (or reuse) the phantom files and prepare them with the in-house adapter."""
         if self.root is not None:
@@ -67,9 +77,8 @@ class PhantomDataset(DatasetAdapter):
                 "the phantom dataset takes no --root (it is generated); to read a phantom written "
                 "with `wsbench phantom make`, use --dataset inhouse --root <that folder>"
             )
-        options = dict(self.options)
-        workers = int(options.get("workers", default_workers()))
-        phantom = phantom_options(options)
+        workers = self.options.get("workers", default_workers())
+        phantom = phantom_options(self.options)
         folder = build_with_progress(cache_root() / "phantom", phantom, workers)
         prepared = _PhantomInHouse(root=folder, cache_dir=self.cache_dir).prepare()
         prepared.name = self.name

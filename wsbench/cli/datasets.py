@@ -1,5 +1,5 @@
-"""``wsbench datasets``: list the adapters; ``check`` prepares a dataset and summarises its
-contents and what was skipped."""
+"""``wsbench datasets``: list the adapters; ``check`` prepares a dataset, summarises its
+contents and lists everything skipped, exiting non-zero when a file or the dataset is unusable."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from wsbench.cli.common import (
     plugin_table,
     user_errors,
 )
-from wsbench.contract import PreparedDataset
+from wsbench.contract import PreparedDataset, Scope
 from wsbench.data.volumes import LEVEL_NUMBERS
 from wsbench.harness.registry import DATASETS_GROUP, PluginError, load_dataset
 from wsbench.models.store import cache_root
@@ -77,17 +77,26 @@ def summary_table(data: PreparedDataset) -> Table:
         or "—",
     )
     table.add_row("lesion masks", "yes" if data.lesion_metrics else "no")
-    table.add_row("skipped", str(len(data.skipped)))
+    at_edge = sum(bool(v.geometry.get("touches_scan_border")) for v in vertebrae)
+    table.add_row("touching the scan's edge", str(at_edge))
+    table.add_row("skipped", scope_counts(data))
     return table
 
 
+def scope_counts(data: PreparedDataset) -> str:
+    """How many skipped records of each scope, e.g. ``0 dataset, 1 file, 3 vertebra``."""
+    counts = Counter(item.scope for item in data.skipped)
+    return ", ".join(f"{counts[scope]} {scope.value}" for scope in reversed(Scope))
+
+
 def skipped_table(data: PreparedDataset) -> Table:
-    """Every skipped file or vertebra with its reason."""
+    """Every skipped file or vertebra with its scope and reason."""
     table = Table(title="skipped")
+    table.add_column("scope")
     table.add_column("where")
     table.add_column("reason")
-    for item in data.skipped:
-        table.add_row(item.where, item.reason)
+    for item in sorted(data.skipped, key=lambda s: list(reversed(Scope)).index(s.scope)):
+        table.add_row(item.scope.value, item.where, item.reason)
     return table
 
 
@@ -97,19 +106,24 @@ def check(
     root: Root = None,
     dataset_option: DatasetOptions = None,
 ) -> None:
-    """Prepare a dataset (cached) and print its contents and every skipped problem."""
+    """Prepare a dataset (cached), print its contents and every skipped problem; exit 1 when a
+    file or the dataset as a whole is unusable (vertebra-level exclusions are only listed)."""
     try:
         adapter_cls = load_dataset(dataset)
     except PluginError as exc:
         raise typer.BadParameter(str(exc), param_hint="--dataset") from None
     if adapter_cls.needs_root and root is None:
         raise typer.BadParameter(adapter_cls.missing_root(dataset), param_hint="--root")
-    try:
-        options = parse_dataset_options(dataset_option)
+    with user_errors():
+        options = parse_dataset_options(dataset, dataset_option)
         data = adapter_cls(root=root, cache_dir=cache_root() / "prepared", **options).prepare()
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
     console.print(summary_table(data))
     if data.skipped:
         console.print(skipped_table(data))
+    console.print(f"skipped: {scope_counts(data)}", highlight=False)
+    if any(item.scope is not Scope.VERTEBRA for item in data.skipped):
+        console.print(
+            "[red]error:[/] files or the dataset above are unusable; fix them and check again",
+            highlight=False,
+        )
+        raise typer.Exit(1)

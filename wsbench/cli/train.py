@@ -71,8 +71,8 @@ def train(
         if not method_cls.learns():
             raise ValueError(f"method {method!r} learns nothing: there is nothing to train")
         instance = method_cls(**params)
-        config = RunConfig(method, dataset, root=str(root) if root else None,
-                           dataset_options=parse_dataset_options(dataset_option))  # fmt: skip
+        typed = parse_dataset_options(dataset, dataset_option)
+        config = RunConfig(method, dataset, root=str(root) if root else None, dataset_options=typed)
         _, prepared = prepare_dataset(config)
         options = TrainOptions(workdir(method_cls), seed=seed, resume=resume)
         paths = train_method(instance, prepared.training_set(), options, settings)

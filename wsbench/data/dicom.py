@@ -18,9 +18,9 @@ millimetres. DICOM itself is LPS; :data:`LPS_TO_RAS` converts between the two.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,12 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-from wsbench.contract import BLASTIC, LYTIC, Skipped
+from wsbench.contract import BLASTIC, LYTIC, Scope, Skipped
 from wsbench.data.volumes import LEVEL_NUMBERS
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -110,10 +111,75 @@ def _read(path: Path, **kwargs: Any) -> Dataset:
         raise DicomError(f"{path}: not a readable DICOM file ({exc}); re-download it") from None
 
 
+def _present(ds: Dataset, name: str) -> bool:
+    """True when ``ds`` has attribute ``name`` with a value."""
+    return name in ds and ds[name].value not in (None, "")
+
+
 def _required(ds: Dataset, path: Path, *names: str) -> None:
-    missing = [n for n in names if n not in ds or ds[n].value in (None, "")]
+    missing = [n for n in names if not _present(ds, n)]
     if missing:
-        raise DicomError(f"{path}: missing DICOM attribute(s) {', '.join(missing)}")
+        raise DicomError(
+            f"{path}: missing DICOM attribute(s) {', '.join(missing)}; re-download the file"
+        )
+
+
+def _numbers(ds: Dataset, path: Path, name: str, count: int) -> np.ndarray:
+    """The ``count`` finite numbers of attribute ``name``; :class:`DicomError` naming the file
+    when the value is anything else."""
+    value = ds[name].value
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    try:
+        numbers = np.array([float(v) for v in values], dtype=float)
+    except (TypeError, ValueError):
+        numbers = np.array([])
+    if numbers.shape != (count,) or not np.isfinite(numbers).all():
+        shown = str(value)[:80]
+        raise DicomError(
+            f"{path}: {name} {shown!r} is not {count} finite number(s); the header is damaged, "
+            "re-download the file"
+        )
+    return numbers
+
+
+def _orientation(ds: Dataset, path: Path) -> np.ndarray:
+    """ImageOrientationPatient as six direction cosines: two orthogonal unit vectors."""
+    cosines = _numbers(ds, path, "ImageOrientationPatient", 6)
+    row, col = cosines[:3], cosines[3:]
+    lengths = np.array([np.linalg.norm(row), np.linalg.norm(col)])
+    if (np.abs(lengths - 1) > GEOMETRY_TOLERANCE_MM).any() or abs(row @ col) > (
+        GEOMETRY_TOLERANCE_MM
+    ):
+        raise DicomError(
+            f"{path}: ImageOrientationPatient {cosines.tolist()} is not two orthogonal unit "
+            "vectors; the header is damaged, re-download the file"
+        )
+    return cosines
+
+
+def _pixel_spacing(ds: Dataset, path: Path) -> np.ndarray:
+    """PixelSpacing (row, column) in mm, both positive."""
+    spacing = _numbers(ds, path, "PixelSpacing", 2)
+    if (spacing <= 0).any():
+        raise DicomError(
+            f"{path}: PixelSpacing {spacing.tolist()} is not positive; the header is damaged, "
+            "re-download the file"
+        )
+    return spacing
+
+
+def _rescale(ds: Dataset, path: Path) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept (1 and 0 where absent); a zero slope is refused."""
+    slope = _numbers(ds, path, "RescaleSlope", 1)[0] if _present(ds, "RescaleSlope") else 1.0
+    intercept = (
+        _numbers(ds, path, "RescaleIntercept", 1)[0] if _present(ds, "RescaleIntercept") else 0.0
+    )
+    if slope == 0:
+        raise DicomError(
+            f"{path}: RescaleSlope is 0 (every voxel would be {intercept:g} HU); the header is "
+            "damaged, re-download the file"
+        )
+    return float(slope), float(intercept)
 
 
 def slice_normal(orientation: Sequence[float]) -> np.ndarray:
@@ -151,6 +217,7 @@ def read_ct_series(files: Sequence[Path]) -> CtVolume:
             raise DicomError(f"{path}: Modality is {ds.Modality}, not CT")
         datasets.append(ds)
     first, first_path = datasets[0], paths[0]
+    orientation, spacing = _orientation(first, first_path), _pixel_spacing(first, first_path)
     for ds, path in zip(datasets[1:], paths[1:], strict=True):
         for name in ("SeriesInstanceUID", "Rows", "Columns"):
             if ds.get(name) != first.get(name):
@@ -158,15 +225,16 @@ def read_ct_series(files: Sequence[Path]) -> CtVolume:
                     f"{path}: {name} {ds.get(name)} differs from {first.get(name)} in "
                     f"{first_path}; a series folder must hold one CT series"
                 )
-        for name in ("ImageOrientationPatient", "PixelSpacing"):
-            if not np.allclose(
-                [float(v) for v in ds[name].value],
-                [float(v) for v in first[name].value],
-                atol=GEOMETRY_TOLERANCE_MM,
-            ):
+        for name, value, expected in (
+            ("ImageOrientationPatient", _orientation(ds, path), orientation),
+            ("PixelSpacing", _pixel_spacing(ds, path), spacing),
+        ):
+            if not np.allclose(value, expected, atol=GEOMETRY_TOLERANCE_MM):
                 raise DicomError(f"{path}: {name} differs from {first_path}")
-    normal = slice_normal([float(v) for v in first.ImageOrientationPatient])
-    position = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    normal = slice_normal(orientation)
+    position = np.array(
+        [_numbers(ds, p, "ImagePositionPatient", 3) for ds, p in zip(datasets, paths, strict=True)]
+    )
     order = np.argsort(position @ normal, kind="stable")
     datasets = [datasets[i] for i in order]
     paths = [paths[i] for i in order]
@@ -176,19 +244,24 @@ def read_ct_series(files: Sequence[Path]) -> CtVolume:
     columns = []
     exact = True
     for ds, path in zip(datasets, paths, strict=True):
+        slope, intercept = _rescale(ds, path)
         try:
             stored = ds.pixel_array
         except Exception as exc:  # decoder errors vary by transfer syntax and plugin
             raise DicomError(
                 f"{path}: cannot decode the pixel data ({ds.file_meta.TransferSyntaxUID.name}): "
-                f"{exc}"
+                f"{exc}; re-download the file"
             ) from None
         if stored.shape != (int(first.Rows), int(first.Columns)):
             raise DicomError(f"{path}: pixel data shape {stored.shape} is not Rows × Columns")
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
         exact &= slope.is_integer() and intercept.is_integer()
-        columns.append(stored.T.astype(np.float64) * slope + intercept)
+        column = stored.T.astype(np.float64) * slope + intercept
+        if not np.isfinite(column.astype(np.float32)).all():
+            raise DicomError(
+                f"{path}: RescaleSlope {slope:g} and RescaleIntercept {intercept:g} give values "
+                "beyond float32; the header is damaged, re-download the file"
+            )
+        columns.append(column)
         del ds.PixelData
     hu = np.stack(columns, axis=-1)
     info = np.iinfo(np.int16)
@@ -198,7 +271,7 @@ def read_ct_series(files: Sequence[Path]) -> CtVolume:
         hu = hu.astype(np.float32)
     return CtVolume(
         hu=hu,
-        affine=_affine_from_slices(datasets, position),
+        affine=_affine_from_slices(orientation, spacing, position),
         files=paths,
         headers=datasets,
         series_uid=str(first.get("SeriesInstanceUID", "")),
@@ -218,12 +291,18 @@ def _check_positions(position: np.ndarray, normal: np.ndarray, paths: Sequence[P
                 f"{paths[i + 1]}: same slice position as {paths[i]}; remove the duplicate slice"
             )
     median = float(np.median(along))
-    for i, step in enumerate(along):
-        if abs(step - median) > SLICE_GAP_TOLERANCE * median:
-            raise DicomError(
-                f"{paths[i + 1]}: {step:.3g} mm from the previous slice {paths[i].name} where the "
-                f"series steps {median:.3g} mm; a slice file is missing or the series mixes stacks"
-            )
+    irregular = [
+        i for i, step in enumerate(along) if abs(step - median) > SLICE_GAP_TOLERANCE * median
+    ]
+    if irregular:
+        i, *others = irregular
+        names = list(dict.fromkeys(paths[j + k].name for j in others for k in (0, 1)))
+        also = f"; steps are also irregular at {', '.join(names)}" if names else ""
+        raise DicomError(
+            f"{paths[i + 1]}: {along[i]:.3g} mm from the previous slice {paths[i].name} where the "
+            f"series steps {median:.3g} mm; a slice file is missing or the series mixes stacks"
+            f"{also}"
+        )
     off_axis = np.linalg.norm(steps - along[:, None] * normal, axis=1)
     if off_axis.max() > max(GEOMETRY_TOLERANCE_MM, 0.01 * median):
         worst = int(np.argmax(off_axis))
@@ -233,11 +312,11 @@ def _check_positions(position: np.ndarray, normal: np.ndarray, paths: Sequence[P
         )
 
 
-def _affine_from_slices(datasets: Sequence[Dataset], position: np.ndarray) -> np.ndarray:
-    """RAS affine of the ``[column, row, slice]`` grid of sorted slices."""
-    first = datasets[0]
-    orientation = np.array([float(v) for v in first.ImageOrientationPatient])
-    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
+def _affine_from_slices(
+    orientation: np.ndarray, spacing: np.ndarray, position: np.ndarray
+) -> np.ndarray:
+    """RAS affine of the ``[column, row, slice]`` grid of slices at sorted ``position``."""
+    row_spacing, column_spacing = spacing
     lps = np.eye(4)
     lps[:3, 0] = orientation[:3] * column_spacing
     lps[:3, 1] = orientation[3:] * row_spacing
@@ -256,8 +335,10 @@ def segment_level(label: str) -> str | None:
 
 
 def seg_references(ds: Dataset) -> list[str]:
-    """SeriesInstanceUIDs a SEG's ReferencedSeriesSequence names."""
-    return [str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence", [])]
+    """SeriesInstanceUIDs a SEG's ReferencedSeriesSequence names (blank ones left out)."""
+    found = (str(item.get("SeriesInstanceUID", "")).strip() for item in ds.get(
+        "ReferencedSeriesSequence", []))  # fmt: skip
+    return [uid for uid in found if uid]
 
 
 def read_seg_levels(path: Path, ct: CtVolume) -> tuple[np.ndarray, list[Skipped]]:
@@ -317,9 +398,10 @@ def read_seg_levels(path: Path, ct: CtVolume) -> tuple[np.ndarray, list[Skipped]
             dtype=np.uint8,
         )
         matched = volume.match_geometry(ct.geometry(), tol=GEOMETRY_TOLERANCE_MM)
-    except (RuntimeError, ValueError) as exc:
+    except Exception as exc:  # highdicom raises several types for damaged frame headers
         raise DicomError(
-            f"{path}: the SEG frames do not lie on the CT grid of series {ct.series_uid} ({exc})"
+            f"{path}: the SEG frames do not lie on the CT grid of series {ct.series_uid} ({exc}); "
+            "re-download the SEG or pair it with its own CT"
         ) from None
     lookup = np.array([0] + [LEVEL_NUMBERS[lv] for lv in levels], dtype=np.uint8)
     vert = lookup[np.asarray(matched.array)].transpose(2, 1, 0)
@@ -353,56 +435,81 @@ def _dicom_candidate(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in {"", ".dcm"}
 
 
+def _header(path: Path) -> SeriesInfo:
+    """The :class:`SeriesInfo` of one file (``files`` = that file); :class:`DicomError` naming it
+    when its header is damaged or lacks SeriesInstanceUID or Modality."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(SCAN_TAGS))
+        info = SeriesInfo(
+            uid=str(ds.get("SeriesInstanceUID", "")).strip(),
+            modality=str(ds.get("Modality", "")).strip(),
+            patient_id=str(ds.get("PatientID", "")),
+            study_uid=str(ds.get("StudyInstanceUID", "")),
+            frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")).strip(),
+            references=tuple(seg_references(ds)),
+            description=str(ds.get("SeriesDescription", "")),
+            files=[path],
+        )
+    except Exception as exc:  # pydicom raises many types for a damaged header
+        raise DicomError(f"{path}: unreadable DICOM header ({exc}); re-download the file") from None
+    if not info.uid or not info.modality:
+        blank = [
+            n for n, v in (("SeriesInstanceUID", info.uid), ("Modality", info.modality)) if not v
+        ]
+        raise DicomError(
+            f"{path}: {' and '.join(blank)} missing or blank (a damaged or cut-short file?), so "
+            "its series is unknown; re-download the file"
+        )
+    return info
+
+
 def scan_series(root: Path) -> tuple[list[SeriesInfo], list[Skipped]]:
     """Group the DICOM files under ``root`` by SeriesInstanceUID, reading headers only.
 
-    A ``.dcm`` file that is not DICOM, a file without SeriesInstanceUID or Modality, and a series
-    whose files disagree on Modality or PatientID are reported as :class:`Skipped`. Suffix-less
-    files that are not DICOM (a README) are not data and are passed over.
+    A ``.dcm`` file that is not DICOM, a file with a damaged header or without
+    SeriesInstanceUID or Modality, and a file whose Modality or PatientID differs from most files
+    of its series are reported as :class:`Skipped` (scope file) and left out. Suffix-less files
+    that are not DICOM (a README) are not data and are passed over.
     """
-    groups: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    groups: dict[str, list[SeriesInfo]] = defaultdict(list)
     skipped: list[Skipped] = []
     for path in sorted(p for p in Path(root).rglob("*") if _dicom_candidate(p)):
         if not pydicom.misc.is_dicom(path):
             if path.suffix.lower() == ".dcm":
-                skipped.append(Skipped(str(path), "not a DICOM file (no DICM preamble)"))
+                skipped.append(
+                    Skipped(
+                        str(path),
+                        "not a DICOM file (no DICM preamble); re-download or remove it",
+                        Scope.FILE,
+                    )
+                )
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(SCAN_TAGS))
-        except Exception as exc:  # a damaged header
-            skipped.append(Skipped(str(path), f"unreadable DICOM header: {exc}"))
+            info = _header(path)
+        except DicomError as exc:
+            skipped.append(Skipped(str(path), str(exc).removeprefix(f"{path}: "), Scope.FILE))
             continue
-        uid, modality = str(ds.get("SeriesInstanceUID", "")), str(ds.get("Modality", ""))
-        if not uid or not modality:
-            skipped.append(Skipped(str(path), "no SeriesInstanceUID or Modality"))
-            continue
-        groups[uid].append((path, ds))
+        groups[info.uid].append(info)
     series = []
     for uid, members in sorted(groups.items()):
-        modalities = {str(ds.Modality) for _, ds in members}
-        patients = {str(ds.get("PatientID", "")) for _, ds in members}
-        if len(modalities) > 1 or len(patients) > 1:
-            skipped.append(
-                Skipped(
-                    str(members[0][0].parent),
-                    f"series {uid} mixes modalities {sorted(modalities)} or patients "
-                    f"{sorted(patients)}",
+        kinds = Counter((m.modality, m.patient_id) for m in members)
+        (modality, patient), _ = kinds.most_common(1)[0]
+        for odd in members:
+            if (odd.modality, odd.patient_id) != (modality, patient):
+                skipped.append(
+                    Skipped(
+                        str(odd.files[0]),
+                        f"Modality {odd.modality!r} and PatientID {odd.patient_id!r} differ from "
+                        f"the other files' {modality!r} and {patient!r} in series {uid}; left "
+                        "out, re-download the file",
+                        Scope.FILE,
+                    )
                 )
-            )
-            continue
-        head = members[0][1]
-        references = sorted({r for _, ds in members for r in seg_references(ds)})
+        members = [m for m in members if (m.modality, m.patient_id) == (modality, patient)]
+        head = members[0]
+        references = sorted({r for m in members for r in m.references})
         series.append(
-            SeriesInfo(
-                uid=uid,
-                modality=modalities.pop(),
-                patient_id=patients.pop(),
-                study_uid=str(head.get("StudyInstanceUID", "")),
-                frame_of_reference_uid=str(head.get("FrameOfReferenceUID", "")),
-                references=tuple(references),
-                description=str(head.get("SeriesDescription", "")),
-                files=[p for p, _ in members],
-            )
+            replace(head, references=tuple(references), files=[m.files[0] for m in members])
         )
     return series, skipped
 

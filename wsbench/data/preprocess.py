@@ -24,7 +24,9 @@ Every dataset adapter turns a subject's CT (HU) and masks into :class:`VertebraC
 
 ``geometry`` records the source affine/shape, the lattice, the crop box, zoom factors, the crop's
 own affine (axes R, I, P) and the slice indices; :func:`mask_to_source` uses it to put a 2D mask
-back into the source volume. Problems become :class:`~wsbench.contract.Skipped` records.
+back into the source volume. Problems become :class:`~wsbench.contract.Skipped` records: a
+subject-wide fault (unreadable geometry, non-finite CT voxels, a bad mask) costs the subject
+(:attr:`~wsbench.contract.Scope.FILE`), a vertebra-level one only that vertebra.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from nibabel.affines import apply_affine
 from scipy import ndimage
 from skimage.measure import label as label_components
 
-from wsbench.contract import N_CENTRAL_SLICES, Skipped
+from wsbench.contract import N_CENTRAL_SLICES, Scope, Skipped
 from wsbench.data.volumes import BODY_SUBREGIONS, LEVEL_NAMES, SubjectVolumes
 from wsbench.files import atomic_path
 
@@ -62,6 +64,20 @@ CANAL_MIN_AREA_MM2 = 25.0
 BODY_FALLBACK_FRACTION = 0.4
 """Anterior fraction of a vertebra's anterior-posterior extent taken as body when no canal is
 found."""
+
+BODY_PRESENCE_FRACTION = 0.2
+"""Anterior fraction of a vertebra's anterior-posterior extent in which a mask with a body has
+voxels at its left-right midline (:func:`lacks_body`)."""
+
+MIDLINE_HALF_WIDTH_MM = 2.0
+"""Half width of the left-right midline band :func:`lacks_body` looks in."""
+
+MAX_LABEL = 255
+"""Largest label value of a vertebra or subregion mask (VerSe numbers, SPINEPS subregions)."""
+
+RESULT_FORMAT = 2
+"""Version of what a cached :class:`SubjectResult` holds (its checks and fields); part of every
+cache file name, so results made by older checks are computed again."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,8 @@ class VertebraCrop:
     spacing: tuple[float, float]
     lesions: np.ndarray | None = None
     geometry: dict[str, Any] = field(default_factory=dict)
+    lesion_voxels: int | None = None
+    """Lesion voxels inside this vertebra's own 3D mask (``None`` without a lesion mask)."""
 
 
 @dataclass
@@ -176,6 +194,20 @@ def derive_body(vertebra: np.ndarray, spacing_mm: float) -> np.ndarray:
     return components == largest
 
 
+def lacks_body(vertebra: np.ndarray, spacing_mm: float) -> bool:
+    """True when a whole-vertebra mask on a PSR grid (axis 0 → posterior) holds no body: no voxel
+    near its left-right midline in the anterior ``BODY_PRESENCE_FRACTION`` of its extent, as for
+    a mask of the posterior elements alone (the canal, open in front, lies there)."""
+    p_any = np.flatnonzero(vertebra.any(axis=(1, 2)))
+    r_any = np.flatnonzero(vertebra.any(axis=(0, 1)))
+    if p_any.size == 0:
+        return True
+    front = p_any[0] + math.ceil(BODY_PRESENCE_FRACTION * (p_any[-1] - p_any[0] + 1))
+    mid = (int(r_any[0]) + int(r_any[-1])) // 2
+    half = max(1, round(MIDLINE_HALF_WIDTH_MM / spacing_mm))
+    return not vertebra[:front, :, max(mid - half, 0) : mid + half + 1].any()
+
+
 def _body_deriver() -> tuple[Callable[[np.ndarray, float], np.ndarray], str]:
     """The body derivation used without a subregion mask.
 
@@ -241,47 +273,110 @@ def _region(
     return low, lattice_affine @ shift, tuple(int(n) for n in high - low + 1)  # type: ignore[return-value]
 
 
+def file_name(image: nib.spatialimages.SpatialImage, role: str) -> str:
+    """The file an image was read from (its name), else ``role`` (an in-memory image)."""
+    name = image.get_filename()
+    return Path(name).name if name else role
+
+
+def _geometry_problem(image: nib.spatialimages.SpatialImage, name: str) -> str | None:
+    """Why an image's grid is unusable (not 3D, empty, or a non-finite or singular affine)."""
+    if len(image.shape) != 3:
+        return f"{name} is not a 3D volume (shape {image.shape}); give one 3D volume per file"
+    if min(image.shape) < 1:
+        return f"{name} has an empty dimension (shape {image.shape}); re-export it"
+    affine = np.asarray(image.affine, dtype=float)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        return (
+            f"{name} has a non-finite or singular affine (header pixdim/qform/sform); fix the "
+            "header or re-export the file"
+        )
+    return None
+
+
 def _check_inputs(
     ct: nib.spatialimages.SpatialImage,
     masks: Mapping[str, nib.spatialimages.SpatialImage | None],
     where: str,
 ) -> list[Skipped]:
+    problem = _geometry_problem(ct, f"CT {file_name(ct, 'CT')}")
+    if problem:
+        return [Skipped(where, problem, Scope.FILE)]
     problems = []
-    for name, img in masks.items():
+    for role, img in masks.items():
         if img is None:
             continue
+        name = f"{role} mask {file_name(img, role)}"
         if img.shape[:3] != ct.shape[:3]:
-            problems.append(
-                Skipped(where, f"{name} mask shape {img.shape} differs from CT shape {ct.shape}")
-            )
+            reason = f"{name} shape {img.shape} differs from CT shape {ct.shape}"
+        elif (problem := _geometry_problem(img, name)) is not None:
+            reason = problem
         elif not np.allclose(img.affine, ct.affine, atol=1e-3):
-            problems.append(
-                Skipped(
-                    where,
-                    f"{name} mask affine differs from the CT affine by up to "
-                    f"{np.abs(img.affine - ct.affine).max():.4g} mm; resample it onto the CT",
-                )
+            reason = (
+                f"{name} affine differs from the CT affine by up to "
+                f"{np.abs(img.affine - ct.affine).max():.4g} mm; resample it onto the CT"
             )
-    if len(ct.shape) != 3:
-        problems.append(Skipped(where, f"CT is not a 3D volume (shape {ct.shape})"))
+        else:
+            continue
+        problems.append(Skipped(where, reason, Scope.FILE))
     return problems
 
 
-def _mask_problem(name: str, image: Any | None, where: str) -> Skipped | None:
-    """A label mask with NaN, negative or fractional voxels, or a lesion value outside 0/1/2."""
+def _ct_problem(ct: nib.spatialimages.SpatialImage, data: np.ndarray, where: str) -> Skipped | None:
+    """A CT with NaN or infinite voxels."""
+    if not np.issubdtype(data.dtype, np.floating):
+        return None
+    n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if not n_bad:
+        return None
+    reason = (
+        f"CT {file_name(ct, 'CT')} has {n_bad} non-finite voxels (NaN or infinite); "
+        "fix or re-export the scan"
+    )
+    return Skipped(where, reason, Scope.FILE)
+
+
+def _mask_problem(role: str, image: Any | None, where: str) -> Skipped | None:
+    """A label mask with NaN, infinite or fractional voxels, or values outside 0..255 (0/1/2
+    for the lesion mask)."""
     if image is None:
         return None
+    name = f"{role} mask {file_name(image, role)}"
     data = np.asanyarray(image.dataobj)
+    reason = None
     if np.issubdtype(data.dtype, np.floating):
-        n_bad = int((~np.isfinite(data)).sum())
+        n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if n_bad:
-            return Skipped(where, f"{name} mask has {n_bad} NaN or infinite voxels")
-        if (data != np.round(data)).any() or (data < 0).any():
-            return Skipped(where, f"{name} mask has negative or fractional values")
-    if name == "lesion" and (data.max() > 2 or data.min() < 0):
-        values = sorted(np.unique(data).astype(int).tolist())
-        return Skipped(where, f"lesion mask values {values} are not within 0/1/2")
-    return None
+            reason = f"{name} has {n_bad} NaN or infinite voxels"
+        elif (data != np.round(data)).any():
+            reason = f"{name} has fractional values"
+    highest = 2 if role == "lesion" else MAX_LABEL
+    if reason is None and data.size and (data.min() < 0 or data.max() > highest):
+        values = np.unique(data)
+        shown = (
+            values.astype(np.int64).tolist()
+            if values.size <= 8
+            else f"{values.min():g}..{values.max():g}"
+        )
+        reason = f"{name} values {shown} are not within 0..{highest}"
+    return None if reason is None else Skipped(where, f"{reason}; fix the mask", Scope.FILE)
+
+
+def _lesions_outside(
+    lesion: nib.spatialimages.SpatialImage,
+    lesion_data: np.ndarray,
+    vert_data: np.ndarray,
+    where: str,
+) -> Skipped | None:
+    """Lesion voxels lying outside every vertebra mask, reported with their count and file."""
+    n_outside = int(np.count_nonzero((lesion_data > 0) & (vert_data == 0)))
+    if not n_outside:
+        return None
+    reason = (
+        f"{n_outside} lesion voxels of {file_name(lesion, 'the lesion mask')} lie outside every "
+        "vertebra mask (not scored); check that the lesion mask belongs to this CT"
+    )
+    return Skipped(where, reason)
 
 
 def preprocess_subject(
@@ -302,15 +397,14 @@ def preprocess_subject(
     :class:`Skipped` records. Returns crops ``(n_slices, crop, crop)``: float32 HU, bool body,
     uint8 lesions (``None`` without a lesion mask), and the problems found.
     """
-    problems = _check_inputs(ct, {"vertebra": vert, "subregion": subreg, "lesion": lesion}, where)
+    masks = {"vertebra": vert, "subregion": subreg, "lesion": lesion}
+    problems = _check_inputs(ct, masks, where)
     if problems:
         return SubjectResult([], problems, [])
     ct_data = np.asanyarray(ct.dataobj)
-    if np.issubdtype(ct_data.dtype, np.floating):
-        n_nan = int(np.isnan(ct_data).sum())
-        if n_nan:
-            return SubjectResult([], [Skipped(where, f"CT has {n_nan} NaN voxels")], [])
-    masks = {"vertebra": vert, "subregion": subreg, "lesion": lesion}
+    problem = _ct_problem(ct, ct_data, where)
+    if problem:
+        return SubjectResult([], [problem], [])
     problems = [p for name, image in masks.items() if (p := _mask_problem(name, image, where))]
     if problems:
         return SubjectResult([], problems, [])
@@ -321,6 +415,8 @@ def preprocess_subject(
     boxes = ndimage.find_objects(vert_data)
     present = {n + 1: box for n, box in enumerate(boxes) if box is not None}
     skipped: list[Skipped] = []
+    if lesion is not None and (outside := _lesions_outside(lesion, lesion_data, vert_data, where)):
+        skipped.append(outside)
     for number in sorted(present):
         if number not in LEVEL_NAMES and number != SACRUM_LABEL:
             skipped.append(Skipped(where, f"vertebra mask label {number} is not a VerSe level"))
@@ -347,6 +443,13 @@ def preprocess_subject(
             )
             body = vertebra & np.isin(sub, BODY_SUBREGIONS)
             body_source = "subregion:49+50"
+        elif lacks_body(vertebra, params.spacing_mm):
+            reason = (
+                "the vertebra mask holds no vertebral body (posterior elements only), so none "
+                "can be derived; supply a subregion mask (seg-subreg, body = 49 ∪ 50)"
+            )
+            skipped.append(Skipped(f"{where} {level}", reason))
+            continue
         else:
             body = np.asarray(deriver(vertebra, params.spacing_mm), dtype=bool)
             body_source = derived_name
@@ -357,22 +460,24 @@ def preprocess_subject(
             continue
         box = present[number]
         at_border = any(b.start == 0 or b.stop == n for b, n in zip(box, ct.shape, strict=False))
-        crops.append(
-            _crop_vertebra(
-                level,
-                body,
-                low,
-                region_affine,
-                ct,
-                ct_data,
-                lesion_data,
-                lattice_affine,
-                lattice_shape,
-                body_source,
-                at_border,
-                params,
-            )
+        crop = _crop_vertebra(
+            level,
+            body,
+            low,
+            region_affine,
+            ct,
+            ct_data,
+            lesion_data,
+            lattice_affine,
+            lattice_shape,
+            body_source,
+            at_border,
+            params,
         )
+        if lesion_data is not None:
+            own = (vert_data[box] == number) & (lesion_data[box] > 0)
+            crop.lesion_voxels = int(np.count_nonzero(own))
+        crops.append(crop)
     return SubjectResult(crops, skipped, mask_levels)
 
 
@@ -505,7 +610,7 @@ def save_result(path: Path, result: SubjectResult) -> None:
     """Store a :class:`SubjectResult` as an npz file (written atomically)."""
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {
-        "skipped": [[s.where, s.reason] for s in result.skipped],
+        "skipped": [[s.where, s.reason, s.scope.value] for s in result.skipped],
         "mask_levels": result.mask_levels,
         "crops": [],
     }
@@ -515,7 +620,12 @@ def save_result(path: Path, result: SubjectResult) -> None:
         if crop.lesions is not None:
             arrays[f"lesions_{i}"] = crop.lesions
         meta["crops"].append(
-            {"level": crop.level, "spacing": list(crop.spacing), "geometry": crop.geometry}
+            {
+                "level": crop.level,
+                "spacing": list(crop.spacing),
+                "geometry": crop.geometry,
+                "lesion_voxels": crop.lesion_voxels,
+            }
         )
     arrays["meta"] = np.array(json.dumps(meta))
     with atomic_path(path) as temporary, temporary.open("wb") as handle:
@@ -532,19 +642,28 @@ def load_result(path: Path) -> SubjectResult:
             spacing = (float(info["spacing"][0]), float(info["spacing"][1]))
             slices, body = data[f"slices_{i}"], data[f"body_{i}"]
             crops.append(
-                VertebraCrop(info["level"], slices, body, spacing, lesions, info["geometry"])
+                VertebraCrop(
+                    info["level"],
+                    slices,
+                    body,
+                    spacing,
+                    lesions,
+                    info["geometry"],
+                    info["lesion_voxels"],
+                )
             )
-    skipped = [Skipped(w, r) for w, r in meta["skipped"]]
+    skipped = [Skipped(w, r, Scope(s)) for w, r, s in meta["skipped"]]
     return SubjectResult(crops, skipped, meta["mask_levels"])
 
 
 def cached_result(
     cache_dir: Path | None, key: str, compute: Callable[[], SubjectResult]
 ) -> tuple[SubjectResult, bool]:
-    """``compute()`` memoised as ``<cache_dir>/<key>.npz``; returns (result, was_cached)."""
+    """``compute()`` memoised as ``<cache_dir>/<key>-r<RESULT_FORMAT>.npz``; returns (result,
+    was_cached)."""
     if cache_dir is None:
         return compute(), False
-    path = Path(cache_dir) / f"{key}.npz"
+    path = Path(cache_dir) / f"{key}-r{RESULT_FORMAT}.npz"
     if path.exists():
         try:
             return load_result(path), True

@@ -31,7 +31,7 @@ def level_name(value: object) -> str:
         return text
     try:
         return LEVEL_NAMES[int(float(text))]
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, OverflowError):
         raise ValueError(f"vertebra {value!r} is neither a level name nor a label number") from None
 
 

@@ -18,7 +18,7 @@ from scipy import ndimage
 from skimage.morphology import remove_small_holes
 from test_dicomio import box_spine
 
-from wsbench.contract import Phenotype, PreparedDataset, Split, WeakLabel
+from wsbench.contract import Phenotype, PreparedDataset, Scope, Split, WeakLabel
 from wsbench.data.dicom import scan_series
 from wsbench.data.nifti import write_nifti_gz
 from wsbench.data.splits import seeded_split
@@ -29,6 +29,7 @@ from wsbench.datasets.phantom.tcia_writer import write_tcia
 from wsbench.datasets.tcia import TciaDataset, derived_body_dice
 from wsbench.datasets.tcia.clinical import parse_level_list, read_clinical
 from wsbench.datasets.tcia.layout import CLINICAL_FILE, CLINICAL_SHEET
+from wsbench.harness.params import ParameterError, dataset_options
 
 REAL_PATIENT = "00042"
 
@@ -226,6 +227,7 @@ def test_missing_slice_in_nbia_download(tmp_path: Path):
     seg = series_files(root, "SEG")[0]
     ct_uid = pydicom.dcmread(seg).ReferencedSeriesSequence[0].SeriesInstanceUID
     assert f"{seg}: its CT series {ct_uid} is incomplete" in found
+    assert {s.scope for s in data.skipped[:2]} == {Scope.FILE}
     assert (
         found[2]
         == f"{CLINICAL_FILE} row 2 (Case p1): no CT + DICOM-SEG of this patient under --root"
@@ -250,9 +252,11 @@ def test_missing_and_corrupt_files_in_idc_download(tmp_path: Path):
     assert len(found) == 1 and str(files[10]) in found[0]
 
     files[10].write_bytes(b"garbage")
-    found = problems(prepare(root))
-    assert found[0] == f"{files[10]}: not a DICOM file (no DICM preamble)"
+    data = prepare(root)
+    found = problems(data)
+    assert found[0] == f"{files[10]}: not a DICOM file (no DICM preamble); re-download or remove it"
     assert "a slice file is missing" in found[1]
+    assert [s.scope for s in data.skipped] == [Scope.FILE, Scope.FILE]
 
 
 def test_seg_without_level_labels_or_for_another_series(tmp_path: Path):
@@ -301,9 +305,9 @@ def test_grid_mismatches(tmp_path: Path):
     write_nifti_gz(tmp_path / "lesions/p1.nii.gz", np.zeros((48, 60, 79), np.uint8), subject.affine)
     data = prepare(root, lesions=tmp_path / "lesions")
     assert data.vertebrae == []
-    assert problems(data) == [
-        "patient p1: lesion mask shape (48, 60, 79) differs from CT shape (48, 60, 80)"
-    ]
+    [found] = problems(data)
+    assert found.startswith("patient p1: lesion mask")
+    assert found.endswith("shape (48, 60, 79) differs from CT shape (48, 60, 80)")
 
     nan = np.zeros(subject.ct.shape, np.float32)
     nan[3, 4, 5] = np.nan
@@ -359,6 +363,53 @@ def test_empty_body_is_recorded(tmp_path: Path):
     assert [v.key.level for v in data.vertebrae] == ["L2"]
     found = problems(data)
     assert len(found) == 1 and found[0].startswith("patient p1 L1: empty vertebral-body mask")
+
+
+def test_options_are_declared_and_typed(tmp_path: Path):
+    assert list(TciaDataset.option_parameters()) == [
+        "clinical", "lesions", "seed", "test_fraction", "edge"
+    ]  # fmt: skip
+    typed = ["seed=3", "test_fraction=0.5", "lesions=/m", "edge=exclude"]
+    assert dataset_options(TciaDataset, typed) == {
+        "seed": 3,
+        "test_fraction": 0.5,
+        "lesions": "/m",
+        "edge": "exclude",
+    }
+    accepted = "Accepted: clinical, lesions, seed, test_fraction, edge"
+    for item, message in [
+        ("sed=3", f"dataset 'tcia' has no option 'sed'. Did you mean 'seed'? {accepted}"),
+        ("params=fast", f"dataset 'tcia' has no option 'params'. {accepted}"),
+        ("test_fraction=a third", "option test_fraction: 'a third' is not float"),
+        ("edge=cut", "option edge: 'cut' is not one of keep, exclude"),
+    ]:
+        with pytest.raises(ParameterError) as caught:
+            dataset_options(TciaDataset, [item])
+        assert str(caught.value) == message
+    write_tcia(tmp_path / "d", subjects(), layout="idc")
+    with pytest.raises(ValueError, match=r"test_fraction 1\.5 must lie between 0 and 1"):
+        prepare(tmp_path / "d", test_fraction=1.5)
+    data = prepare(tmp_path / "d", seed=7, test_fraction=0.5)
+    assert {v.key.subject: v.split for v in data.vertebrae} == seeded_split(
+        ["s01", "s02", "s03"], 7, 0.5
+    )
+
+
+def test_edge_option_keeps_or_excludes_vertebrae_at_the_scan_edge(tmp_path: Path):
+    write_tcia(tmp_path, [box_spine("p1", shape=(48, 60, 56))], layout="idc")  # ends in L1
+    kept = prepare(tmp_path, tmp_path / "cache")
+    assert kept.skipped == []
+    assert {v.key.level: v.geometry["touches_scan_border"] for v in kept.vertebrae} == {
+        "L1": True,
+        "L2": False,
+    }
+    excluded = prepare(tmp_path, tmp_path / "cache", edge="exclude")
+    assert [v.key.level for v in excluded.vertebrae] == ["L2"]
+    assert problems(excluded) == [
+        "patient p1 L1: its mask touches the scan's edge (the vertebra may be cut off); excluded "
+        "by -o edge=exclude"
+    ]
+    assert excluded.fingerprint != kept.fingerprint
 
 
 # --- the real DICOM series in a TCIA download built here ---------------------------------------

@@ -15,8 +15,9 @@ masks.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import nibabel as nib
 import numpy as np
@@ -26,15 +27,23 @@ from wsbench.contract import (
     Phenotype,
     PreparedDataset,
     PreparedVertebra,
+    Scope,
     Skipped,
     Split,
     VertebraKey,
     WeakLabel,
 )
-from wsbench.data.dicom import DicomError, read_ct_series, read_seg_levels, scan_series
+from wsbench.data.dicom import (
+    DicomError,
+    SeriesInfo,
+    read_ct_series,
+    read_seg_levels,
+    scan_series,
+)
 from wsbench.data.preprocess import (
     PreprocessParams,
     SubjectResult,
+    VertebraCrop,
     cached_result,
     derive_body,
     preprocess_subject,
@@ -44,11 +53,12 @@ from wsbench.data.preprocess import (
 from wsbench.data.splits import DEFAULT_SEED, DEFAULT_TEST_FRACTION, seeded_split
 from wsbench.data.volumes import BODY_SUBREGIONS, LEVEL_NAMES, LEVEL_NUMBERS
 from wsbench.datasets.tcia.clinical import CaseLabels, case_key, read_clinical
-from wsbench.datasets.tcia.layout import CLINICAL_FILE
+from wsbench.datasets.tcia.layout import CLINICAL_FILE, CLINICAL_SHEET
 from wsbench.datasets.tcia.series import (
     Study,
     check_nbia_metadata,
     find_lesion_mask,
+    lesion_file_name,
     lesion_on_ct_grid,
     pair_series,
 )
@@ -59,14 +69,21 @@ from wsbench.progress import progress_over
 READER_VERSION = "1"
 """Part of every cache key; bump when reading or pairing changes the prepared arrays."""
 
+LIBRARY_OPTIONS = ("params",)
+"""Constructor parameters for library code only, not ``-o`` options."""
+
+NAMED_PROBLEMS = 5
+"""How many unusable files the error for a root without any CT series names."""
+
 
 class TciaDataset(DatasetAdapter):
     """TCIA Spine-Mets-CT-SEG download (NBIA or IDC layout) with its clinical spreadsheet.
 
     Options: ``clinical`` (path of ``Spine-Mets-CT-SEG_Clinical.xlsx``; default: the file of that
     name under ``root``), ``lesions`` (folder of ``<PatientID>.nii.gz`` lesion masks 0/1/2 on the
-    CT grid; enables lesion metrics), ``seed`` / ``test_fraction`` of the subject split, ``params``
-    (:class:`~wsbench.data.preprocess.PreprocessParams`).
+    CT grid; enables lesion metrics), ``seed`` / ``test_fraction`` of the subject split, ``edge``
+    (``"keep"``, the default, or ``"exclude"`` vertebrae whose mask touches the scan's edge), and
+    for library code only ``params`` (:class:`~wsbench.data.preprocess.PreprocessParams`).
     """
 
     name: ClassVar[str] = "tcia"
@@ -79,17 +96,43 @@ class TciaDataset(DatasetAdapter):
         "Spine-Mets-CT-SEG_Clinical.xlsx; see docs/tcia.md"
     )
 
+    def __init__(
+        self,
+        root: Path | None = None,
+        cache_dir: Path | None = None,
+        *,
+        clinical: Path | None = None,
+        lesions: Path | None = None,
+        seed: int = DEFAULT_SEED,
+        test_fraction: float = DEFAULT_TEST_FRACTION,
+        edge: Literal["keep", "exclude"] = "keep",
+        params: PreprocessParams | None = None,
+    ) -> None:
+        if edge not in ("keep", "exclude"):
+            raise ValueError(f"option edge={edge!r} is neither 'keep' nor 'exclude'")
+        super().__init__(
+            root, cache_dir, clinical=clinical, lesions=lesions, seed=seed,
+            test_fraction=test_fraction, edge=edge, params=params,
+        )  # fmt: skip
+
+    @classmethod
+    def option_parameters(cls) -> dict[str, inspect.Parameter]:
+        """The ``-o`` options: the constructor's, less those for library code only."""
+        found = super().option_parameters()
+        return {n: p for n, p in found.items() if n not in LIBRARY_OPTIONS}
+
     @property
     def params(self) -> PreprocessParams:
         """Preprocessing parameters (``params`` option or the defaults)."""
-        return self.options.get("params", PreprocessParams())
+        params = self.options["params"]
+        return PreprocessParams() if params is None else params
 
     def _cache(self) -> Path:
         base = Path(self.cache_dir) if self.cache_dir is not None else cache_root() / "prepared"
         return base / self.name
 
     def _clinical_path(self, root: Path) -> Path:
-        given = self.options.get("clinical")
+        given = self.options["clinical"]
         if given:
             path = Path(given).expanduser()
             if not path.is_file():
@@ -106,7 +149,7 @@ class TciaDataset(DatasetAdapter):
         raise ValueError(f"several {CLINICAL_FILE} under {root}: {', '.join(map(str, found))}")
 
     def _lesion_folder(self) -> Path | None:
-        given = self.options.get("lesions")
+        given = self.options["lesions"]
         if not given:
             return None
         folder = Path(given).expanduser()
@@ -125,15 +168,23 @@ class TciaDataset(DatasetAdapter):
         lesion_folder = self._lesion_folder()
         series, skipped = scan_series(root)
         if not any(s.modality == "CT" for s in series):
-            raise FileNotFoundError(f"no CT series (DICOM Modality CT) under {root}")
+            raise FileNotFoundError(no_ct_message(root, series, skipped))
         incomplete, problems = check_nbia_metadata(root, series)
         skipped += problems
         studies, problems = pair_series(series, frozenset(incomplete))
         skipped += problems
         cases, problems = read_clinical(clinical_path)
         skipped += problems
-        seed = int(self.options.get("seed", DEFAULT_SEED))
-        fraction = float(self.options.get("test_fraction", DEFAULT_TEST_FRACTION))
+        if not cases:
+            skipped.append(
+                Skipped(
+                    str(clinical_path),
+                    f"sheet {CLINICAL_SHEET!r} lists no case, so no vertebra has a label; use the "
+                    "collection's spreadsheet (https://doi.org/10.7937/kh36-ds04)",
+                    Scope.DATASET,
+                )
+            )
+        seed, fraction = int(self.options["seed"]), float(self.options["test_fraction"])
         splits = seeded_split((s.patient for s in studies), seed, fraction)
         params = self.params
 
@@ -145,8 +196,9 @@ class TciaDataset(DatasetAdapter):
                 lesion_path = find_lesion_mask(lesion_folder, study.patient)
                 if lesion_path is None:
                     skipped.append(
-                        Skipped(study.where, f"no lesion mask {study.patient}.nii.gz in "
-                                f"{lesion_folder}; no lesion reference for its vertebrae")
+                        Skipped(study.where, f"no lesion mask {lesion_file_name(study.patient)} "
+                                f"in {lesion_folder}; no lesion reference for its vertebrae",
+                                Scope.FILE)
                     )  # fmt: skip
             key = self._study_key(study, lesion_path, params)
             keys.append(key)
@@ -155,7 +207,8 @@ class TciaDataset(DatasetAdapter):
             )
             skipped += result.skipped
             labels = self._study_labels(study, result, cases, clinical_path, skipped)
-            vertebrae += self._vertebrae(study, result, labels, splits[study.patient])
+            crops = self._selected(study, result, skipped)
+            vertebrae += self._vertebrae(study, crops, labels, splits[study.patient])
         paired = {case_key(s.patient) for s in studies}
         for key, labels in sorted(cases.items()):
             if key not in paired:
@@ -170,9 +223,10 @@ class TciaDataset(DatasetAdapter):
             (case, sorted((lv, cols) for lv, cols in lab.columns.items()) if lab else None)
             for case, lab in cases.items()
         )
+        selection = [] if self.options["edge"] == "keep" else [f"edge={self.options['edge']}"]
         dataset_fp = digest([
             "tcia", sorted(keys), label_rows, params.as_dict(), seed, fraction,
-            lesion_folder is not None], length=64)  # fmt: skip
+            lesion_folder is not None, *selection], length=64)  # fmt: skip
         return PreparedDataset(
             self.name, dataset_fp, vertebrae, skipped, lesion_folder is not None, root
         )
@@ -197,10 +251,10 @@ class TciaDataset(DatasetAdapter):
             vert, problems = read_seg_levels(study.seg.files[0], ct)
             lesion = None if lesion_path is None else lesion_on_ct_grid(lesion_path, ct)
         except (DicomError, ValueError, OSError) as exc:
-            return SubjectResult([], [Skipped(study.where, str(exc))], [])
+            return SubjectResult([], [Skipped(study.where, str(exc), Scope.FILE)], [])
         if not vert.any():
             reason = f"{study.seg.files[0]}: every vertebra segment is empty"
-            return SubjectResult([], [*problems, Skipped(study.where, reason)], [])
+            return SubjectResult([], [*problems, Skipped(study.where, reason, Scope.FILE)], [])
         result = preprocess_subject(
             ct.image(),
             nib.Nifti1Image(vert, ct.affine),
@@ -239,15 +293,34 @@ class TciaDataset(DatasetAdapter):
             )
         return {level: labels.label(level) for level in result.mask_levels}
 
+    def _selected(
+        self, study: Study, result: SubjectResult, skipped: list[Skipped]
+    ) -> list[VertebraCrop]:
+        """The study's crops, less (with ``edge=exclude``) those touching the scan's edge, each
+        recorded."""
+        if self.options["edge"] == "keep":
+            return result.crops
+        kept = []
+        for crop in result.crops:
+            if crop.geometry["touches_scan_border"]:
+                reason = (
+                    "its mask touches the scan's edge (the vertebra may be cut off); excluded by "
+                    "-o edge=exclude"
+                )
+                skipped.append(Skipped(f"{study.where} {crop.level}", reason))
+            else:
+                kept.append(crop)
+        return kept
+
     def _vertebrae(
         self,
         study: Study,
-        result: SubjectResult,
+        crops: list[VertebraCrop],
         labels: dict[str, tuple[WeakLabel, Phenotype | None]],
         split: Split,
     ) -> list[PreparedVertebra]:
         out = []
-        for crop in result.crops:
+        for crop in crops:
             label, phenotype = labels.get(crop.level, (None, None))
             geometry: dict[str, Any] = {
                 **crop.geometry,
@@ -269,6 +342,20 @@ class TciaDataset(DatasetAdapter):
                 )
             )
         return out
+
+
+def no_ct_message(root: Path, series: list[SeriesInfo], skipped: list[Skipped]) -> str:
+    """The error for a root without any usable CT series: what was found and the first
+    :data:`NAMED_PROBLEMS` unusable files with their reasons."""
+    modalities = ", ".join(sorted({s.modality for s in series})) or "none"
+    text = f"no CT series (DICOM Modality CT) under {root} (series found: {modalities})"
+    if skipped:
+        shown = "; ".join(f"{s.where}: {s.reason}" for s in skipped[:NAMED_PROBLEMS])
+        more = (
+            f"; and {len(skipped) - NAMED_PROBLEMS} more" if len(skipped) > NAMED_PROBLEMS else ""
+        )
+        text += f"; {len(skipped)} file(s) unusable: {shown}{more}"
+    return f"{text}. Point --root at the Spine-Mets-CT-SEG download, or re-download it"
 
 
 def derived_body_dice(

@@ -16,9 +16,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from wsbench.contract import BLASTIC, Skipped
+from wsbench.contract import BLASTIC, Scope, Skipped
 from wsbench.data.dicom import CtVolume, SeriesInfo
 from wsbench.datasets.tcia.layout import COLLECTION
+from wsbench.harness.rundir import file_stem
 
 LESION_SUFFIXES = (".nii.gz", ".nii")
 """File endings of a lesion mask, in the order they are looked for."""
@@ -44,12 +45,18 @@ def pair_series(
 ) -> tuple[list[Study], list[Skipped]]:
     """Pair each SEG with its CT by referenced series, else by FrameOfReferenceUID + patient.
 
-    CT series in ``incomplete`` (files missing per metadata.csv) are not used.
+    CT series in ``incomplete`` (files missing per metadata.csv) are not used. Every series
+    left unpaired is a :class:`Skipped` record: scope file, except series of another modality
+    than CT or SEG, which the collection does not hold and which are merely not used.
     """
     cts = {s.uid: s for s in series if s.modality == "CT" and s.uid not in incomplete}
     segs = [s for s in series if s.modality == "SEG"]
     skipped = [
-        Skipped(str(s.files[0].parent), f"modality {s.modality} is not used (CT and SEG only)")
+        Skipped(
+            str(s.files[0] if len(s.files) == 1 else s.files[0].parent),
+            f"series {s.uid} of modality {s.modality!r} is not used (the collection holds CT and "
+            "SEG only); remove it, or re-download it if it should be one of those",
+        )
         for s in series
         if s.modality not in {"CT", "SEG"}
     ]
@@ -57,13 +64,22 @@ def pair_series(
     for seg in segs:
         where = str(seg.files[0])
         if len(seg.files) != 1:
-            skipped.append(Skipped(where, f"SEG series {seg.uid} has {len(seg.files)} files"))
+            skipped.append(
+                Skipped(
+                    where,
+                    f"SEG series {seg.uid} has {len(seg.files)} files; keep the one file of the "
+                    "collection's SEG",
+                    Scope.FILE,
+                )
+            )
             continue
         if seg.references:
             found = [cts[r] for r in seg.references if r in cts]
             missing = [r for r in seg.references if r in incomplete]
             if not found and missing:
-                skipped.append(Skipped(where, f"its CT series {missing[0]} is incomplete"))
+                skipped.append(
+                    Skipped(where, f"its CT series {missing[0]} is incomplete", Scope.FILE)
+                )
                 continue
             if not found:
                 skipped.append(
@@ -71,6 +87,7 @@ def pair_series(
                         where,
                         f"references series {', '.join(seg.references)}, which is not a CT "
                         "series under --root; download that CT or remove the SEG",
+                        Scope.FILE,
                     )
                 )
                 continue
@@ -84,7 +101,13 @@ def pair_series(
             ]
         if len(found) != 1:
             skipped.append(
-                Skipped(where, f"matches {len(found)} CT series; cannot tell which it segments")
+                Skipped(
+                    where,
+                    f"names no referenced series and matches {len(found)} CT series by "
+                    f"FrameOfReferenceUID {seg.frame_of_reference_uid!r} and PatientID "
+                    f"{seg.patient_id!r}; cannot tell which it segments, re-download the SEG",
+                    Scope.FILE,
+                )
             )
             continue
         ct = found[0]
@@ -100,13 +123,14 @@ def pair_series(
         elif ct.uid in paired:
             problem = f"CT series {ct.uid} already has SEG {paired[ct.uid].files[0]}"
         if problem:
-            skipped.append(Skipped(where, problem))
+            skipped.append(Skipped(where, problem, Scope.FILE))
             continue
         paired[ct.uid] = seg
     for uid, ct in sorted(cts.items()):
         if uid not in paired:
+            where = ct.files[0] if len(ct.files) == 1 else ct.files[0].parent
             skipped.append(
-                Skipped(str(ct.files[0].parent), f"CT series {uid}: no DICOM-SEG segments it")
+                Skipped(str(where), f"CT series {uid}: no DICOM-SEG segments it", Scope.FILE)
             )
     per_patient: dict[str, list[str]] = defaultdict(list)
     for uid in sorted(paired):
@@ -134,14 +158,18 @@ def check_nbia_metadata(root: Path, series: Sequence[SeriesInfo]) -> tuple[set[s
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
         needed = ("Series UID", "Number of Images", "File Location")
         if any(c not in table.columns for c in needed):
-            skipped.append(Skipped(str(path), f"not an NBIA metadata.csv (needs {needed}); unused"))
+            skipped.append(
+                Skipped(str(path), f"not an NBIA metadata.csv (needs {needed}); unused", Scope.FILE)
+            )
             continue
         for record in table.to_dict(orient="records"):
             uid, location = record["Series UID"].strip(), record["File Location"].strip()
             try:
                 expected = int(float(record["Number of Images"]))
             except ValueError:
-                skipped.append(Skipped(f"{path.name} {location}", "unreadable Number of Images"))
+                skipped.append(
+                    Skipped(f"{path} {location}", "unreadable Number of Images", Scope.FILE)
+                )
                 continue
             have = len(found[uid].files) if uid in found else 0
             if have < expected:
@@ -151,15 +179,23 @@ def check_nbia_metadata(root: Path, series: Sequence[SeriesInfo]) -> tuple[set[s
                         location.replace("\\", "/"),
                         f"{path.name} lists {expected} file(s) of series {uid}, {have} found; "
                         "re-download the series",
+                        Scope.FILE,
                     )
                 )
     return incomplete, skipped
 
 
+def lesion_file_name(patient: str, suffix: str = LESION_SUFFIXES[0]) -> str:
+    """The file name of a patient's lesion mask: ``<PatientID>.nii.gz`` when the id is a safe
+    file name, else its safe form with a short hash (:func:`~wsbench.harness.rundir.file_stem`),
+    so that an id holding ``/``, ``\\`` or ``..`` never names a path outside the folder."""
+    return f"{file_stem(patient)}{suffix}"
+
+
 def find_lesion_mask(folder: Path, patient: str) -> Path | None:
-    """``<folder>/<PatientID>.nii.gz`` (or ``.nii``) if present."""
+    """``<folder>/<lesion_file_name>`` (``.nii.gz``, else ``.nii``) if present."""
     for suffix in LESION_SUFFIXES:
-        path = folder / f"{patient}{suffix}"
+        path = folder / lesion_file_name(patient, suffix)
         if path.is_file():
             return path
     return None

@@ -8,7 +8,11 @@ from __future__ import annotations
 import errno
 import json
 import math
+import multiprocessing
+import os
 import pickle
+import signal
+import threading
 from pathlib import Path
 
 import fakes
@@ -140,6 +144,22 @@ def test_a_worker_that_dies_fails_its_vertebra_only(tmp_path: Path, forkable: No
     assert cases.loc["tiny_s3_L1", "status"] == "failed"
     assert cases.loc["tiny_s3_L1", "reason"] == "the worker process died (exit code 3)"
     assert (cases.drop(index="tiny_s3_L1")["status"] == "ok").all()
+
+
+def test_ctrl_c_stops_the_worker_keeps_finished_vertebrae_and_resume_completes(
+    tmp_path: Path, forkable: None
+) -> None:
+    config = misbehaving(hang="tiny_s4_L1")
+    interrupt = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    interrupt.start()
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path, timeout_s=60)
+    assert multiprocessing.active_children() == []
+    (run_dir,) = (tmp_path / "fakes-TinyDataset" / "faulty-Misbehaving").iterdir()
+    assert sorted(p.stem for p in (run_dir / "cases").iterdir()) == ["tiny_s3_L1", "tiny_s3_L2"]
+    resumed = run(config, tmp_path, resume=True, timeout_s=1)
+    assert resumed.run_dir == run_dir
+    assert list(resumed.cases["status"]) == ["ok", "ok", "timeout", "ok"]
 
 
 def test_a_refusal_is_recorded_with_its_reason_and_scored(tmp_path: Path) -> None:

@@ -422,6 +422,9 @@ class DatasetAdapter:
     needs_root: ClassVar[bool] = True
     root_hint: ClassVar[str] = "the folder of its files"
     """What ``--root`` must point at and where to get it (shown when ``--root`` is missing)."""
+    library_options: ClassVar[tuple[str, ...]] = ()
+    """Constructor parameters for library code only (objects no ``-o key=value`` can spell,
+    such as preprocessing parameters): not offered as options."""
 
     def __init__(self, root: Path | None = None, cache_dir: Path | None = None, **options: Any):
         self.root = root
@@ -432,9 +435,11 @@ class DatasetAdapter:
     def option_parameters(cls) -> dict[str, inspect.Parameter]:
         """The options the adapter accepts (``-o key=value``) with their defaults: the keyword
         parameters of its constructor besides ``root`` and ``cache_dir``. An adapter declares
-        each option there, typed, and forwards it to this class in ``**options``."""
+        each option there, typed, and forwards it to this class in ``**options``; those named in
+        :attr:`library_options` are left out."""
         found = signature_parameters(cls, "__init__", DatasetAdapter)
-        return {n: p for n, p in found.items() if n not in ("root", "cache_dir")}
+        hidden = ("root", "cache_dir", *cls.library_options)
+        return {n: p for n, p in found.items() if n not in hidden}
 
     @classmethod
     def missing_root(cls, asked: str) -> str:

@@ -7,7 +7,6 @@ docs/datasets.md) or the authors' manifest file (``.xlsx``/``.csv`` with columns
 
 from __future__ import annotations
 
-import inspect
 import zipfile
 from collections import defaultdict
 from collections.abc import Sequence
@@ -54,9 +53,6 @@ LABEL_TABLE_COLUMNS = ("subject", "vertebra", "label")
 MANIFEST_COLUMNS = ("image", "seg_msk", "label")
 """Columns every Hide-and-Seek manifest needs (``patient_id``, ``split``, ``phenotype``
 optional)."""
-
-LIBRARY_OPTIONS = ("params",)
-"""Constructor parameters for library code only, not ``-o`` options."""
 
 HIDESEEK_HU = (2000.0, -1000.0)
 """HU ≈ a·x + b for the authors' normalised crops, i.e. x = (HU + 1000) / 2000. On the real sample
@@ -196,6 +192,7 @@ class InHouseDataset(DatasetAdapter):
     """
 
     name: ClassVar[str] = "inhouse"
+    library_options: ClassVar[tuple[str, ...]] = ("params",)
     root_hint: ClassVar[str] = (
         "a BIDS-like folder of your CT (NIfTI + vertebra masks + labels.csv) or a "
         "Hide-and-Seek manifest file; docs/datasets.md"
@@ -238,12 +235,6 @@ class InHouseDataset(DatasetAdapter):
         self.seed, self.test_fraction, self.labels, self.edge = seed, test_fraction, labels, edge
         self.manifest_axes, self.manifest_hu = manifest_axes, manifest_hu
         self.params = params or PreprocessParams()
-
-    @classmethod
-    def option_parameters(cls) -> dict[str, inspect.Parameter]:
-        """The ``-o`` options: the constructor's, less those for library code only."""
-        found = super().option_parameters()
-        return {n: p for n, p in found.items() if n not in LIBRARY_OPTIONS}
 
     def prepare(self) -> PreparedDataset:
         """Read, validate and preprocess the source (per-subject results cached as npz)."""

@@ -15,7 +15,6 @@ masks.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -69,9 +68,6 @@ from wsbench.progress import progress_over
 READER_VERSION = "1"
 """Part of every cache key; bump when reading or pairing changes the prepared arrays."""
 
-LIBRARY_OPTIONS = ("params",)
-"""Constructor parameters for library code only, not ``-o`` options."""
-
 NAMED_PROBLEMS = 5
 """How many unusable files the error for a root without any CT series names."""
 
@@ -87,6 +83,7 @@ class TciaDataset(DatasetAdapter):
     """
 
     name: ClassVar[str] = "tcia"
+    library_options: ClassVar[tuple[str, ...]] = ("params",)
     lesion_metrics: ClassVar[bool] = False
     needs_root: ClassVar[bool] = True
     root_hint: ClassVar[str] = (
@@ -114,12 +111,6 @@ class TciaDataset(DatasetAdapter):
             root, cache_dir, clinical=clinical, lesions=lesions, seed=seed,
             test_fraction=test_fraction, edge=edge, params=params,
         )  # fmt: skip
-
-    @classmethod
-    def option_parameters(cls) -> dict[str, inspect.Parameter]:
-        """The ``-o`` options: the constructor's, less those for library code only."""
-        found = super().option_parameters()
-        return {n: p for n, p in found.items() if n not in LIBRARY_OPTIONS}
 
     @property
     def params(self) -> PreprocessParams:

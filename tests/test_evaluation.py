@@ -19,6 +19,7 @@ from wsbench.harness.evaluation import (
     category_counts,
     category_of,
     evaluate_case,
+    metric_legend,
     summarize,
     vertebra_level_case,
     vertebra_level_summary,
@@ -271,11 +272,18 @@ def test_metric_metadata() -> None:
     assert METRICS["pq"].label == "Panoptic Dice (PQ_D)"
     assert METRICS["assd"].direction == "lower" and METRICS["rvd"].direction == "zero"
     assert (METRICS["f1"].arrow, METRICS["assd"].arrow, METRICS["rvd"].arrow) == ("↑", "↓", "≈0")
+    assert [m.short for m in METRICS.values()] == [
+        "F1 (RQ)", "SQ", "PQ_D", "ASSD mm", "G-Dice", "Prec", "Rec", "RVD", "FP/vert", "FP mm²",
+    ]  # fmt: skip
+    assert max(len(f"{m.short} {m.arrow}") for m in METRICS.values()) <= 10, "fits 80 columns"
+    legend = metric_legend([METRICS["sq"], METRICS["rvd"]])
+    assert legend.startswith("SQ: Dice of matched lesions · RVD: relative area difference · ")
+    assert "↑ higher is better, ↓ lower, ≈0 closest to zero" in legend and "(n=7)" in legend
     assert CATEGORIES == ("blastic", "lytic", "mixed", "malignant", "healthy")
     assert METRICS["fp"].applies_to("healthy") and not METRICS["fp"].applies_to("blastic")
     assert METRICS["sq"].applies_to("malignant") and not METRICS["sq"].applies_to("healthy")
     with pytest.raises(ValueError, match="direction"):
-        Metric("x", "X", "up")
+        Metric("x", "X", "X", "x", "up")
 
 
 def test_metric_better_and_key() -> None:

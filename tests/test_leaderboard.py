@@ -13,12 +13,13 @@ from scipy.stats import wilcoxon
 from wsbench.report.leaderboard import (
     MethodRun,
     bootstrap,
+    interrupted,
     leaderboard_stats,
     metric_stats,
     paired_p,
     ranks,
 )
-from wsbench.report.publish import commit_label, html_page, publish, regenerate_markdown
+from wsbench.report.publish import cell, commit_label, html_page, publish, regenerate_markdown
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -140,7 +141,8 @@ def test_publish_from_run_directories(tmp_path: Path) -> None:
         and "| Vertebrae: n (failed, refused) | 1 (0, 0) | 1 (0, 0) |" in md
     )
     assert "†" not in md
-    assert "**medsam**: not run — weights not supplied" in md
+    assert "## Not in the tables\n\n- **medsam**: not run — weights not supplied\n" in md
+    assert "F1 (RQ): detection F1 · SQ: Dice of matched lesions" in md, "a legend under the table"
     assert regenerate_markdown(out, "fakes-TinyDataset") == md
     tidy = pd.read_csv(out / "fakes-TinyDataset.csv")
     assert {"category", "method", "metric", "mean", "ci_low", "rank_ci_high", "vertebrae", "failed",
@@ -188,3 +190,38 @@ def test_publish_takes_the_run_the_bench_recorded_not_a_later_variant(tmp_path: 
     (dataset_dir / "bench.json").unlink()  # without a bench record: the newest finished run
     publish(runs_root, tmp_path / "leaderboard")
     assert json.loads(manifest.read_text())["config_digest"] == later.name.rsplit("-", 1)[1]
+
+
+def test_cells_show_n_where_fewer_vertebrae_have_a_value() -> None:
+    row = pd.Series({"mean": 0.77, "sd": 0.13, "n": 17, "vertebrae": 19, "best": True,
+                     "worse_than_best": False})  # fmt: skip
+    assert cell(row) == "**0.77 ± 0.13** (n=17)"
+    assert cell(row.replace(17, 19)) == "**0.77 ± 0.13**"
+    assert cell(pd.Series({**row, "best": False, "worse_than_best": True})) == (
+        "0.77 ± 0.13* (n=17)"
+    )
+
+
+def test_interrupted_and_not_run_methods_are_listed_not_dropped(tmp_path: Path) -> None:
+    from wsbench.harness.runner import RunConfig, run
+
+    runs_root = tmp_path / "runs"
+    run(RunConfig("otsu", "fakes:TinyDataset"), runs_root)
+    dataset_dir = runs_root / "fakes-TinyDataset"
+    unfinished = dataset_dir / "fakes-NoisyMethod" / "20260101-000000-000000-0000abcd"
+    unfinished.mkdir(parents=True)
+    (unfinished / "manifest.json").write_text(json.dumps({"finished": None}))
+    record = {"methods": {"medsam": {"status": "not run", "reason": "weights not supplied"}}}
+    (dataset_dir / "bench.json").write_text(json.dumps(record))
+    assert interrupted(dataset_dir) == {"fakes-NoisyMethod": unfinished.name}
+    out = tmp_path / "leaderboard"
+    publish(runs_root, out)
+    md = (out / "fakes-TinyDataset.md").read_text()
+    section = md[md.index("## Not in the tables") :]
+    assert "- **medsam**: not run — weights not supplied" in section
+    assert f"- **fakes-NoisyMethod**: interrupted — run `{unfinished.name}` did not finish" in (
+        section
+    )
+    assert regenerate_markdown(out, "fakes-TinyDataset") == md
+    page = (out / "fakes-TinyDataset.html").read_text()
+    assert f"<code>{unfinished.name}</code>" in page and "`" not in page, "Markdown is rendered"

@@ -154,7 +154,7 @@ def test_cli_run_prints_summary(tmp_path: Path) -> None:
         app, ["run", "--method", "otsu", "--dataset", "fakes:TinyDataset", "--out", str(tmp_path)]
     )
     assert result.exit_code == 0, result.output
-    assert "Detection F1" in result.output and "blastic" in result.output
+    assert "F1 (RQ)" in result.output and "blastic" in result.output
 
 
 def test_cli_threads_are_set_and_recorded(tmp_path: Path) -> None:

@@ -64,11 +64,14 @@ DIRECTION_ARROWS = {"higher": "↑", "lower": "↓", "zero": "≈0"}
 
 @dataclass(frozen=True)
 class Metric:
-    """A reported metric: its column ``name``, display ``label``, which way is better, and
-    the categories it is reported for."""
+    """A reported metric: its column ``name``, display ``label``, ``short`` label for tables
+    at 80 columns with its ``meaning`` for the legend, which way is better, and the categories
+    it is reported for."""
 
     name: str
     label: str
+    short: str
+    meaning: str
     direction: str
     categories: tuple[str, ...] = LESION_CATEGORIES
 
@@ -105,19 +108,43 @@ class Metric:
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("f1", "Detection F1 (RQ)", "higher"),
-        Metric("sq", "Instance Dice (SQ)", "higher"),
-        Metric("pq", "Panoptic Dice (PQ_D)", "higher"),
-        Metric("assd", "ASSD (mm)", "lower"),
-        Metric("global_dice", "Global Dice", "higher"),
-        Metric("precision", "Detection precision", "higher"),
-        Metric("recall", "Detection recall", "higher"),
-        Metric("rvd", "RVD", "zero"),
-        Metric("fp", "FP lesions per healthy vertebra", "lower", (HEALTHY,)),
-        Metric("pred_area_mm2", "FP area (mm²)", "lower", (HEALTHY,)),
+        Metric("f1", "Detection F1 (RQ)", "F1 (RQ)", "detection F1", "higher"),
+        Metric("sq", "Instance Dice (SQ)", "SQ", "Dice of matched lesions", "higher"),
+        Metric("pq", "Panoptic Dice (PQ_D)", "PQ_D", "F1 × SQ", "higher"),
+        Metric("assd", "ASSD (mm)", "ASSD mm", "symmetric surface distance", "lower"),
+        Metric("global_dice", "Global Dice", "G-Dice", "Dice of all lesion pixels", "higher"),
+        Metric("precision", "Detection precision", "Prec", "detection precision", "higher"),
+        Metric("recall", "Detection recall", "Rec", "detection recall", "higher"),
+        Metric("rvd", "RVD", "RVD", "relative area difference", "zero"),
+        Metric(
+            "fp",
+            "FP lesions per healthy vertebra",
+            "FP/vert",
+            "false-positive lesions",
+            "lower",
+            (HEALTHY,),
+        ),
+        Metric(
+            "pred_area_mm2",
+            "FP area (mm²)",
+            "FP mm²",
+            "false-positive area",
+            "lower",
+            (HEALTHY,),
+        ),
     )
 }
 """Every summarised metric by its ``cases.csv`` column; ranking uses ``direction`` only."""
+
+
+def metric_legend(metrics: list[Metric]) -> str:
+    """One line explaining the short labels of ``metrics``, the direction arrows and the
+    per-cell ``(n=…)``: ``SQ: Dice of matched lesions · … · ↑ higher is better, …``."""
+    names = [f"{m.short}: {m.meaning}" for m in metrics]
+    arrows = "↑ higher is better, ↓ lower, ≈0 closest to zero"
+    n_note = "(n=7): values in a mean where some vertebrae have none (NaN)"
+    return " · ".join([*names, arrows, n_note])
+
 
 FAILED_STATUSES = ("failed", "timeout")
 """Statuses of a vertebra the method gave no answer for (it raised, returned garbage, its worker

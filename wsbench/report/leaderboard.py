@@ -99,6 +99,17 @@ def not_run(dataset_dir: Path) -> dict[str, str]:
     return {m: r["reason"] for m, r in bench_outcomes(dataset_dir).items() if r["status"] != "ok"}
 
 
+def interrupted(dataset_dir: Path) -> dict[str, str]:
+    """Methods with a started run (a manifest) but no finished one, with the newest such run's
+    id: ``{"medsam": "20261204-175513-346815-c80203d0"}``."""
+    found = {}
+    for method_dir in sorted(p for p in dataset_dir.iterdir() if p.is_dir()):
+        started = sorted(r.name for r in method_dir.iterdir() if (r / "manifest.json").is_file())
+        if started and not any(read_run(method_dir / name) for name in started):
+            found[method_dir.name] = started[-1]
+    return found
+
+
 def direction_key(values: np.ndarray, direction: str) -> np.ndarray:
     """Values turned into 'smaller is better' keys for ``direction``; NaN stays NaN."""
     if direction == "higher":

@@ -27,7 +27,7 @@ from markdown_it import MarkdownIt
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from wsbench.files import write_json
-from wsbench.harness.evaluation import CATEGORIES, HEALTHY, METRICS
+from wsbench.harness.evaluation import CATEGORIES, HEALTHY, METRICS, metric_legend
 from wsbench.harness.rundir import mask_path, read_manifest
 from wsbench.report.leaderboard import (
     ALPHA,
@@ -35,6 +35,7 @@ from wsbench.report.leaderboard import (
     MethodRun,
     failure_note,
     failures,
+    interrupted,
     leaderboard_stats,
     not_run,
     published_runs,
@@ -106,18 +107,20 @@ def header_lines(dataset: str, runs: dict[str, MethodRun]) -> list[str]:
         *models_lines(runs),
         f"- mean ± SD over vertebrae; **bold** = best; `*` = worse than the best "
         f"(paired Wilcoxon signed-rank, p < {ALPHA}); 95% CIs from {BOOTSTRAP_SAMPLES} "
-        "bootstrap resamples of vertebrae (seed 0) are in the CSV and HTML",
+        "bootstrap resamples of vertebrae (seed 0) are in the CSV",
         *failure_lines(runs),
     ]
 
 
 def cell(row: pd.Series) -> str:
-    """``**0.68 ± 0.24**`` / ``0.55 ± 0.20*`` / ``–``."""
+    """``**0.68 ± 0.24**`` / ``0.55 ± 0.20*`` / ``–``, with ``(n=17)`` when the mean rests on
+    fewer values than the category has vertebrae."""
     if row is None or math.isnan(row["mean"]):
         return "–"
     sd = "" if math.isnan(row["sd"]) else f" ± {row['sd']:.2f}"
     text = f"{row['mean']:.2f}{sd}{'*' if row['worse_than_best'] else ''}"
-    return f"**{text}**" if row["best"] else text
+    count = "" if row["n"] == row["vertebrae"] else f" (n={row['n']})"
+    return (f"**{text}**" if row["best"] else text) + count
 
 
 def counts_cell(row: pd.Series) -> str:
@@ -126,8 +129,9 @@ def counts_cell(row: pd.Series) -> str:
 
 
 def category_table(stats: pd.DataFrame, category: str, methods: list[str]) -> list[str]:
-    """Markdown rows: metrics × methods for one category, after the vertebrae each method was
-    scored on; a method that failed on any of them is marked, with a footnote."""
+    """Markdown rows: metrics (short labels) × methods for one category, after the vertebrae
+    each method was scored on, then the legend; a method that failed on any of them is marked,
+    with a footnote."""
     part = stats[stats["category"] == category]
     counts = part.groupby("method").first()
     failing = [m for m in methods if m in counts.index and counts.loc[m, "failed"] > 0]
@@ -135,12 +139,12 @@ def category_table(stats: pd.DataFrame, category: str, methods: list[str]) -> li
     lines = ["| Metric | " + " | ".join(names) + " |", "|---" * (len(methods) + 1) + "|"]
     cells = [counts_cell(counts.loc[m]) if m in counts.index else "–" for m in methods]
     lines.append("| Vertebrae: n (failed, refused) | " + " | ".join(cells) + " |")
-    for metric in METRICS.values():
+    shown = [metric for metric in METRICS.values() if metric.name in set(part["metric"])]
+    for metric in shown:
         rows = part[part["metric"] == metric.name].set_index("method")
-        if rows.empty:
-            continue
         cells = [cell(rows.loc[m]) if m in rows.index else "–" for m in methods]
-        lines.append(f"| {metric.label} {metric.arrow} | " + " | ".join(cells) + " |")
+        lines.append(f"| {metric.short} {metric.arrow} | " + " | ".join(cells) + " |")
+    lines += ["", metric_legend(shown)]
     if failing:
         lines += ["", f"{FAILED_MARK} failed or timed out on some of these vertebrae, scored as "
                       "an empty answer (row *Vertebrae*)."]  # fmt: skip
@@ -153,7 +157,7 @@ def rank_table(stats: pd.DataFrame, category: str, methods: list[str]) -> list[s
     if part.empty:
         return []
     metrics = [m for m in RANKED_METRICS if m in set(part["metric"])]
-    lines = ["| Method | " + " | ".join(f"rank by {METRICS[m].label}" for m in metrics) + " |",
+    lines = ["| Method | " + " | ".join(f"rank by {METRICS[m].short}" for m in metrics) + " |",
              "|---" * (len(metrics) + 1) + "|"]  # fmt: skip
     failing = set(part.loc[part["failed"] > 0, "method"])
     for method in methods:
@@ -181,10 +185,23 @@ def ranked_runs(
     return {m: r for m, r in runs.items() if m not in excluded}, excluded
 
 
+def absent_lines(missing: dict[str, str], unfinished: dict[str, str]) -> list[str]:
+    """The *Not in the tables* section: methods a bench did not run (``missing``, with its
+    reason) and methods whose only runs were interrupted (``unfinished``, with the newest run
+    id); none when every method has a finished run."""
+    lines = [f"- **{m}**: not run — {why}" for m, why in missing.items()]
+    lines += [f"- **{m}**: interrupted — run `{run_id}` did not finish; `wsbench run` with "
+              "`--resume` continues it" for m, run_id in unfinished.items()
+              if m not in missing]  # fmt: skip
+    return ["## Not in the tables", "", *lines, ""] if lines else []
+
+
 def markdown(dataset: str, runs: dict[str, MethodRun], stats: pd.DataFrame,
-             missing: dict[str, str], excluded: dict[str, str]) -> str:  # fmt: skip
+             missing: dict[str, str], excluded: dict[str, str],
+             unfinished: dict[str, str]) -> str:  # fmt: skip
     """The whole ``<dataset>.md`` page; ``excluded`` methods (with why) are listed, not shown
-    in the tables."""
+    in the tables, and so are the ``missing`` (not run) and ``unfinished`` (interrupted)
+    ones."""
     methods = [m for m in runs if m not in excluded]
     lines = [f"# wsbench leaderboard — {dataset}", "", *header_lines(dataset, runs), ""]
     present = [c for c in CATEGORIES if c in set(stats.get("category", []))]
@@ -198,9 +215,7 @@ def markdown(dataset: str, runs: dict[str, MethodRun], stats: pd.DataFrame,
     if excluded:
         lines += ["## Excluded from ranking (`--exclude-failed`)", ""]
         lines += [f"- **{m}**: {why}" for m, why in excluded.items()] + [""]
-    if missing:
-        lines += ["## Not run", ""] + [f"- **{m}**: not run — {why}" for m, why in missing.items()]
-        lines.append("")
+    lines += absent_lines(missing, unfinished)
     return "\n".join(lines)
 
 
@@ -240,22 +255,25 @@ def figure_rows(runs: dict[str, MethodRun]) -> list[str]:
 
 
 def qualitative_figure(runs: dict[str, MethodRun], run_dirs: dict[str, Path]) -> str | None:
-    """Paper-Fig.-2-style grid as base64 PNG (rows vertebrae; input, ground truth, methods),
-    from the masks in each method's run directory ``run_dirs[method]``."""
+    """Paper-Fig.-2-style grid as base64 PNG (rows vertebrae, labelled with their category, so
+    that a healthy one reads ``phantom_p0030_T8 (healthy)``; input, ground truth, methods), from
+    the masks in each method's run directory ``run_dirs[method]``."""
     rows = figure_rows(runs) if runs else []
     stored = {m: [mask_path(run_dirs[m], v).exists() for v in rows] for m in runs}
     rows = [v for i, v in enumerate(rows) if any(found[i] for found in stored.values())]
     methods = [m for m in runs if any(stored[m])]  # a failed vertebra has no masks
     if not methods or not rows:
         return None
+    categories = next(iter(runs.values())).cases.set_index("vertebra")["category"]
     size = (1.6 * (len(methods) + 2), 1.7 * len(rows))
     fig, axes = plt.subplots(len(rows), len(methods) + 2, figsize=size, squeeze=False)
     for i, vertebra in enumerate(rows):
         source = next(m for m in methods if mask_path(run_dirs[m], vertebra).exists())
         with np.load(mask_path(run_dirs[source], vertebra)) as first:
             image, reference = first["image"], first.get("reference")
-        overlay(axes[i, 0], image, None, f"{vertebra}")
-        overlay(axes[i, 1], image, reference, "ground truth")
+        overlay(axes[i, 0], image, None, f"{vertebra} ({categories.get(vertebra, '?')})")
+        empty = reference is None or not np.any(reference)
+        overlay(axes[i, 1], image, reference, "ground truth" + (" (empty)" if empty else ""))
         for j, method in enumerate(methods):
             path = mask_path(run_dirs[method], vertebra)
             labels = np.load(path)["labels"] if path.exists() else None
@@ -312,7 +330,8 @@ def html_page(dataset: str, md: str, figures: dict[str, str | None]) -> str:
                       f'src="data:image/png;base64,{data}">']  # fmt: skip
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-             "padding:3px 8px;text-align:right}th{background:#eee}img{max-width:100%}")  # fmt: skip
+             "padding:3px 8px;text-align:right;white-space:nowrap}th{background:#eee}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%}")  # fmt: skip
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>wsbench — "
             f"{html.escape(dataset)}</title><style>{style}</style></head><body>\n"
             + "\n".join(parts) + "\n</body></html>\n")  # fmt: skip
@@ -328,13 +347,14 @@ def write_index(out: Path) -> None:
 
 
 def publish_dataset(dataset: str, runs: dict[str, MethodRun], missing: dict[str, str],
-                    out: Path, run_dirs: dict[str, Path],
+                    unfinished: dict[str, str], out: Path, run_dirs: dict[str, Path],
                     exclude_failed: bool = False) -> pd.DataFrame:  # fmt: skip
     """Write ``<dataset>.md``, ``.csv`` and ``.html`` into ``out`` from the given runs; with
-    ``exclude_failed`` the methods that failed on any vertebra are listed instead of ranked."""
+    ``exclude_failed`` the methods that failed on any vertebra are listed instead of ranked;
+    ``missing`` and ``unfinished`` methods are listed under the tables."""
     shown, excluded = ranked_runs(runs, exclude_failed)
     stats = leaderboard_stats(shown)
-    md = markdown(dataset, runs, stats, missing, excluded)
+    md = markdown(dataset, runs, stats, missing, excluded, unfinished)
     (out / f"{dataset}.md").write_text(md)
     stats.to_csv(out / f"{dataset}.csv", index=False, float_format="%.6g")
     figures = {
@@ -360,10 +380,12 @@ def publish(runs_root: Path, out: Path, exclude_failed: bool = False) -> dict[st
         if summaries.exists():
             shutil.rmtree(summaries)
         copied = copy_summaries(runs, summaries)
-        missing = not_run(dataset_dir)
+        missing, unfinished = not_run(dataset_dir), interrupted(dataset_dir)
         write_json(summaries / "not_run.json", missing)
+        write_json(summaries / "interrupted.json", unfinished)
         write_json(summaries / "publish.json", {"exclude_failed": exclude_failed})
-        publish_dataset(dataset_dir.name, copied, missing, out, run_dirs, exclude_failed)
+        publish_dataset(dataset_dir.name, copied, missing, unfinished, out, run_dirs,
+                        exclude_failed)  # fmt: skip
         published[dataset_dir.name] = {m: failure_note(r) for m, r in copied.items() if failures(r)}
     write_index(out)
     return published
@@ -379,9 +401,11 @@ def regenerate_markdown(out: Path, dataset: str) -> str:
                             dtype={"subject": str, "session": str, "reason": str})  # fmt: skip
         runs[method_dir.name] = MethodRun(method_dir.name, method_dir, manifest, cases)
     missing = json.loads((summaries / "not_run.json").read_text())
+    unfinished_path = summaries / "interrupted.json"
+    unfinished = json.loads(unfinished_path.read_text()) if unfinished_path.exists() else {}
     options = summaries / "publish.json"
     exclude_failed = (
         json.loads(options.read_text())["exclude_failed"] if options.exists() else False
     )
     shown, excluded = ranked_runs(runs, exclude_failed)
-    return markdown(dataset, runs, leaderboard_stats(shown), missing, excluded)
+    return markdown(dataset, runs, leaderboard_stats(shown), missing, excluded, unfinished)

@@ -12,11 +12,13 @@ from rich.table import Table
 from rich.text import Text
 
 from wsbench.harness.evaluation import (
-    CATEGORIES,
     FAILED_STATUSES,
+    HEALTHY,
+    LESION_CATEGORIES,
     METRICS,
     REFUSED,
     category_counts,
+    metric_legend,
     summarize,
     vertebra_level_summary,
 )
@@ -37,6 +39,13 @@ def mean_sd(mean: float, sd: float) -> str:
     return f"{mean:.2f}" if sd is None or math.isnan(sd) else f"{mean:.2f} ± {sd:.2f}"
 
 
+def mean_cell(mean: float, sd: float, n: int, vertebrae: int) -> str:
+    """``0.68 ± 0.24``, with ``(n=17)`` when the mean rests on fewer values than the category
+    has vertebrae (a metric that is NaN where nothing was matched)."""
+    text = mean_sd(mean, sd)
+    return text if n == vertebrae or text == "–" else f"{text} (n={n})"
+
+
 def column_header(category: str, vertebrae: int, failed: int, refused: int) -> str:
     """``blastic`` over ``n=19, failed 2, refused 3`` (two lines); zero counts of failed and
     refused are left out."""
@@ -46,15 +55,25 @@ def column_header(category: str, vertebrae: int, failed: int, refused: int) -> s
     return f"{category}\n{', '.join(parts)}"
 
 
-def lesion_table(cases: pd.DataFrame) -> Table:
-    """Metrics (rows) × categories (columns), mean ± SD over every vertebra of the category,
-    with its number of vertebrae and how many failed (scored as an empty answer) or were
-    refused."""
+def run_title(result: RunResult, manifest: dict) -> str:
+    """``hideseek on phantom, split test — run 20261204-174824-671098-1f2539a6``."""
+    method = manifest.get("method", {}).get("name", "?")
+    dataset = manifest.get("dataset", {}).get("name", "?")
+    split = manifest.get("split", "?")
+    return f"{method} on {dataset}, split {split} — run {result.run_dir.name}"
+
+
+def metrics_table(cases: pd.DataFrame, categories: tuple[str, ...], title: str) -> Table | None:
+    """Metrics (rows, short labels) × the ``categories`` present (columns), mean ± SD over
+    every vertebra of the category, headed with its number of vertebrae and how many failed
+    (scored as an empty answer) or were refused. None when no category is present."""
     summary = summarize(cases)
     counts = category_counts(cases).set_index("category")
-    present = [c for c in CATEGORIES if c in set(summary["category"])]
-    table = Table(title="Lesion-level evaluation (mean ± SD over vertebrae)")
-    table.add_column("Metric")
+    present = [c for c in categories if c in set(summary["category"])]
+    if not present:
+        return None
+    table = Table(title=title)
+    table.add_column("Metric", no_wrap=True)
     for category in present:
         row = counts.loc[category]
         header = column_header(category, row["vertebrae"], row["failed"], row["refused"])
@@ -63,10 +82,31 @@ def lesion_table(cases: pd.DataFrame) -> Table:
         cells = []
         for category in present:
             row = summary[(summary["category"] == category) & (summary["metric"] == metric.name)]
-            cells.append(mean_sd(*row[["mean", "sd"]].iloc[0]) if len(row) else "")
+            cells.append(
+                mean_cell(*row[["mean", "sd"]].iloc[0], int(row["n"].iloc[0]),
+                          int(row["vertebrae"].iloc[0])) if len(row) else ""
+            )  # fmt: skip
         if any(cells):
-            table.add_row(f"{metric.label} {metric.arrow}", *cells)
+            table.add_row(f"{metric.short} {metric.arrow}", *cells)
     return table
+
+
+def lesion_tables(cases: pd.DataFrame) -> list[Table]:
+    """The lesion metrics of malignant vertebrae and the false positives on healthy ones, as
+    two tables that fit 80 columns."""
+    tables = [
+        metrics_table(
+            cases, LESION_CATEGORIES, "Lesion-level evaluation (mean ± SD over vertebrae)"
+        ),
+        metrics_table(cases, (HEALTHY,), "Healthy vertebrae: false positives"),
+    ]
+    return [t for t in tables if t is not None]
+
+
+def legend(cases: pd.DataFrame) -> Text:
+    """The legend of the metrics :func:`lesion_tables` shows, dimmed."""
+    reported = set(summarize(cases)["metric"])
+    return Text(metric_legend([m for m in METRICS.values() if m.name in reported]), style="dim")
 
 
 def vertebra_table(cases: pd.DataFrame) -> Table:
@@ -154,12 +194,17 @@ def scored_line(cases: pd.DataFrame) -> str:
 
 
 def print_summary(result: RunResult, console: Console) -> None:
-    """Print the summary table, what was skipped and which vertebrae failed or were refused,
+    """Print a title line (method, dataset, split, run id), the summary tables with their
+    legend, what was skipped and which vertebrae failed or were refused,
     the trained weights the method used (as recorded in the manifest) and where the run
     directory is."""
     cases = result.cases
     manifest = read_manifest(result.run_dir)
-    console.print(lesion_table(cases) if result.lesion_metrics else vertebra_table(cases))
+    console.print(Text(run_title(result, manifest), style="bold"))
+    if result.lesion_metrics:
+        console.print(*lesion_tables(cases), legend(cases))
+    else:
+        console.print(vertebra_table(cases))
     if manifest.get("skipped"):
         console.print(skipped_table(manifest["skipped"]))
     if cases["status"].isin([*FAILED_STATUSES, REFUSED]).any():

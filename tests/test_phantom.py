@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nib
@@ -13,10 +14,11 @@ import pytest
 from wsbench.contract import Phenotype, Split, WeakLabel
 from wsbench.data.volumes import BODY_SUBREGIONS
 from wsbench.datasets.inhouse import InHouseDataset
-from wsbench.datasets.phantom import PhantomDataset, phantom_options
+from wsbench.datasets.phantom import PhantomDataset, build_with_progress, phantom_options
 from wsbench.datasets.phantom.generate import build_cached, render_subject, write_phantom
 from wsbench.datasets.phantom.insert import insert_dataset
 from wsbench.datasets.phantom.plan import MIMIC_TYPES, PhantomOptions, plan_dataset, plan_subject
+from wsbench.models.store import cache_root
 
 TINY = PhantomOptions(subjects=3, seed=5, test_fraction=1.0, min_levels=2, max_levels=2)
 """Three two-vertebra test subjects: blastic, lytic and mixed patients (the test cycle)."""
@@ -134,6 +136,30 @@ def test_phantom_dataset_builds_once_and_reads_through_inhouse(tmp_path: Path) -
     assert build_cached(folder.parent, phantom_options(options), workers=1) == folder
     with pytest.raises(ValueError, match="unknown phantom option"):
         phantom_options({"subject": 3})
+
+
+def test_rendering_processes_prepare_their_subjects_as_the_adapter_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = PhantomOptions(subjects=3, seed=4, test_fraction=0.5, min_levels=2, max_levels=2)
+    prepared = tmp_path / "prepared"
+    folder = build_with_progress(cache_root() / "phantom", options, 2, prepared)
+    assert len(list((prepared / "phantom").glob("*.npz"))) == options.subjects
+
+    def no_preprocessing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a subject was preprocessed again")
+
+    serial = InHouseDataset(root=folder, cache_dir=tmp_path / "serial").prepare()
+    monkeypatch.setattr("wsbench.datasets.inhouse.preprocess_subject", no_preprocessing)
+    built = PhantomDataset(cache_dir=prepared, workers=2, **asdict(options)).prepare()
+    assert built.root == folder and built.fingerprint == serial.fingerprint
+    assert not built.skipped and not serial.skipped
+    pairs = zip(built.vertebrae, serial.vertebrae, strict=True)
+    for mine, theirs in pairs:
+        assert (mine.key.subject, mine.key.level) == (theirs.key.subject, theirs.key.level)
+        assert np.array_equal(mine.slices, theirs.slices)
+        assert np.array_equal(mine.body, theirs.body)
+        assert np.array_equal(mine.lesions, theirs.lesions)
 
 
 def test_insert_into_real_vertebrae(real_data: Path, tmp_path: Path) -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import io
+from contextlib import redirect_stderr
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
 from wsbench.contract import DatasetAdapter, PreparedDataset
 from wsbench.datasets.inhouse import InHouseDataset
-from wsbench.datasets.phantom.generate import build_cached, default_workers
+from wsbench.datasets.phantom.generate import build_cached, default_workers, options_digest
 from wsbench.datasets.phantom.plan import PhantomOptions
 from wsbench.models.store import cache_root
 from wsbench.progress import with_progress
@@ -32,17 +35,31 @@ def phantom_options(options: dict[str, Any]) -> PhantomOptions:
     return PhantomOptions(**{k: v for k, v in options.items() if k in OPTION_NAMES})
 
 
-def build_with_progress(cache: Path, options: PhantomOptions, workers: int) -> Path:
-    """:func:`~wsbench.datasets.phantom.generate.build_cached` with a progress bar."""
-    return with_progress(
-        "generating phantom", options.subjects, lambda cb: build_cached(cache, options, workers, cb)
-    )
-
-
 class _PhantomInHouse(InHouseDataset):
     """The in-house adapter under the phantom's name (vertebra ids ``phantom_p0007_L3``)."""
 
     name: ClassVar[str] = "phantom"
+
+
+def prepare_subject_folder(cache_dir: Path | None, folder: Path) -> None:
+    """Preprocess one freshly written subject folder into the prepared cache, silently (run in
+    the rendering processes, so that the whole phantom's preparation finds every subject's
+    result cached: the cache key is the files' content, not their place)."""
+    with redirect_stderr(io.StringIO()):
+        _PhantomInHouse(root=folder, cache_dir=cache_dir).prepare()
+
+
+def build_with_progress(
+    cache: Path, options: PhantomOptions, workers: int, prepared_cache: Path | None
+) -> Path:
+    """:func:`~wsbench.datasets.phantom.generate.build_cached` with a progress bar, each new
+    subject preprocessed (into ``prepared_cache``) by the process that rendered it."""
+    after = partial(prepare_subject_folder, prepared_cache)
+    return with_progress(
+        "generating phantom",
+        options.subjects,
+        lambda cb: build_cached(cache, options, workers, cb, after),
+    )
 
 
 class PhantomDataset(DatasetAdapter):
@@ -58,6 +75,14 @@ class PhantomDataset(DatasetAdapter):
     name: ClassVar[str] = "phantom"
     needs_root: ClassVar[bool] = False
     lesion_metrics: ClassVar[bool] = True
+
+    @classmethod
+    def readiness(cls) -> str:
+        """Whether the default phantom is already built in the cache."""
+        folder = cache_root() / "phantom" / options_digest(PhantomOptions())
+        if (folder / "labels.csv").is_file():
+            return f"ready: built in {folder.parent}"
+        return "ready: built at first use (minutes), then reused"
 
     @classmethod
     def option_parameters(cls) -> dict[str, inspect.Parameter]:
@@ -79,7 +104,7 @@ class PhantomDataset(DatasetAdapter):
             )
         workers = self.options.get("workers", default_workers())
         phantom = phantom_options(self.options)
-        folder = build_with_progress(cache_root() / "phantom", phantom, workers)
+        folder = build_with_progress(cache_root() / "phantom", phantom, workers, self.cache_dir)
         prepared = _PhantomInHouse(root=folder, cache_dir=self.cache_dir).prepare()
         prepared.name = self.name
         return prepared

@@ -394,9 +394,9 @@ def paint_vertebra(canvas: Canvas, g: VertebraGeometry, fields: Fields, plan: Su
     canvas.vert[..., slab][inside] = g.number
     sub = canvas.subreg[..., slab]
     names = list(parts)
-    nearest = np.asarray(names, np.uint8)[np.argmin(np.stack([parts[k] for k in names]), axis=0)]
     posterior = inside & (sd_body >= 0)
-    sub[posterior] = nearest[posterior]
+    nearest = np.argmin(np.stack([parts[k][posterior] for k in names]), axis=0)
+    sub[posterior] = np.asarray(names, np.uint8)[nearest]
     sub[sd_body < 0] = CORPUS_BORDER
     sub[sd_body < -BORDER_MM] = CORPUS
     return Site(

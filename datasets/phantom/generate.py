@@ -39,6 +39,10 @@ from wsbench.models.store import digest
 
 T = TypeVar("T")
 
+AfterWrite = Callable[[Path], object]
+"""Run in the rendering process on each subject's freshly written in-house folder (e.g. to
+preprocess it there, in parallel); must be picklable."""
+
 GENERATOR_VERSION = "3"
 """Bumped whenever the generator's output changes; part of every phantom cache digest."""
 
@@ -101,12 +105,15 @@ def write_mimic_map(root: Path, subject: SubjectVolumes) -> None:
     write_nifti_gz(path / f"{stem}_seg-mimic_msk.nii.gz", subject.extra["mimic"], subject.affine)
 
 
-def _write_one(args: tuple[SubjectPlan, str]) -> str:
-    """Render one subject and write it in the in-house layout into its own folder."""
-    plan, folder = args
+def _write_one(job: tuple[SubjectPlan, str, AfterWrite | None]) -> str:
+    """Render one subject, write it in the in-house layout into its own folder, then run the
+    job's :data:`AfterWrite` on that folder."""
+    plan, folder, after = job
     subject = render_subject(plan)
     write_inhouse(Path(folder), [subject])
     write_mimic_map(Path(folder), subject)
+    if after is not None:
+        after(Path(folder))
     return plan.subject
 
 
@@ -132,16 +139,18 @@ def write_phantom(
     options: PhantomOptions,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    after: AfterWrite | None = None,
 ) -> None:
     """Generate ``options`` and write it in the in-house layout under ``root`` (which must not
-    exist yet), rendering subjects in ``workers`` processes. Same options → same bytes."""
+    exist yet), rendering subjects in ``workers`` processes, each subject followed by ``after``
+    on its own folder. Same options → same bytes."""
     root = Path(root)
     if root.exists():
         raise FileExistsError(f"{root} already exists; choose a new folder")
     plans = plan_dataset(options)
     parts = root / ".parts"
     parts.mkdir(parents=True)
-    jobs = [(plan, str(parts / plan.subject)) for plan in plans]
+    jobs = [(plan, str(parts / plan.subject), after) for plan in plans]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for done, _ in enumerate(pool.map(_write_one, jobs, chunksize=1), start=1):
@@ -161,16 +170,17 @@ def build_cached(
     options: PhantomOptions,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    after: AfterWrite | None = None,
 ) -> Path:
     """The phantom folder ``cache/<digest>``: reused when present, else written atomically
-    (into a temporary sibling folder, then renamed)."""
+    (into a temporary sibling folder, then renamed) by :func:`write_phantom`."""
     final = Path(cache) / options_digest(options)
     if (final / "labels.csv").is_file():
         return final
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    write_phantom(tmp, options, workers, progress)
+    write_phantom(tmp, options, workers, progress, after)
     try:
         os.replace(tmp, final)
     except OSError:

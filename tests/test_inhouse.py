@@ -286,7 +286,7 @@ def test_datasets_check_command(tmp_path: Path):
     missing = runner.invoke(app, ["check", "--dataset", "inhouse", "--root", str(tmp_path / "x")])
     assert missing.exit_code == 1 and "does not exist" in " ".join(missing.output.split())
     no_root = runner.invoke(app, ["check", "--dataset", "inhouse"])
-    assert no_root.exit_code == 2 and "BIDS-like" in no_root.output
+    assert no_root.exit_code == 1 and "BIDS-like" in no_root.output
     unknown = runner.invoke(app, ["check", "--dataset", "inhoose", "--root", str(tmp_path)])
-    assert unknown.exit_code == 2 and "inhouse" in unknown.output
+    assert unknown.exit_code == 1 and "inhouse" in unknown.output
     assert isinstance(app, typer.Typer)

@@ -10,6 +10,7 @@ evaluator reads.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -369,6 +370,22 @@ class Method:
         return {}
 
     @classmethod
+    def summary(cls) -> str:
+        """What the method is: the first sentence of its docstring (``wsbench methods``)."""
+        return first_sentence(cls.__doc__)
+
+    @classmethod
+    def needs(cls) -> str:
+        """What the method needs before it can run (``wsbench methods``)."""
+        return "models trained on the dataset (`wsbench train`)" if cls.learns() else "nothing"
+
+    @classmethod
+    def readiness(cls) -> str:
+        """Whether it can run here now and, if not, what to do (``wsbench methods``); a method
+        whose models are found per dataset says for which datasets it has them."""
+        return "ready" if not cls.learns() else "trains what it needs when a run starts"
+
+    @classmethod
     def learns(cls) -> bool:
         """True when the method overrides :meth:`fit` or :meth:`train`."""
         return cls.fit is not Method.fit or cls.train is not Method.train
@@ -414,6 +431,19 @@ def signature_parameters(cls: type, function: str, stop: type) -> dict[str, insp
 VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 
 
+SENTENCE_END = re.compile(r"(?<=[a-z0-9)]{3}\.)\s+(?=[A-Z(])")
+"""A sentence's end: a full stop after a word of three or more characters and before a capital,
+so that ``et al.`` and ``Eq.`` do not end one."""
+
+
+def first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, on one line, without reST
+    backticks (``""`` without a docstring)."""
+    paragraph = (doc or "").strip().split("\n\n")[0]
+    text = " ".join(paragraph.replace("``", "").split())
+    return SENTENCE_END.split(text, maxsplit=1)[0]
+
+
 class DatasetAdapter:
     """Base class of dataset adapters: find a source's files and deliver prepared vertebrae."""
 
@@ -440,6 +470,21 @@ class DatasetAdapter:
         found = signature_parameters(cls, "__init__", DatasetAdapter)
         hidden = ("root", "cache_dir", *cls.library_options)
         return {n: p for n, p in found.items() if n not in hidden}
+
+    @classmethod
+    def summary(cls) -> str:
+        """What the dataset is: the first sentence of the adapter's docstring."""
+        return first_sentence(cls.__doc__)
+
+    @classmethod
+    def needs(cls) -> str:
+        """What the dataset needs (``wsbench datasets``): its files (``--root``) or nothing."""
+        return f"--root: {cls.root_hint}" if cls.needs_root else "nothing"
+
+    @classmethod
+    def readiness(cls) -> str:
+        """Whether it can be used here now and, if not, what to do (``wsbench datasets``)."""
+        return "give --root" if cls.needs_root else "ready"
 
     @classmethod
     def missing_root(cls, asked: str) -> str:

@@ -32,6 +32,9 @@ from wsbench.api import (
     file_identity,
 )
 from wsbench.plugins.cam.classifier import (
+    KIND as CLASSIFIER_KIND,
+)
+from wsbench.plugins.cam.classifier import (
     STORE,
     ClassifierConfig,
     ensure_classifier,
@@ -94,6 +97,18 @@ class CAMMethod(Method):
         self.target_layer = target_layer
         self.model: nn.Module | None = None
         self.model_path: Path | None = None
+
+    @classmethod
+    def needs(cls) -> str:
+        """A ResNet-18 classifier trained on the dataset's weak labels (shared by the CAMs)."""
+        return "a ResNet-18 classifier of the weak labels (shared by the CAMs)"
+
+    @classmethod
+    def readiness(cls) -> str:
+        """The datasets a classifier is stored for; other data train one when a run starts."""
+        found = STORE.trained_for(CLASSIFIER_KIND)
+        stored = f"classifier for {', '.join(found)}; " if found else ""
+        return f"{stored}other data: trained at the first run (minutes)"
 
     @property
     def config(self) -> ClassifierConfig:

@@ -306,6 +306,19 @@ class MedSAM(Method):
     version = "1"
     distinguishes_phenotype = False
 
+    @classmethod
+    def needs(cls) -> str:
+        """The MedSAM ViT-B weights, which wsbench cannot ship."""
+        return f"MedSAM ViT-B weights (not shipped): --checkpoint FILE or ${ENV_VAR}"
+
+    @classmethod
+    def readiness(cls) -> str:
+        """Whether ``$WSBENCH_MEDSAM_CHECKPOINT`` names a weights file."""
+        try:
+            return f"ready: {resolve_checkpoint(None)} (${ENV_VAR})"
+        except WeightsNotSuppliedError:
+            return f"weights not supplied: give --checkpoint or set ${ENV_VAR}"
+
     def __init__(
         self,
         checkpoint: str | None = None,

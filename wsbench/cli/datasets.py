@@ -4,7 +4,6 @@ contents and lists everything skipped, exiting non-zero when a file or the datas
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -14,29 +13,26 @@ from wsbench.cli.common import (
     DatasetOptions,
     Root,
     console,
+    dataset_adapter,
     parse_dataset_options,
     plugin_table,
     user_errors,
 )
 from wsbench.contract import PreparedDataset, Scope
 from wsbench.data.volumes import LEVEL_NUMBERS
-from wsbench.harness.registry import DATASETS_GROUP, PluginError, load_dataset
+from wsbench.harness.registry import DATASETS_GROUP
 from wsbench.models.store import cache_root
 
 app = typer.Typer(help="List dataset adapters, or check a dataset.", no_args_is_help=False)
 
 
 @app.callback(invoke_without_command=True)
-def datasets(
-    ctx: typer.Context,
-    check_imports: Annotated[
-        bool, typer.Option("--check-imports", help="Import each adapter and report failures.")
-    ] = False,
-) -> None:
-    """List the registered dataset adapters (reads metadata only), or check a dataset."""
+def datasets(ctx: typer.Context) -> None:
+    """List the registered dataset adapters (what each is and whether it is ready here), or
+    check a dataset."""
     if ctx.invoked_subcommand is None:
         with user_errors():
-            console.print(plugin_table(DATASETS_GROUP, "wsbench datasets", check_imports))
+            console.print(plugin_table(DATASETS_GROUP, "wsbench datasets"))
 
 
 def _level_order(level: str) -> tuple[float, str]:
@@ -108,13 +104,8 @@ def check(
 ) -> None:
     """Prepare a dataset (cached), print its contents and every skipped problem; exit 1 when a
     file or the dataset as a whole is unusable (vertebra-level exclusions are only listed)."""
-    try:
-        adapter_cls = load_dataset(dataset)
-    except PluginError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--dataset") from None
-    if adapter_cls.needs_root and root is None:
-        raise typer.BadParameter(adapter_cls.missing_root(dataset), param_hint="--root")
     with user_errors():
+        adapter_cls = dataset_adapter(dataset, root)
         options = parse_dataset_options(dataset, dataset_option)
         data = adapter_cls(root=root, cache_dir=cache_root() / "prepared", **options).prepare()
     console.print(summary_table(data))

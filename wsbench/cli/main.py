@@ -8,8 +8,9 @@ name; one that fails to import is left out with a warning, never stopping the ot
 from __future__ import annotations
 
 import inspect
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -19,6 +20,8 @@ from wsbench.cli import datasets as cli_datasets
 from wsbench.cli import train as cli_train
 from wsbench.cli.common import (
     DEFAULT_DATASET,
+    DEFAULT_THREADS,
+    FLAG,
     STATE,
     DatasetName,
     DatasetOptions,
@@ -28,6 +31,7 @@ from wsbench.cli.common import (
     Threads,
     Timeout,
     console,
+    dataset_adapter,
     err_console,
     parse_dataset_options,
     plugin_table,
@@ -41,6 +45,9 @@ from wsbench.harness.registry import (
     import_target,
 )
 from wsbench.progress import progress_bar
+
+if TYPE_CHECKING:
+    from wsbench.harness.bench import PlannedRun
 
 EXAMPLES = """\
 Examples:
@@ -91,10 +98,18 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", metavar=FLAG, help="Show tracebacks on errors.")
+    ] = False,
     version: Annotated[
         bool | None,
-        typer.Option("--version", callback=version_callback, is_eager=True, help="Show version."),
+        typer.Option(
+            "--version",
+            callback=version_callback,
+            is_eager=True,
+            metavar=FLAG,
+            help="Show version.",
+        ),
     ] = None,
 ) -> None:
     """wsbench: benchmark harness for weakly supervised vertebral metastasis segmentation."""
@@ -118,10 +133,13 @@ def run(
         ),
     ] = None,
     resume: Annotated[
-        bool, typer.Option(help="Continue the newest interrupted run of this configuration.")
+        bool,
+        typer.Option(
+            metavar=FLAG, help="Continue the newest interrupted run of this configuration."
+        ),
     ] = False,
     dataset_option: DatasetOptions = None,
-    threads: Threads = None,
+    threads: Threads = DEFAULT_THREADS,
     timeout: Timeout = None,
     keep_failed: KeepFailed = False,
 ) -> None:
@@ -129,26 +147,29 @@ def run(
     from wsbench.harness.params import method_params
     from wsbench.harness.provenance import torch_threads
     from wsbench.harness.registry import load_method
-    from wsbench.harness.runner import RunConfig
-    from wsbench.harness.runner import run as run_config
-    from wsbench.report.summary import print_summary
 
     with user_errors():
-        torch_threads(threads)
+        dataset_adapter(dataset, root)
         if split not in {"test", "train"}:
-            raise typer.BadParameter(f"{split!r} is not test or train", param_hint="--split")
+            raise ValueError(f"--split {split!r}: give test or train")
+        options = parse_dataset_options(dataset, dataset_option)
+        from wsbench.harness.runner import RunConfig  # heavy: after the quick checks above
+        from wsbench.harness.runner import run as run_config
+        from wsbench.report.summary import print_summary
+
+        torch_threads(threads)
         params = method_params(load_method(method), [*(param or [])])
         if checkpoint is not None:
             params.update(method_params(load_method(method), [f"checkpoint={checkpoint}"]))
-        options = parse_dataset_options(dataset, dataset_option)
         config = RunConfig(
             method, dataset, split, seed, str(root) if root else None, params, options
         )
         with progress_bar() as bar:
-            task = bar.add_task(f"{method} on {dataset}", total=None)
+            what = f"{method} on {dataset}"
+            task = bar.add_task(what, total=None)
 
             def advance(done: int, total: int, vertebra: str) -> None:
-                bar.update(task, completed=done, total=total, description=vertebra)
+                bar.update(task, completed=done, total=total, description=f"{what} {vertebra}")
 
             def warn(message: str) -> None:
                 bar.console.print(f"[yellow]warning:[/] {message}", highlight=False)
@@ -200,11 +221,12 @@ def bench_command(
     fresh: Annotated[
         bool,
         typer.Option(
+            metavar=FLAG,
             help="Run every method afresh even if a finished run of the same configuration, "
-            "method version and harness version exists."
+            "method version and harness version exists.",
         ),
     ] = False,
-    threads: Threads = None,
+    threads: Threads = DEFAULT_THREADS,
     timeout: Timeout = None,
     keep_failed: KeepFailed = False,
     device: Annotated[
@@ -215,34 +237,59 @@ def bench_command(
         ),
     ] = None,
 ) -> None:
-    """Run every method (or --methods) on a dataset; failures are recorded, finished runs kept."""
-    from wsbench.harness.bench import bench
+    """Run every method (or --methods, in that order) on a dataset, quick ones first: those
+    that train nothing, then by their time limit per vertebra. Prints the plan first; failures
+    are recorded, finished runs kept."""
     from wsbench.harness.provenance import torch_threads
-    from wsbench.models.device import torch_device
 
-    with user_errors(), progress_bar() as bar:
+    with user_errors():
+        dataset_adapter(dataset, root)
+        options = parse_dataset_options(dataset, dataset_option)
+        from wsbench.harness.bench import bench  # heavy: after the quick checks above
+        from wsbench.models.device import torch_device
+
         torch_threads(threads)
         if device is not None:
             torch_device(device)  # a device this machine lacks stops the bench before any run
+        with progress_bar() as bar:
 
-        def on_method(name: str, config: object):
-            task = bar.add_task(name, total=None)
+            def on_method(name: str, config: object):
+                task = bar.add_task(name, total=None)
 
-            def advance(done: int, total: int, vertebra: str) -> None:
-                bar.update(task, completed=done, total=total, description=f"{name} {vertebra}")
+                def advance(done: int, total: int, vertebra: str) -> None:
+                    bar.update(task, completed=done, total=total, description=f"{name} {vertebra}")
 
-            return advance
+                return advance
 
-        names = [m.strip() for m in methods.split(",")] if methods else None
-        options = parse_dataset_options(dataset, dataset_option)
-        root_text = str(root) if root else None
-        outcomes = bench(dataset, out, names, root_text, seed, on_method, options, fresh, device,
-                         timeout_s=timeout, retry_failed=not keep_failed)  # fmt: skip
+            names = [m.strip() for m in methods.split(",")] if methods else None
+            root_text = str(root) if root else None
+
+            def on_plan(plan: list[PlannedRun]) -> None:
+                bar.console.print(plan_table(dataset, plan))
+
+            outcomes = bench(dataset, out, names, root_text, seed, on_method, options, fresh,
+                             device, timeout_s=timeout, retry_failed=not keep_failed,
+                             on_plan=on_plan)  # fmt: skip
     console.print(bench_table(dataset, outcomes))
     crashed = [name for name, outcome in outcomes.items() if outcome["status"] == "failed"]
     if crashed:
         err_console.print(f"[bold red]error:[/] {', '.join(crashed)} crashed (reasons above)")
         raise typer.Exit(1)
+
+
+def plan_table(dataset: str, plan: list[PlannedRun]) -> Table:
+    """The methods a bench runs, in order: what it does with each and how long its newest
+    finished run took to segment."""
+    table = Table(title=f"bench plan on {dataset}: {len(plan)} methods, in this order")
+    for column in ("#", "method", "action", "last segment time"):
+        table.add_column(column)
+    actions = {"reuse": "reuse finished run", "resume": "resume", "run": "run",
+               "fail": "cannot load: recorded as failed"}  # fmt: skip
+    for number, item in enumerate(plan, 1):
+        seconds = item.last_segment_s
+        known = "unknown" if seconds is None else str(timedelta(seconds=round(seconds)))
+        table.add_row(str(number), item.method, actions[item.action], known)
+    return table
 
 
 def bench_table(dataset: str, outcomes: dict[str, dict[str, Any]]) -> Table:
@@ -273,6 +320,7 @@ def leaderboard_command(
         bool,
         typer.Option(
             "--exclude-failed",
+            metavar=FLAG,
             help="Leave methods that failed or timed out on any vertebra out of the tables; "
             "they are listed under them instead (by default they are ranked, marked †, with "
             "those vertebrae scored as an empty answer).",
@@ -354,19 +402,21 @@ def methods(
     name: Annotated[
         str | None, typer.Argument(help="A method to describe: its parameters and settings.")
     ] = None,
-    check: Annotated[bool, typer.Option(help="Import each plugin and report failures.")] = False,
 ) -> None:
-    """List the registered methods (reads metadata only unless --check), or describe one."""
+    """List the registered methods (what each is, needs and whether it is ready here), or
+    describe one."""
     from wsbench.harness.params import constructor_hints, type_hints
     from wsbench.harness.registry import load_method
 
     with user_errors():
         if name is None:
-            console.print(plugin_table(METHODS_GROUP, "wsbench methods", check))
+            console.print(plugin_table(METHODS_GROUP, "wsbench methods"))
             return
         cls = load_method(name)
         console.print(f"[bold]{cls.name}[/] {cls.__module__}:{cls.__qualname__} v{cls.version}")
         console.print((cls.__doc__ or "").strip())
+        console.print(f"needs: {cls.needs()}")
+        console.print(f"ready here: {cls.readiness()}")
         console.print(f"time limit per vertebra: {cls.timeout_s:g} s (--timeout)")
         console.print(parameter_table("parameters (-p)", cls.parameters(), constructor_hints(cls)))
         if cls.train_settings():

@@ -16,11 +16,14 @@ from rich.table import Table
 
 from wsbench.cli.common import (
     DEFAULT_DATASET,
+    DEFAULT_THREADS,
+    FLAG,
     DatasetName,
     DatasetOptions,
     Param,
     Root,
     Threads,
+    dataset_adapter,
     parse_dataset_options,
     user_errors,
 )
@@ -32,6 +35,7 @@ Setting = Annotated[
     typer.Option(
         "--setting",
         "-t",
+        metavar="KEY=VALUE",
         help="Training setting key=value (repeatable), e.g. -t steps=3000 for the DAE methods; "
         "`wsbench methods M` lists them.",
     ),
@@ -47,9 +51,12 @@ def train(
     setting: Setting = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     resume: Annotated[
-        bool, typer.Option(help="Continue an interrupted training run, or extend a finished one.")
+        bool,
+        typer.Option(
+            metavar=FLAG, help="Continue an interrupted training run, or extend a finished one."
+        ),
     ] = False,
-    threads: Threads = None,
+    threads: Threads = DEFAULT_THREADS,
 ) -> None:
     """Train the models of a learned method on a dataset's training split (reused when already
     stored for the same data and settings).
@@ -61,9 +68,17 @@ def train(
     from wsbench.harness.params import method_params, train_settings
     from wsbench.harness.provenance import torch_threads
     from wsbench.harness.registry import load_method
-    from wsbench.harness.runner import RunConfig, prepare_dataset, train_method, workdir
 
     with user_errors():
+        dataset_adapter(dataset, root)
+        typed = parse_dataset_options(dataset, dataset_option)
+        from wsbench.harness.runner import (  # heavy: after the quick checks above
+            RunConfig,
+            prepare_dataset,
+            train_method,
+            workdir,
+        )
+
         torch_threads(threads)
         method_cls = load_method(method)
         params = method_params(method_cls, param or [])
@@ -71,7 +86,6 @@ def train(
         if not method_cls.learns():
             raise ValueError(f"method {method!r} learns nothing: there is nothing to train")
         instance = method_cls(**params)
-        typed = parse_dataset_options(dataset, dataset_option)
         config = RunConfig(method, dataset, root=str(root) if root else None, dataset_options=typed)
         _, prepared = prepare_dataset(config)
         options = TrainOptions(workdir(method_cls), seed=seed, resume=resume)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,13 @@ import pandas as pd
 from wsbench.contract import WeightsNotSuppliedError
 from wsbench.harness.evaluation import FAILED_STATUSES
 from wsbench.harness.registry import METHODS_GROUP, declared, load_method
-from wsbench.harness.rundir import RunError, find_resumable, read_finished, safe_name
+from wsbench.harness.rundir import (
+    RunError,
+    find_resumable,
+    read_finished,
+    read_manifest,
+    safe_name,
+)
 from wsbench.harness.runner import RunConfig, made_otherwise, run
 
 
@@ -26,7 +33,8 @@ def device_params(method: str, device: str | None) -> dict[str, str]:
 
 def default_methods() -> list[str]:
     """The registered methods a bench runs when none are named: all but those declaring
-    ``bench = False``; a plugin that cannot be loaded stays in, so that its failure is recorded."""
+    ``bench = False``, quick ones first (:func:`quick_first`); a plugin that cannot be loaded
+    stays in, last, so that its failure is recorded."""
     names = []
     for name in declared(METHODS_GROUP):
         try:
@@ -35,7 +43,17 @@ def default_methods() -> list[str]:
         except Exception:  # recorded as this method's failure when the bench reaches it
             pass
         names.append(name)
-    return names
+    return sorted(names, key=quick_first)
+
+
+def quick_first(name: str) -> tuple[int, float, str]:
+    """Sort key putting first the methods that train nothing, then those with the shorter
+    per-vertebra time limit, then by name; those that cannot be loaded come last."""
+    try:
+        cls = load_method(name)
+    except Exception:  # its failure is recorded when the bench reaches it
+        return (2, 0.0, name)
+    return (int(cls.learns()), cls.timeout_s, name)
 
 
 def check_names(names: list[str]) -> None:
@@ -63,6 +81,76 @@ def has_failures(run_dir: Path) -> bool:
     return any(counts[status] for status in FAILED_STATUSES)
 
 
+@dataclass(frozen=True)
+class PlannedRun:
+    """What a bench does with one method, known before anything runs: ``action`` is ``reuse``
+    (a finished run), ``resume``, ``run`` or ``fail`` (with the ``error`` it will record)."""
+
+    method: str
+    action: str
+    config: RunConfig | None = None
+    previous: Path | None = None
+    last_segment_s: float | None = None
+    error: Exception | None = None
+
+
+def last_segment_s(method_dir: Path) -> float | None:
+    """Seconds the newest finished run under ``method_dir`` spent segmenting (its manifest's
+    ``timings_s``), or ``None`` when there is none."""
+    runs = sorted(method_dir.iterdir(), reverse=True) if method_dir.is_dir() else []
+    for run_dir in runs:
+        try:
+            if read_finished(run_dir):
+                return read_manifest(run_dir).get("timings_s", {}).get("segment")
+        except RunError:  # a torn manifest tells nothing of the duration
+            continue
+    return None
+
+
+def plan_method(
+    name: str, config: RunConfig, out: Path, fresh: bool, retry_failed: bool
+) -> PlannedRun:
+    """Whether ``config`` reuses, resumes or starts a run under ``out``; a run of the same
+    configuration made by another method or harness version, or any with ``fresh``, is not
+    continued (:func:`bench`)."""
+    method_dir = out / safe_name(config.dataset) / safe_name(name)
+    duration = last_segment_s(method_dir)
+    previous = find_resumable(method_dir, config.digest)
+    if previous is not None and (fresh or made_otherwise(previous, load_method(name).version)):
+        previous = None
+    if previous is None:
+        return PlannedRun(name, "run", config, None, duration)
+    reuse = read_finished(previous) and not (retry_failed and has_failures(previous))
+    return PlannedRun(name, "reuse" if reuse else "resume", config, previous, duration)
+
+
+def bench_plan(
+    dataset: str,
+    out: Path,
+    methods: list[str] | None = None,
+    root: str | None = None,
+    seed: int = 0,
+    dataset_options: dict[str, Any] | None = None,
+    fresh: bool = False,
+    device: str | None = None,
+    retry_failed: bool = True,
+) -> list[PlannedRun]:
+    """The methods a :func:`bench` with these arguments runs, in its order (``methods`` as
+    given, else :func:`default_methods`), each with its :class:`PlannedRun`."""
+    names = methods or default_methods()
+    check_names(names)
+    planned = []
+    for name in names:
+        try:
+            config = RunConfig(name, dataset, seed=seed, root=root,
+                               params=device_params(name, device),
+                               dataset_options=dict(dataset_options or {}))  # fmt: skip
+            planned.append(plan_method(name, config, out, fresh, retry_failed))
+        except Exception as exc:  # recorded as this method's failure when the bench reaches it
+            planned.append(PlannedRun(name, "fail", error=exc))
+    return planned
+
+
 def bench(
     dataset: str,
     out: Path,
@@ -75,11 +163,13 @@ def bench(
     device: str | None = None,
     timeout_s: float | None = None,
     retry_failed: bool = True,
+    on_plan: Callable[[list[PlannedRun]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every registered method (or ``methods``; :func:`default_methods`) on ``dataset``;
     record each outcome.
 
-    ``device`` is given as the ``device`` parameter to every method whose constructor takes one
+    ``on_plan`` receives the :func:`bench_plan` before anything runs. ``device`` is given as
+    the ``device`` parameter to every method whose constructor takes one
     (:func:`device_params`); the others run as they always do.
 
     A method whose finished run of the same configuration, method version and harness version
@@ -93,29 +183,26 @@ def bench(
     The record ``<out>/<dataset>/bench.json`` is updated after every method (outcomes of methods
     not in this bench are kept). Returns this bench's outcomes.
     """
-    names = methods or default_methods()
-    check_names(names)
+    planned = bench_plan(dataset, out, methods, root, seed, dataset_options, fresh, device,
+                         retry_failed)  # fmt: skip
+    if on_plan is not None:
+        on_plan(planned)
     record_path = out / safe_name(dataset) / "bench.json"
     record_path.parent.mkdir(parents=True, exist_ok=True)
     earlier = json.loads(record_path.read_text())["methods"] if record_path.exists() else {}
     outcomes: dict[str, dict[str, Any]] = {}
-    for name in names:
+    for item in planned:
+        name = item.method
         try:
-            config = RunConfig(name, dataset, seed=seed, root=root,
-                               params=device_params(name, device),
-                               dataset_options=dict(dataset_options or {}))  # fmt: skip
-            progress = on_method(name, config) if on_method else None
-            previous = find_resumable(out / safe_name(dataset) / safe_name(name), config.digest)
-            if previous is not None and (
-                fresh or made_otherwise(previous, load_method(name).version)
-            ):
-                previous = None
-            finished = previous is not None and read_finished(previous)
-            if finished and not (retry_failed and has_failures(previous)):
-                run_dir = previous
+            if item.error is not None or item.config is None:
+                raise item.error or RunError(f"method {name!r} has no configuration")
+            progress = on_method(name, item.config) if on_method else None
+            if item.action == "reuse" and item.previous is not None:
+                run_dir = item.previous
             else:
-                run_dir = run(config, out, resume=previous is not None, progress=progress,
-                              timeout_s=timeout_s, retry_failed=retry_failed).run_dir  # fmt: skip
+                run_dir = run(item.config, out, resume=item.previous is not None,
+                              progress=progress, timeout_s=timeout_s,
+                              retry_failed=retry_failed).run_dir  # fmt: skip
             outcomes[name] = {"status": "ok", "reason": "", "run_dir": str(run_dir),
                               **vertebra_counts(run_dir)}  # fmt: skip
         except WeightsNotSuppliedError as exc:

@@ -192,6 +192,19 @@ class ModelStore:
                 return latest[0]
         return None
 
+    def trained_for(self, kind: str) -> list[str]:
+        """The datasets a model of ``kind`` is stored for, as ``name (shipped|cache)`` from the
+        cards, shipped first."""
+        found = []
+        for folder in self.folders:
+            where = "shipped" if folder == self.shipped else "cache"
+            for card_path in sorted(folder.glob(f"{kind}-*.json")):
+                card = json.loads(card_path.read_text())
+                if card.get("kind") == kind and weights_of(card_path).is_file():
+                    name = card.get("dataset") or str(card.get("dataset_fingerprint", "?"))[:12]
+                    found.append(f"{name} ({where})")
+        return list(dict.fromkeys(found))
+
     def new_path(self, key: ModelKey, suffix: str = ".pt") -> Path:
         """Where to write a freshly trained model for ``key`` (in the cache; folder created)."""
         self.cache.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,19 @@ class DiffusionMethod(Method):
     checkpoint: str | None
     device: str
 
+    @classmethod
+    def needs(cls) -> str:
+        """A DAE trained on the dataset (and, for some methods, a latent classifier fitted when
+        a run starts)."""
+        return f"a DAE ({cls.dae_recipe.kind}) trained on the dataset"
+
+    @classmethod
+    def readiness(cls) -> str:
+        """The datasets a DAE of the recipe's kind is stored for, or what training one costs."""
+        found = cls.store.trained_for(cls.dae_recipe.kind)
+        train = f"`wsbench train --method {cls.name}` first"
+        return f"DAE for {', '.join(found)}; other data: {train}" if found else f"no DAE: {train}"
+
     def train(
         self,
         training: TrainingSet,

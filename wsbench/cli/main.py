@@ -135,7 +135,9 @@ def run(
     resume: Annotated[
         bool,
         typer.Option(
-            metavar=FLAG, help="Continue the newest interrupted run of this configuration."
+            "--resume",
+            metavar=FLAG,
+            help="Continue the newest interrupted run of this configuration.",
         ),
     ] = False,
     dataset_option: DatasetOptions = None,
@@ -221,6 +223,7 @@ def bench_command(
     fresh: Annotated[
         bool,
         typer.Option(
+            "--fresh",
             metavar=FLAG,
             help="Run every method afresh even if a finished run of the same configuration, "
             "method version and harness version exists.",

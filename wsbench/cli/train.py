@@ -53,7 +53,9 @@ def train(
     resume: Annotated[
         bool,
         typer.Option(
-            metavar=FLAG, help="Continue an interrupted training run, or extend a finished one."
+            "--resume",
+            metavar=FLAG,
+            help="Continue an interrupted training run, or extend a finished one.",
         ),
     ] = False,
     threads: Threads = DEFAULT_THREADS,

@@ -102,6 +102,7 @@ class UnusableLabels(DatasetAdapter):
 
     def prepare(self) -> PreparedDataset:
         prepared = TinyDataset().prepare()
+        lost = Skipped("sub-9", "sub-9_ct.nii.gz cannot be read (truncated)", Scope.FILE)
         fault = Skipped("labels.csv", "rows 4 and 7 contradict each other", Scope.DATASET)
-        prepared.skipped.append(fault)
+        prepared.skipped += [lost, fault]
         return prepared

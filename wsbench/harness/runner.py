@@ -291,11 +291,13 @@ def refuse_faulty(name: str, dataset: PreparedDataset) -> None:
     """RunError when the dataset holds a dataset-level fault (:attr:`Scope.DATASET`: its labels
     are unusable as a whole, say): its numbers would mean nothing."""
     faults = [s for s in dataset.skipped if s.scope == Scope.DATASET]
+    files = [s for s in dataset.skipped if s.scope == Scope.FILE]
     if faults:
         first = faults[0]
+        more = f" (and {len(faults) - 1} more)" if len(faults) > 1 else ""
+        lost = f"; {len(files)} unusable file(s), first: {files[0].reason}" if files else ""
         raise RunError(
-            f"dataset {name!r} cannot be evaluated: {first.where}: {first.reason}"
-            f"{f' (and {len(faults) - 1} more)' if len(faults) > 1 else ''}; "
+            f"dataset {name!r} cannot be evaluated: {first.where}: {first.reason}{more}{lost}; "
             "`wsbench datasets check` lists every problem"
         )
 

@@ -109,8 +109,11 @@ def test_a_hung_vertebra_is_stopped_and_the_run_goes_on(tmp_path: Path, forkable
 
 
 def test_a_dataset_level_fault_stops_the_run_before_it_starts(tmp_path: Path) -> None:
-    with pytest.raises(RunError, match=r"cannot be evaluated: labels.csv: rows 4 and 7 contra"
-                       r".*1 unusable file\(s\), first: sub-9_ct.nii.gz cannot be read"):  # fmt: skip
+    expected = (
+        r"cannot be evaluated: labels.csv: rows 4 and 7 contra"
+        r".*1 unusable file\(s\), first: sub-9_ct.nii.gz cannot be read"
+    )
+    with pytest.raises(RunError, match=expected):
         run(RunConfig("otsu", "faulty:UnusableLabels"), tmp_path)
     assert not (tmp_path / "faulty-UnusableLabels").exists()
 

@@ -26,9 +26,12 @@ LOG_EVERY_S = 10.0
 
 
 def progress_line(description: str, done: float, total: float | None, rate: float | None) -> str:
-    """``<what>: done/total (pct), rate/s, ETA h:mm:ss`` (``?`` for what is not known yet)."""
+    """``<what>: done/total (pct), rate/s, ETA h:mm:ss`` (``?`` for what is not known yet);
+    ``<what>: done/total (100%), rate/s, done`` once finished."""
     count = f"{done:g}/{total:g} ({100 * done / total:.0f}%)" if total else f"{done:g}/?"
     speed = f"{rate:.3g}/s" if rate else "?/s"
+    if total and done >= total:
+        return f"{description}: {count}, {speed}, done" if rate else f"{description}: {count}, done"
     left = (total - done) / rate if total and rate else None
     eta = str(timedelta(seconds=round(left))) if left is not None else "?"
     return f"{description}: {count}, {speed}, ETA {eta}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fakes
 from typer.testing import CliRunner
 
 from wsbench.cli.main import app
@@ -84,3 +85,17 @@ def test_help_shows_no_type_metavars_for_flags_and_key_value_for_lists() -> None
         options = [line for line in text.splitlines() if "--" in line and "--help" not in line]
         assert not any("<bool>" in line for line in options), command
     assert "KEY=VALUE" in CliRunner().invoke(app, ["run", "--help"]).output
+
+
+def test_an_interrupt_says_how_to_continue(tmp_path: Path) -> None:
+    cases = (
+        ("run", ["-m", "fakes:CrashAfterTwo"], "run the same command with --resume to continue"),
+        ("bench", ["--methods", "fakes:CrashAfterTwo"],
+         "run the same command again: finished runs are kept, unfinished ones resumed"),
+    )  # fmt: skip
+    for command, args, advice in cases:
+        fakes.CrashAfterTwo.calls, fakes.CrashAfterTwo.crash_at = 0, 2
+        out = ["--out", str(tmp_path / command), "--timeout", "0", *TINY]
+        result = CliRunner().invoke(app, [command, *args, *out], env={"COLUMNS": "200"})
+        assert result.exit_code == 130, result.output
+        assert f"interrupted — finished work is kept; {advice}" in result.output

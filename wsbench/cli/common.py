@@ -30,18 +30,20 @@ def advice(exc: Exception) -> str:
     return ""
 
 
+RESUME_HINT = "run the same command with --resume to continue"
+"""How to continue an interrupted ``run`` or ``train``."""
+
+
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn any failure into one clear line (the traceback only with --debug)."""
+def user_errors(resume_hint: str = RESUME_HINT) -> Iterator[None]:
+    """Turn any failure into one clear line (the traceback only with --debug); an interrupt
+    says that finished work is kept and ``resume_hint``."""
     try:
         yield
     except (typer.Exit, typer.Abort, typer.BadParameter):
         raise
     except KeyboardInterrupt:
-        err_console.print(
-            "[yellow]interrupted[/] — finished work is kept; "
-            "run the same command with --resume to continue"
-        )
+        err_console.print(f"[yellow]interrupted[/] — finished work is kept; {resume_hint}")
         raise typer.Exit(130) from None
     except Exception as exc:
         if STATE["debug"]:

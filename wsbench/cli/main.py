@@ -206,6 +206,10 @@ def export_command(
         console.print(table)
 
 
+BENCH_RESUME_HINT = "run the same command again: finished runs are kept, unfinished ones resumed"
+"""How to continue an interrupted bench (it resumes by itself)."""
+
+
 @app.command("bench")
 def bench_command(
     dataset: DatasetName = DEFAULT_DATASET,
@@ -245,7 +249,7 @@ def bench_command(
     are recorded, finished runs kept."""
     from wsbench.harness.provenance import torch_threads
 
-    with user_errors():
+    with user_errors(BENCH_RESUME_HINT):
         dataset_adapter(dataset, root)
         options = parse_dataset_options(dataset, dataset_option)
         from wsbench.harness.bench import bench  # heavy: after the quick checks above

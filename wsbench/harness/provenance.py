@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from wsbench import __version__
 
@@ -39,15 +41,31 @@ def git_output(*args: str) -> str | None:
     return out.stdout
 
 
+BUILD_INFO = "build_info.json"
+"""File inside the installed ``wsbench`` package holding the ``commit`` and ``dirty`` state of
+the source it was built from (written by ``wsbench/_build.py``)."""
+
+
+def build_info() -> dict[str, Any]:
+    """The source commit recorded when the installed package was built (``{}`` when none was:
+    an editable install, or a copy without git)."""
+    path = Path(__file__).resolve().parent.parent / BUILD_INFO
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def git_commit() -> str | None:
-    """Commit of the wsbench source tree, when it is a git checkout."""
-    return (git_output("rev-parse", "HEAD") or "").strip() or None
+    """Commit of the wsbench source tree when it is a git checkout, else the one the installed
+    package was built from (:func:`build_info`)."""
+    return (git_output("rev-parse", "HEAD") or "").strip() or build_info().get("commit")
 
 
 def git_dirty() -> bool | None:
-    """Whether tracked files of the source tree differ from that commit (None: not a checkout)."""
+    """Whether tracked files of the source tree differ from that commit (None: not known)."""
     status = git_output("status", "--porcelain", "--untracked-files=no")
-    return None if status is None else bool(status.strip())
+    return build_info().get("dirty") if status is None else bool(status.strip())
 
 
 def torch_threads(threads: int | None = None) -> int | None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -224,3 +227,27 @@ def test_leaderboard_header_lists_each_methods_models() -> None:
 def test_leaderboard_header_has_no_models_line_when_no_run_recorded_any() -> None:
     runs = {"otsu": method_run("otsu", {}), "old": method_run("old", None)}
     assert not any(line.startswith("- models:") for line in header_lines("phantom", runs))
+
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def test_a_non_editable_install_names_the_commit_it_was_built_from(tmp_path: Path) -> None:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True,
+                          text=True)  # fmt: skip
+    if head.returncode != 0:
+        pytest.skip("the project is not a git checkout")
+    source = tmp_path / "source"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{PROJECT}", str(source)],
+                   check=True)  # fmt: skip
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "-w", str(tmp_path), str(source)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("wsbench-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(tmp_path / "site"), str(wheel)], check=True)  # fmt: skip
+    code = "from wsbench.harness import provenance as p; print(p.__file__, p.git_commit())"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    shown = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert shown == [str(tmp_path / "site" / "wsbench" / "harness" / "provenance.py"),
+                     head.stdout.strip()]  # fmt: skip

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from setuptools.command.build_py import build_py
 
-from wsbench.harness.provenance import BUILD_INFO
+BUILD_INFO = "build_info.json"
+"""The file :func:`wsbench.harness.provenance.build_info` reads. Named here again because this
+module is loaded by setuptools from its path, before wsbench can be imported."""
 
 
 def source_state(root: Path) -> dict[str, str | bool | None]:

@@ -16,7 +16,7 @@ from wsbench.data.volumes import BODY_SUBREGIONS
 from wsbench.datasets.inhouse import InHouseDataset
 from wsbench.datasets.phantom import PhantomDataset, build_with_progress, phantom_options
 from wsbench.datasets.phantom.generate import build_cached, render_subject, write_phantom
-from wsbench.datasets.phantom.insert import insert_dataset
+from wsbench.datasets.phantom.insert import InsertOptions, insert_dataset
 from wsbench.datasets.phantom.plan import MIMIC_TYPES, PhantomOptions, plan_dataset, plan_subject
 from wsbench.models.store import cache_root
 
@@ -174,16 +174,16 @@ def test_insert_into_real_vertebrae(real_data: Path, tmp_path: Path) -> None:
             source / f"derivatives/sub-ct/sub-ct_seg-{seg}_msk.nii.gz",
         )
     out = tmp_path / "out"
-    assert insert_dataset(source, out, seed=0) == ["ct"]
-    derivatives = out / "derivatives" / "sub-ct"
-    lesion = np.asarray(nib.load(derivatives / "sub-ct_seg-lesion_msk.nii.gz").dataobj)
-    mimic = np.asarray(nib.load(derivatives / "sub-ct_seg-mimic_msk.nii.gz").dataobj)
-    subreg = np.asarray(nib.load(derivatives / "sub-ct_seg-subreg_msk.nii.gz").dataobj)
+    assert insert_dataset(source, out, InsertOptions(copies=1)) == ["ctc00"]
+    derivatives = out / "derivatives" / "sub-ctc00"
+    lesion = np.asarray(nib.load(derivatives / "sub-ctc00_seg-lesion_msk.nii.gz").dataobj)
+    mimic = np.asarray(nib.load(derivatives / "sub-ctc00_seg-mimic_msk.nii.gz").dataobj)
+    subreg = np.asarray(nib.load(derivatives / "sub-ctc00_seg-subreg_msk.nii.gz").dataobj)
     assert lesion.any()
     assert not (lesion > 0)[~np.isin(subreg, BODY_SUBREGIONS)].any()
     assert not ((lesion > 0) & (mimic > 0)).any()
     prepared = InHouseDataset(root=out, cache_dir=tmp_path / "cache").prepare()
-    assert {v.key.level for v in prepared.vertebrae} == {"L2", "L3", "L4"}
+    assert {v.key.level for v in prepared.vertebrae} == {"L3"}
     assert any(v.label == WeakLabel.MALIGNANT for v in prepared.vertebrae)
 
 

@@ -145,15 +145,21 @@ class SubjectFiles:
         return [("ct", self.ct)] + [(r, self.masks[r]) for r in roles]
 
 
-def find_subjects(root: Path) -> tuple[list[SubjectFiles], list[Skipped]]:
-    """Pair every ``rawdata`` CT with its ``derivatives`` masks by subject, session and suffix."""
+def find_subjects(
+    root: Path, *, anywhere: bool = False
+) -> tuple[list[SubjectFiles], list[Skipped]]:
+    """Pair every ``rawdata`` CT with its ``derivatives`` masks by subject, session and suffix;
+    with ``anywhere``, CTs and masks are searched in every folder under ``root`` (subject ids
+    must then be unique under ``root``)."""
+    ct_folder = root if anywhere else root / "rawdata"
+    mask_folder = root if anywhere else root / "derivatives"
     cts: dict[tuple[str, str], list[BidsName]] = defaultdict(list)
     masks: dict[tuple[str, str], list[BidsName]] = defaultdict(list)
-    for path in sorted((root / "rawdata").rglob("*.nii*")):
+    for path in sorted(ct_folder.rglob("*.nii*")):
         parsed = parse_bids_name(path)
         if parsed is not None and parsed.suffix == "ct":
             cts[(parsed.subject, parsed.session)].append(parsed)
-    for path in sorted((root / "derivatives").rglob("*.nii*")):
+    for path in sorted(mask_folder.rglob("*.nii*")):
         parsed = parse_bids_name(path)
         if parsed is not None and parsed.suffix == "msk" and parsed.entity("seg") in MASK_KINDS:
             masks[(parsed.subject, parsed.session)].append(parsed)
@@ -191,6 +197,6 @@ def find_subjects(root: Path) -> tuple[list[SubjectFiles], list[Skipped]]:
             found.append(subject)
     if not cts:
         raise FileNotFoundError(
-            f"no CT files (sub-*_ct.nii.gz) under {root / 'rawdata'}; is --root the BIDS folder?"
+            f"no CT files (sub-*_ct.nii.gz) under {ct_folder}; is --root the BIDS folder?"
         )
     return found, skipped

@@ -62,16 +62,40 @@ def make(
 
 @app.command()
 def insert(
-    source: Annotated[Path, typer.Option(help="In-house folder with CT, vert and subreg masks.")],
+    source: Annotated[
+        Path, typer.Option(help="Folder searched for CTs with vertebra masks (in-house names).")
+    ],
     out: Annotated[Path, typer.Option(help="New folder to write (must not exist).")],
-    seed: Annotated[int, typer.Option(help="Seed of the lesion / mimic plans.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the lesion / mimic plans and the split.")] = 0,
+    copies: Annotated[int, typer.Option(help="Independent insertions per source subject.")] = 8,
+    test_fraction: Annotated[float, typer.Option(help="Share of source subjects tested.")] = 0.3,
+    keep_cut: Annotated[
+        bool, typer.Option(help="Keep vertebrae cut by the scan's edge (left out by default).")
+    ] = False,
 ) -> None:
-    """Insert phantom lesions and mimics into real vertebrae (exact lesion masks)."""
-    from wsbench.datasets.phantom.insert import insert_dataset
+    """Insert phantom lesions and mimics into copies of real vertebrae (exact lesion masks)."""
+    from wsbench.datasets.phantom.generate import default_workers
+    from wsbench.datasets.phantom.insert import (
+        SKIPPED_FILE,
+        InsertOptions,
+        insert_dataset,
+        read_skipped,
+    )
+    from wsbench.progress import with_progress
 
     if not source.is_dir():
         raise typer.BadParameter(f"{source} is not a folder", param_hint="--source")
-    written = insert_dataset(source, out, seed)
+    try:
+        options = InsertOptions(copies, seed, test_fraction, keep_cut)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    written = with_progress(
+        "inserting lesions",
+        0,
+        lambda cb: insert_dataset(source, out, options, default_workers(), cb),
+    )
+    for skipped in read_skipped(out / SKIPPED_FILE):
+        console.print(f"left out {skipped.where}: {skipped.reason}")
     console.print(f"inserted lesions into {len(written)} subject(s) → {out}")
 
 

@@ -266,7 +266,9 @@ def test_healthy_counts_false_positives_of_both_labels() -> None:
 
 
 def test_metric_metadata() -> None:
-    assert set(LESION_METRIC_COLUMNS) | {"fp", "pred_area_mm2"} == set(METRICS)
+    strict = {"strict_f1", "strict_sq", "strict_pq"}
+    assert set(LESION_METRIC_COLUMNS) | {"fp", "pred_area_mm2"} | strict == set(METRICS)
+    assert {m.name for m in METRICS.values() if m.strict} == strict
     assert METRICS["f1"].label == "Detection F1 (RQ)"
     assert METRICS["sq"].label == "Instance Dice (SQ)"
     assert METRICS["pq"].label == "Panoptic Dice (PQ_D)"
@@ -274,6 +276,7 @@ def test_metric_metadata() -> None:
     assert (METRICS["f1"].arrow, METRICS["assd"].arrow, METRICS["rvd"].arrow) == ("↑", "↓", "≈0")
     assert [m.short for m in METRICS.values()] == [
         "F1 (RQ)", "SQ", "PQ_D", "ASSD mm", "G-Dice", "Prec", "Rec", "RVD", "FP/vert", "FP mm²",
+        "F1@IoU.5", "SQ@IoU.5", "PQ@IoU.5",
     ]  # fmt: skip
     assert max(len(f"{m.short} {m.arrow}") for m in METRICS.values()) <= 10, "fits 80 columns"
     legend = metric_legend([METRICS["sq"], METRICS["rvd"]])

@@ -147,6 +147,8 @@ def test_publish_from_run_directories(tmp_path: Path) -> None:
     tidy = pd.read_csv(out / "fakes-TinyDataset.csv")
     assert {"category", "method", "metric", "mean", "ci_low", "rank_ci_high", "vertebrae", "failed",
             "refused"} <= set(tidy)  # fmt: skip
+    assert {"strict_f1", "strict_sq", "strict_pq"} <= set(tidy["metric"]), "cases.csv has them"
+    assert "| Method | F1@IoU.5 ↑ | rank by F1@IoU.5 | SQ@IoU.5 ↑ | rank by SQ@IoU.5 |" in md
     page = (out / "fakes-TinyDataset.html").read_text()
     assert "<table>" in page and "data:image/png;base64," in page
     assert "<title>wsbench — fakes-TinyDataset</title>" in page

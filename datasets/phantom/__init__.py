@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from wsbench.contract import DatasetAdapter, PreparedDataset
+from wsbench.data.preprocess import PreprocessParams
 from wsbench.datasets.inhouse import InHouseDataset
 from wsbench.datasets.phantom.generate import build_cached, default_workers, options_digest
 from wsbench.datasets.phantom.plan import PhantomOptions
@@ -41,20 +42,28 @@ class _PhantomInHouse(InHouseDataset):
     name: ClassVar[str] = "phantom"
 
 
-def prepare_subject_folder(cache_dir: Path | None, folder: Path) -> None:
-    """Preprocess one freshly written subject folder into the prepared cache, silently (run in
-    the rendering processes, so that the whole phantom's preparation finds every subject's
-    result cached: the cache key is the files' content, not their place)."""
+def prepare_subject_folder(
+    cache_dir: Path | None, params: PreprocessParams | None, folder: Path
+) -> None:
+    """Preprocess one freshly written subject folder (with ``params``, default when ``None``)
+    into the prepared cache, silently (run in the rendering processes, so that the whole
+    phantom's preparation finds every subject's result cached: the cache key is the files'
+    content, not their place)."""
     with redirect_stderr(io.StringIO()):
-        _PhantomInHouse(root=folder, cache_dir=cache_dir).prepare()
+        _PhantomInHouse(root=folder, cache_dir=cache_dir, params=params).prepare()
 
 
 def build_with_progress(
-    cache: Path, options: PhantomOptions, workers: int, prepared_cache: Path | None
+    cache: Path,
+    options: PhantomOptions,
+    workers: int,
+    prepared_cache: Path | None,
+    params: PreprocessParams | None = None,
 ) -> Path:
     """:func:`~wsbench.datasets.phantom.generate.build_cached` with a progress bar, each new
-    subject preprocessed (into ``prepared_cache``) by the process that rendered it."""
-    after = partial(prepare_subject_folder, prepared_cache)
+    subject preprocessed (into ``prepared_cache``, with ``params``) by the process that
+    rendered it."""
+    after = partial(prepare_subject_folder, prepared_cache, params)
     return with_progress(
         "generating phantom",
         options.subjects,
@@ -67,7 +76,8 @@ class PhantomDataset(DatasetAdapter):
 
     Options (all optional): those of :class:`~wsbench.datasets.phantom.plan.PhantomOptions` —
     ``subjects`` (340), ``seed`` (0), ``test_fraction`` (0.09), ``min_levels`` / ``max_levels``
-    (5 / 8), ``metastatic_fraction`` (0.35) — and ``workers`` (rendering processes). The
+    (5 / 8), ``metastatic_fraction`` (0.35) — and ``workers`` (rendering processes); for
+    library code only ``params`` (:class:`~wsbench.data.preprocess.PreprocessParams`). The
     generated files live in ``$WSBENCH_CACHE/phantom/<digest>/`` (digest of the generator version
     and the options) and are reused.
     """
@@ -75,6 +85,7 @@ class PhantomDataset(DatasetAdapter):
     name: ClassVar[str] = "phantom"
     needs_root: ClassVar[bool] = False
     lesion_metrics: ClassVar[bool] = True
+    library_options: ClassVar[tuple[str, ...]] = ("params",)
 
     @classmethod
     def readiness(cls) -> str:
@@ -103,8 +114,11 @@ class PhantomDataset(DatasetAdapter):
                 "with `wsbench phantom make`, use --dataset inhouse --root <that folder>"
             )
         workers = self.options.get("workers", default_workers())
-        phantom = phantom_options(self.options)
-        folder = build_with_progress(cache_root() / "phantom", phantom, workers, self.cache_dir)
-        prepared = _PhantomInHouse(root=folder, cache_dir=self.cache_dir).prepare()
+        params = self.options.get("params")
+        phantom = phantom_options({k: v for k, v in self.options.items() if k != "params"})
+        folder = build_with_progress(
+            cache_root() / "phantom", phantom, workers, self.cache_dir, params
+        )
+        prepared = _PhantomInHouse(root=folder, cache_dir=self.cache_dir, params=params).prepare()
         prepared.name = self.name
         return prepared

@@ -216,7 +216,7 @@ class TciaDataset(DatasetAdapter):
         )
         selection = [] if self.options["edge"] == "keep" else [f"edge={self.options['edge']}"]
         dataset_fp = digest([
-            "tcia", sorted(keys), label_rows, params.as_dict(), seed, fraction,
+            "tcia", sorted(keys), label_rows, params.data_dict(), seed, fraction,
             lesion_folder is not None, *selection], length=64)  # fmt: skip
         return PreparedDataset(
             self.name, dataset_fp, vertebrae, skipped, lesion_folder is not None, root

@@ -18,14 +18,16 @@ Every dataset adapter turns a subject's CT (HU) and masks into :class:`VertebraC
    sampled from the source **once**, directly on the final grid (resampling, cropping and resizing
    composed into one affine), keeping HU.
 5. The central ``n_slices`` sagittal slices (fixed R index; the middle one at the body's centre
-   along R) are returned as ``(5, 64, 64)`` arrays in **display order**: rows run superior →
-   inferior, columns anterior → posterior, so ``plt.imshow(slices[2])`` shows a normal sagittal
-   view with the head up and the patient facing left. ``spacing`` is (row, column) in mm.
+   along R) are returned as ``(n_slices, 64, 64)`` arrays (five by default) in **display
+   order**: rows run superior → inferior, columns anterior → posterior, so
+   ``plt.imshow(slices[2])`` shows a normal sagittal view with the head up and the patient
+   facing left. ``spacing`` is (row, column) in mm.
 
 ``geometry`` records the source affine/shape, the lattice, the crop box, zoom factors, the crop's
-own affine (axes R, I, P) and the slice indices; :func:`mask_to_source` uses it to put a 2D mask
-back into the source volume. Problems become :class:`~wsbench.contract.Skipped` records: a
-subject-wide fault (unreadable geometry, non-finite CT voxels, a bad mask) costs the subject
+own affine (axes R, I, P) and the slice indices; :func:`mask_to_source` uses it to put a slice
+mask (or the slices of a k-slice evaluation) back into the source volume. Problems become
+:class:`~wsbench.contract.Skipped` records: a subject-wide fault (unreadable geometry, non-finite
+CT voxels, a bad mask) costs the subject
 (:attr:`~wsbench.contract.Scope.FILE`), a vertebra-level one only that vertebra.
 """
 
@@ -44,7 +46,7 @@ from nibabel.affines import apply_affine
 from scipy import ndimage
 from skimage.measure import label as label_components
 
-from wsbench.contract import N_CENTRAL_SLICES, Scope, Skipped
+from wsbench.contract import GRID_MM, N_CENTRAL_SLICES, Scope, Skipped
 from wsbench.data.volumes import BODY_SUBREGIONS, LEVEL_NAMES, SubjectVolumes
 from wsbench.files import atomic_path
 
@@ -84,17 +86,34 @@ cache file name, so results made by older checks are computed again."""
 class PreprocessParams:
     """Preprocessing parameters (paper Table 3); they are part of every cache key."""
 
-    spacing_mm: float = 0.8
+    spacing_mm: float = GRID_MM
     crop: int = 64
     margin: int = 5
     n_slices: int = N_CENTRAL_SLICES
+    """Central sagittal slices cut per vertebra: five, or more for a k-slice evaluation
+    (:func:`~wsbench.contract.central_slices_needed`)."""
     image_order: int = 1
     pad_hu: float = -1024.0
     version: str = "1"
 
+    def __post_init__(self) -> None:
+        n, crop = self.n_slices, self.crop
+        if n % 2 == 0 or not N_CENTRAL_SLICES <= n <= crop:
+            raise ValueError(
+                f"n_slices={n}: give an odd number of central slices from {N_CENTRAL_SLICES} to "
+                f"the crop's {crop} (fewer or a smaller step for a k-slice evaluation)"
+            )
+
     def as_dict(self) -> dict[str, Any]:
-        """JSON form (for cache keys and fingerprints)."""
+        """JSON form (for cache keys)."""
         return asdict(self)
+
+    def data_dict(self) -> dict[str, Any]:
+        """JSON form for dataset fingerprints: :meth:`as_dict` with ``n_slices`` at its default.
+        Vertebrae prepared with more central slices (for a k-slice evaluation) are the same
+        data: their five central slices, all a method trains on, are the same arrays, so models
+        trained for one preparation serve the other."""
+        return {**self.as_dict(), "n_slices": N_CENTRAL_SLICES}
 
 
 @dataclass
@@ -563,32 +582,51 @@ def preprocess_volumes(
     return preprocess_subject(ct, vert, subreg, lesion, levels=levels, where=where, params=params)
 
 
-def mask_to_source(
-    mask2d: np.ndarray, geometry: Mapping[str, Any]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Write a mid-sagittal-slice mask back into the source volume's grid.
+def mask_to_source(mask: np.ndarray, geometry: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Write a slice mask, or the slab of a k-slice evaluation, back into the source volume's
+    grid.
 
-    The mask (``crop × crop``, display order) is placed in the source plane nearest to the
-    mid-sagittal plane (along the source axis closest to left-right); each voxel of that plane
-    takes the mask value at its nearest crop pixel. Returns ``(array, source_affine)``; the array
-    has the source shape and the mask's dtype.
+    A 2D mask (``crop × crop``, display order) is the mid-sagittal slice; a 3D one
+    ``(K, crop, crop)`` holds the crop slices that ``geometry["evaluated_slices"]`` lists (crop
+    slice indices, recorded by a k-slice run). Each slice is placed in the source plane nearest
+    to it (along the source axis closest to left-right); each voxel of that plane takes the
+    mask value at its nearest crop pixel. Returns ``(array, source_affine)``; the array has the
+    source shape and the mask's dtype.
     """
-    mask2d = np.asarray(mask2d)
+    mask = np.asarray(mask)
+    size = int(geometry["crop_shape"][1])
+    indices = geometry["slice_indices"]
+    planes = mask[None] if mask.ndim == 2 else mask
+    crop_slices = (
+        [indices[len(indices) // 2]] if mask.ndim == 2 else geometry.get("evaluated_slices", [])
+    )
+    if planes.shape[1:] != (size, size) or len(crop_slices) != planes.shape[0]:
+        raise ValueError(
+            f"mask shape {mask.shape} is neither the crop slice shape {(size, size)} nor a stack "
+            f"of the {len(crop_slices)} evaluated slices the geometry lists (evaluated_slices)"
+        )
+    source_affine = np.asarray(geometry["source_affine"], dtype=float)
+    out = np.zeros(tuple(int(s) for s in geometry["source_shape"]), dtype=mask.dtype)
+    for plane_mask, crop_slice in zip(planes, crop_slices, strict=True):
+        _place_slice(out, plane_mask, int(crop_slice), geometry)
+    return out, source_affine
+
+
+def _place_slice(
+    out: np.ndarray, mask2d: np.ndarray, crop_slice: int, geometry: Mapping[str, Any]
+) -> None:
+    """Write one crop slice's mask into the source plane of ``out`` nearest to it, over what an
+    earlier slice put there only where this one is non-zero (nothing when that plane lies
+    outside the source)."""
     crop_affine = np.asarray(geometry["crop_affine"], dtype=float)
     source_affine = np.asarray(geometry["source_affine"], dtype=float)
-    shape = tuple(int(s) for s in geometry["source_shape"])
-    size = int(geometry["crop_shape"][1])
-    if mask2d.shape != (size, size):
-        raise ValueError(f"mask shape {mask2d.shape} is not the crop slice shape {(size, size)}")
-    indices = geometry["slice_indices"]
-    mid = indices[len(indices) // 2]
+    shape, size = out.shape, mask2d.shape[0]
     to_source = np.linalg.solve(source_affine, crop_affine)
     axis = int(np.argmax(np.abs(to_source[:3, 0])))
-    centre = apply_affine(to_source, [mid, (size - 1) / 2, (size - 1) / 2])
+    centre = apply_affine(to_source, [crop_slice, (size - 1) / 2, (size - 1) / 2])
     plane = _round_half_up(float(centre[axis]))
-    out = np.zeros(shape, dtype=mask2d.dtype)
     if not 0 <= plane < shape[axis]:
-        return out, source_affine
+        return
     others = [a for a in range(3) if a != axis]
     grid = np.meshgrid(*(np.arange(shape[a]) for a in others), indexing="ij")
     vox = np.zeros((*grid[0].shape, 3))
@@ -599,8 +637,8 @@ def mask_to_source(
     )
     index: list[Any] = [slice(None)] * 3
     index[axis] = plane
-    out[tuple(index)] = values.astype(mask2d.dtype)
-    return out, source_affine
+    here = tuple(index)
+    out[here] = np.where(values > 0, values, out[here]).astype(mask2d.dtype)
 
 
 # --- caching -------------------------------------------------------------------------------------

@@ -3,14 +3,19 @@
 Each vertebra's mid-sagittal prediction is compared with its reference on the mask of its category
 (blastic → label 2, lytic → label 1, mixed / malignant / healthy → the union of both). Lesions are
 the 8-connected components of that mask (``wsbench.harness.postprocess.components``); panoptica
-matches them with positive-Dice, many-to-one matching and computes every lesion metric. Raw counts
-and areas are stored beside the metrics so any aggregate can be recomputed. The policy for empty
-masks is written in ``docs/evaluation.md``.
+matches them with positive-Dice, many-to-one matching and computes every lesion metric. A k-slice
+evaluation scores the ``(K, H, W)`` slab of its slices the same way, lesions being the 18-connected
+components across neighbouring evaluated slices. Beside the paper's match, the detection
+metrics are also computed at panoptica's standard stricter match, IoU > 0.5 one-to-one
+(``strict_`` columns), so that a blob over the whole body does not count as a detection. Raw
+counts and areas are stored beside the metrics so any aggregate can be recomputed. The policy for
+empty masks is written in ``docs/evaluation.md``.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +61,13 @@ COUNT_COLUMNS = (
     "ref_area_px", "pred_area_px", "intersection_px",
     "ref_area_mm2", "pred_area_mm2", "intersection_mm2",
 )  # fmt: skip
+STRICT = "strict_"
+"""Prefix of the ``cases.csv`` columns of the stricter lesion match (IoU > 0.5, one-to-one)."""
+STRICT_METRIC_COLUMNS = ("strict_f1", "strict_sq", "strict_pq")
+STRICT_COUNT_COLUMNS = ("strict_tp", "strict_fp", "strict_fn")
+STRICT_HEADLINE = ("strict_f1", "strict_sq")
+"""The stricter-match metrics that summary and leaderboard tables show; ``strict_pq`` is in
+``cases.csv`` and the leaderboard CSV."""
 
 
 DIRECTION_ARROWS = {"higher": "↑", "lower": "↓", "zero": "≈0"}
@@ -104,6 +116,11 @@ class Metric:
         """True when this metric is reported for vertebrae of ``category``."""
         return category in self.categories
 
+    @property
+    def strict(self) -> bool:
+        """True for a metric of the stricter match (IoU > 0.5), named ``strict_<paper name>``."""
+        return self.name.startswith(STRICT)
+
 
 METRICS: dict[str, Metric] = {
     m.name: m
@@ -132,9 +149,27 @@ METRICS: dict[str, Metric] = {
             "lower",
             (HEALTHY,),
         ),
+        Metric(
+            "strict_f1",
+            "Detection F1 at IoU > 0.5",
+            "F1@IoU.5",
+            "detection F1, lesions matched at IoU > 0.5",
+            "higher",
+        ),
+        Metric(
+            "strict_sq",
+            "Instance Dice at IoU > 0.5",
+            "SQ@IoU.5",
+            "Dice of lesions matched at IoU > 0.5",
+            "higher",
+        ),
+        Metric(
+            "strict_pq", "Panoptic Dice at IoU > 0.5", "PQ@IoU.5", "F1 × SQ at IoU > 0.5", "higher"
+        ),
     )
 }
-"""Every summarised metric by its ``cases.csv`` column; ranking uses ``direction`` only."""
+"""Every summarised metric by its ``cases.csv`` column; ranking uses ``direction`` only. The
+``strict_`` ones (:attr:`Metric.strict`) repeat the paper's detection metrics at IoU > 0.5."""
 
 
 def metric_legend(metrics: list[Metric]) -> str:
@@ -184,7 +219,7 @@ def _edge_case_handler() -> EdgeCaseHandler:
     return EdgeCaseHandler(listmetric_zeroTP_handling=handling)
 
 
-EVALUATOR = Panoptica_Evaluator(
+PAPER_EVALUATOR = Panoptica_Evaluator(
     expected_input=InputType.UNMATCHED_INSTANCE,
     instance_matcher=NaiveThresholdMatching(
         matching_metric=PanopticaMetric.DSC,
@@ -198,10 +233,35 @@ EVALUATOR = Panoptica_Evaluator(
 )
 """Paper §4: a lesion is detected when any prediction overlaps it (Dice > 0), many-to-one."""
 
+STRICT_EVALUATOR = Panoptica_Evaluator(
+    expected_input=InputType.UNMATCHED_INSTANCE,
+    instance_matcher=NaiveThresholdMatching(
+        matching_metric=PanopticaMetric.IOU,
+        matching_threshold=0.5,
+        allow_many_to_one=False,
+        strict_threshold=True,
+    ),
+    edge_case_handler=_edge_case_handler(),
+    instance_metrics=[PanopticaMetric.DSC],
+    global_metrics=[],
+)
+"""Panoptic quality's match: a lesion is detected by a prediction with IoU > 0.5, one-to-one
+(above 0.5 no prediction can match two disjoint lesions, nor two predictions one lesion)."""
 
-def _check_spacing(spacing: tuple[float, float]) -> None:
-    if len(spacing) != 2 or not all(float(s) > 0 for s in spacing):
-        raise ValueError(f"spacing {spacing!r} must be two positive pixel sizes in mm")
+
+def _check_spacing(spacing: tuple[float, ...], ndim: int) -> None:
+    if len(spacing) != ndim or not all(float(s) > 0 for s in spacing):
+        raise ValueError(f"spacing {spacing!r} must be {ndim} positive pixel sizes in mm")
+
+
+def _check_slab(pred: np.ndarray, what: str) -> None:
+    if pred.ndim not in (2, 3):
+        raise ValueError(f"{what} {pred.shape} must be a 2D slice or a (K, H, W) slab of slices")
+
+
+def pixel_area(spacing: tuple[float, ...]) -> float:
+    """Area of one pixel of a slice in mm² (the last two entries of ``spacing``)."""
+    return float(np.prod(spacing[-2:]))
 
 
 def _counts(
@@ -227,61 +287,94 @@ def _counts(
     return record
 
 
-def _panoptica_metrics(
-    pred_instances: np.ndarray, ref_instances: np.ndarray, spacing: tuple[float, float]
-) -> dict[str, float | int]:
-    """Matching counts and lesion metrics from panoptica (at least one mask non-empty)."""
-    result = EVALUATOR.evaluate(
+def _panoptica_values(
+    evaluator: Panoptica_Evaluator,
+    pred_instances: np.ndarray,
+    ref_instances: np.ndarray,
+    spacing: tuple[float, ...],
+) -> dict[str, float]:
+    """panoptica's counts and metrics of one matching (at least one mask non-empty); a metric
+    it leaves out or undefined reads NaN."""
+    result = evaluator.evaluate(
         pred_instances, ref_instances, voxelspacing=tuple(float(s) for s in spacing)
     )["ungrouped"]
-    values = result.to_dict()
+    values = {key: math.nan if value is None else float(value)
+              for key, value in result.to_dict().items()}  # fmt: skip
+    return defaultdict(lambda: math.nan, values)
 
-    def get(key: str) -> float:
-        value = values.get(key)
-        return math.nan if value is None else float(value)
 
+def _paper_metrics(
+    pred_instances: np.ndarray, ref_instances: np.ndarray, spacing: tuple[float, ...]
+) -> dict[str, float | int]:
+    """Matching counts and lesion metrics at the paper's match (:data:`PAPER_EVALUATOR`)."""
+    values = _panoptica_values(PAPER_EVALUATOR, pred_instances, ref_instances, spacing)
     tp = int(values["tp"])
     return {
         "tp": tp,
         "fp": int(values["fp"]),
         "fn": int(values["fn"]),
-        "f1": get("rq"),
-        "sq": get("sq_dsc") if tp > 0 else math.nan,  # panoptica's zero-TP value is 0
-        "pq": get("pq_dsc"),
-        "assd": get("sq_assd"),
-        "global_dice": get("global_bin_dsc"),
-        "precision": get("prec"),
-        "recall": get("rec"),
-        "rvd": get("sq_rvd"),
+        "f1": values["rq"],
+        "sq": values["sq_dsc"] if tp > 0 else math.nan,  # panoptica's zero-TP value is 0
+        "pq": values["pq_dsc"],
+        "assd": values["sq_assd"],
+        "global_dice": values["global_bin_dsc"],
+        "precision": values["prec"],
+        "recall": values["rec"],
+        "rvd": values["sq_rvd"],
+    }
+
+
+def _strict_metrics(
+    pred_instances: np.ndarray, ref_instances: np.ndarray, spacing: tuple[float, ...]
+) -> dict[str, float | int]:
+    """Matching counts and detection metrics at IoU > 0.5 (:data:`STRICT_EVALUATOR`)."""
+    values = _panoptica_values(STRICT_EVALUATOR, pred_instances, ref_instances, spacing)
+    tp = int(values["tp"])
+    return {
+        "strict_tp": tp,
+        "strict_fp": int(values["fp"]),
+        "strict_fn": int(values["fn"]),
+        "strict_f1": values["rq"],
+        "strict_sq": values["sq_dsc"] if tp > 0 else math.nan,
+        "strict_pq": values["pq_dsc"],
     }
 
 
 def evaluate_case(
-    pred: np.ndarray, ref: np.ndarray, category: str, spacing: tuple[float, float]
+    pred: np.ndarray, ref: np.ndarray, category: str, spacing: tuple[float, ...]
 ) -> dict[str, float | int]:
-    """Counts, areas and lesion metrics of one 2D slice scored as ``category``.
+    """Counts, areas and lesion metrics of one 2D slice, or one ``(K, H, W)`` slab of slices
+    (k-slice evaluation), scored as ``category``.
 
-    ``spacing`` is the pixel size in mm along the array's two axes. Healthy vertebrae get their
-    false positives (``fp``, ``pred_area_px``, ``pred_area_mm2``) and NaN lesion metrics; a
-    slice with neither reference nor predicted lesions gets ``empty_both=True`` and NaN metrics.
+    ``spacing`` is the voxel size in mm along each of the array's axes (a slab's first one is
+    the distance between its slices). Lesions of a slab are connected across neighbouring
+    slices, so a lesion seen on several slices is one lesion; areas are summed over the slices.
+    Healthy vertebrae get their false positives (``fp``, ``pred_area_px``, ``pred_area_mm2``)
+    and NaN lesion metrics; a case with neither reference nor predicted lesions gets
+    ``empty_both=True`` and NaN metrics. The ``strict_`` counts and metrics are those of the
+    IoU > 0.5 match, under the same rules.
     """
     pred, ref = np.asarray(pred), np.asarray(ref)
-    if pred.ndim != 2 or pred.shape != ref.shape:
-        raise ValueError(
-            f"prediction {pred.shape} and reference {ref.shape} must be 2D slices of one shape"
-        )
-    _check_spacing(spacing)
+    _check_slab(pred, "prediction")
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction {pred.shape} and reference {ref.shape} must be of one shape")
+    _check_spacing(spacing, pred.ndim)
     pred_instances = components(scored_mask(pred, category))
     ref_instances = components(scored_mask(ref, category))
-    record = _counts(pred_instances, ref_instances, float(np.prod(spacing)))
+    record = _counts(pred_instances, ref_instances, pixel_area(spacing))
     empty_both = record["n_ref"] == 0 and record["n_pred"] == 0
     metrics = dict.fromkeys(LESION_METRIC_COLUMNS, math.nan)
+    strict: dict[str, float | int] = {**dict.fromkeys(STRICT_COUNT_COLUMNS, 0),
+                                      **dict.fromkeys(STRICT_METRIC_COLUMNS, math.nan)}  # fmt: skip
     if not empty_both:
-        found = _panoptica_metrics(pred_instances, ref_instances, spacing)
+        found = _paper_metrics(pred_instances, ref_instances, spacing)
         record.update({k: found.pop(k) for k in ("tp", "fp", "fn")})
+        found_strict = _strict_metrics(pred_instances, ref_instances, spacing)
+        strict.update({k: found_strict.pop(k) for k in STRICT_COUNT_COLUMNS})
         if category != HEALTHY:
             metrics.update(found)
-    return {**record, **metrics, "empty_both": bool(empty_both)}
+            strict.update(found_strict)
+    return {**record, **metrics, "empty_both": bool(empty_both), **strict}
 
 
 def category_counts(cases: pd.DataFrame) -> pd.DataFrame:
@@ -350,14 +443,15 @@ def predicted_phenotype(pred: np.ndarray) -> str:
 
 
 def vertebra_level_case(
-    pred: np.ndarray, spacing: tuple[float, float]
+    pred: np.ndarray, spacing: tuple[float, ...]
 ) -> dict[str, float | int | str]:
-    """Predicted lesion counts and areas per label, and the predicted phenotype, of one slice."""
+    """Predicted lesion counts and areas per label, and the predicted phenotype, of one slice or
+    one ``(K, H, W)`` slab (lesions connected across its slices, areas summed);
+    ``spacing`` as for :func:`evaluate_case`."""
     pred = np.asarray(pred)
-    if pred.ndim != 2:
-        raise ValueError(f"prediction {pred.shape} must be a 2D slice")
-    _check_spacing(spacing)
-    pixel_mm2 = float(np.prod(spacing))
+    _check_slab(pred, "prediction")
+    _check_spacing(spacing, pred.ndim)
+    pixel_mm2 = pixel_area(spacing)
     record: dict[str, float | int | str] = {}
     for name, value in (("lytic", LYTIC), ("blastic", BLASTIC)):
         mask = pred == value

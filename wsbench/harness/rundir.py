@@ -4,7 +4,8 @@ and export it without the dataset.
 Layout of ``<out>/<dataset>/<method>/<run-id>/``: ``manifest.json`` (provenance, timings, skipped
 and failed vertebrae), ``cases.csv`` (one row per vertebra: ids, category, raw counts, every
 metric), ``lesions.csv`` (every candidate a method scored), ``masks/<vertebra>.npz``
-(post-processed and raw label maps, score map, input slice; none where the method failed) and
+(post-processed and raw label maps, score map, input slice — a ``(K, H, W)`` slab of each for a
+k-slice evaluation; none where the method failed) and
 ``cases/<vertebra>.json`` (the per-vertebra record a resumed run reuses, with the vertebra's
 geometry in its source CT, from which ``wsbench export`` writes masks back without preparing the
 dataset again). File names are the vertebra ids, made safe by :func:`file_stem`.
@@ -13,13 +14,13 @@ dataset again). File names are the vertebra ids, made safe by :func:`file_stem`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wsbench.contract import PreparedVertebra, Segmentation
+from wsbench.contract import PreparedVertebra, Segmentation, as_slab
 from wsbench.files import atomic_path, digest, write_json
 
 
@@ -121,18 +122,34 @@ def read_cases(run_dir: Path) -> Iterator[dict[str, Any]]:
         yield read_case(path)
 
 
-def save_masks(path: Path, seg: Segmentation, raw: np.ndarray, vertebra: PreparedVertebra) -> None:
-    """Store post-processed and raw labels, scores, candidates, and the input for figures."""
-    sample = vertebra.sample()
+def save_masks(
+    path: Path,
+    answers: Sequence[tuple[Segmentation, np.ndarray]],
+    vertebra: PreparedVertebra,
+    offsets: Sequence[int] = (0,),
+) -> None:
+    """Store post-processed and raw labels, scores, candidates, and the input for figures, of
+    the slices at ``offsets`` from the mid-sagittal one (``answers``: one ``(segmentation, raw
+    labels)`` per slice): 2D arrays for the mid-sagittal slice alone, ``(K, H, W)`` slabs and
+    the ``offsets`` for a k-slice evaluation (scores and candidates only where every slice has
+    them)."""
+    segs = [seg for seg, _ in answers]
+    samples = [vertebra.sample(offset=offset) for offset in offsets]
+
+    def slab(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        return None if any(a is None for a in arrays) else as_slab(arrays)  # type: ignore[arg-type]
+
     arrays = {
-        "labels": seg.labels,
-        "raw": raw,
-        "candidates": seg.candidates,
-        "image": sample.image.astype(np.float32),
-        "body": sample.body_mask.astype(bool),
-        "reference": vertebra.reference,
-    }
-    if seg.scores is not None:
-        arrays["scores"] = np.asarray(seg.scores, dtype=np.float32)
+        "labels": as_slab([seg.labels for seg in segs]),
+        "raw": as_slab([raw for _, raw in answers]),
+        "candidates": slab([seg.candidates for seg in segs]),
+        "image": as_slab([sample.image for sample in samples]).astype(np.float32),
+        "body": as_slab([sample.body_mask for sample in samples]).astype(bool),
+        "reference": vertebra.reference_slab(offsets),
+        "scores": slab([None if s.scores is None else np.asarray(s.scores, np.float32)
+                        for s in segs]),
+    }  # fmt: skip
+    if len(offsets) > 1:
+        arrays["offsets"] = np.asarray(offsets, dtype=np.int64)
     with atomic_path(path) as partial, partial.open("wb") as handle:
         np.savez_compressed(handle, **{k: v for k, v in arrays.items() if v is not None})

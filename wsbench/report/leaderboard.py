@@ -6,13 +6,15 @@ vertebrae for the 95% CI of each mean and of each method's rank, and a paired Wi
 signed-rank test of every method against the best one. Ranking uses only each metric's
 declared direction. Every vertebra counts whatever its status: a failed or timed-out one carries
 the metrics of an empty answer, and each method × category carries its ``vertebrae``, ``failed``
-and ``refused`` counts.
+and ``refused`` counts. The detection metrics of the stricter lesion match (IoU > 0.5,
+``strict_`` columns) are ranked like the others; :func:`rank_changes` says whose rank they move.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata, wilcoxon
 
-from wsbench.harness.evaluation import METRICS, category_counts
+from wsbench.harness.evaluation import METRICS, STRICT, category_counts
 from wsbench.harness.rundir import read_manifest
 
 BOOTSTRAP_SAMPLES = 1000
@@ -149,7 +151,8 @@ def bootstrap(matrix: pd.DataFrame, direction: str, seed: int) -> dict[str, np.n
     values = matrix.to_numpy(dtype=float)
     n = values.shape[0]
     samples = values[np.random.default_rng(seed).integers(0, n, (BOOTSTRAP_SAMPLES, n))]
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a method without values: its CI is NaN
         counts = np.sum(~np.isnan(samples), axis=1)
         means = np.where(counts > 0, np.nansum(samples, axis=1) / np.maximum(counts, 1), np.nan)
         mean_ci = np.nanpercentile(means, [2.5, 97.5], axis=0)
@@ -209,3 +212,21 @@ def leaderboard_stats(runs: dict[str, MethodRun], seed: int = 0) -> pd.DataFrame
                 frames.append(metric_stats(runs, category, metric, seed))
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def rank_changes(stats: pd.DataFrame, category: str, metric: str) -> list[tuple[str, int, int]]:
+    """``(method, rank at the paper's match, rank at IoU > 0.5)`` of each method whose rank by
+    ``metric`` (a paper metric, e.g. ``f1``) differs from its rank by ``strict_<metric>``, both
+    ranked among the methods that have rows of both in ``stats`` (a run made before the
+    stricter match has none); a NaN mean ranks last, as in the tables."""
+    if stats.empty:
+        return []
+    part = stats[stats["category"] == category]
+    paper = part[part["metric"] == metric].set_index("method")["mean"]
+    strict = part[part["metric"] == STRICT + metric].set_index("method")["mean"]
+    common = [m for m in paper.index if m in strict.index]
+    direction = METRICS[metric].direction
+    before = ranks(paper[common].to_numpy(dtype=float), direction)
+    after = ranks(strict[common].to_numpy(dtype=float), direction)
+    moved = zip(common, before, after, strict=True)
+    return [(method, int(a), int(b)) for method, a, b in moved if a != b]

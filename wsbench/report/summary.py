@@ -17,13 +17,15 @@ from wsbench.harness.evaluation import (
     LESION_CATEGORIES,
     METRICS,
     REFUSED,
+    STRICT_HEADLINE,
+    Metric,
     category_counts,
     metric_legend,
     summarize,
     vertebra_level_summary,
 )
 from wsbench.harness.rundir import read_manifest
-from wsbench.harness.runner import RunResult
+from wsbench.harness.runner import RunResult, transfer_line
 
 MAX_GROUPS = 10
 """Reason groups shown per list (skipped, not answered); the rest are counted, never hidden."""
@@ -63,14 +65,16 @@ def run_title(result: RunResult, manifest: dict) -> str:
     return f"{method} on {dataset}, split {split} — run {result.run_dir.name}"
 
 
-def metrics_table(cases: pd.DataFrame, categories: tuple[str, ...], title: str) -> Table | None:
-    """Metrics (rows, short labels) × the ``categories`` present (columns), mean ± SD over
-    every vertebra of the category, headed with its number of vertebrae and how many failed
-    (scored as an empty answer) or were refused. None when no category is present."""
+def metrics_table(
+    cases: pd.DataFrame, categories: tuple[str, ...], metrics: list[Metric], title: str
+) -> Table | None:
+    """The ``metrics`` (rows, short labels) × the ``categories`` present (columns), mean ± SD
+    over every vertebra of the category, headed with its number of vertebrae and how many failed
+    (scored as an empty answer) or were refused. None when no category or metric is present."""
     summary = summarize(cases)
     counts = category_counts(cases).set_index("category")
     present = [c for c in categories if c in set(summary["category"])]
-    if not present:
+    if not present or not set(summary["metric"]) & {m.name for m in metrics}:
         return None
     table = Table(title=title)
     table.add_column("Metric", no_wrap=True)
@@ -78,7 +82,7 @@ def metrics_table(cases: pd.DataFrame, categories: tuple[str, ...], title: str) 
         row = counts.loc[category]
         header = column_header(category, row["vertebrae"], row["failed"], row["refused"])
         table.add_column(header, justify="right")
-    for metric in METRICS.values():
+    for metric in metrics:
         cells = []
         for category in present:
             row = summary[(summary["category"] == category) & (summary["metric"] == metric.name)]
@@ -92,13 +96,17 @@ def metrics_table(cases: pd.DataFrame, categories: tuple[str, ...], title: str) 
 
 
 def lesion_tables(cases: pd.DataFrame) -> list[Table]:
-    """The lesion metrics of malignant vertebrae and the false positives on healthy ones, as
-    two tables that fit 80 columns."""
+    """The lesion metrics of malignant vertebrae, their detection F1 and instance Dice at the
+    stricter match (IoU > 0.5), and the false positives on healthy ones, as three tables that
+    fit 80 columns."""
+    paper = [m for m in METRICS.values() if not m.strict]
+    strict = [METRICS[name] for name in STRICT_HEADLINE]
     tables = [
         metrics_table(
-            cases, LESION_CATEGORIES, "Lesion-level evaluation (mean ± SD over vertebrae)"
+            cases, LESION_CATEGORIES, paper, "Lesion-level evaluation (mean ± SD over vertebrae)"
         ),
-        metrics_table(cases, (HEALTHY,), "Healthy vertebrae: false positives"),
+        metrics_table(cases, LESION_CATEGORIES, strict, "Stricter match: IoU > 0.5"),
+        metrics_table(cases, (HEALTHY,), paper, "Healthy vertebrae: false positives"),
     ]
     return [t for t in tables if t is not None]
 
@@ -106,7 +114,9 @@ def lesion_tables(cases: pd.DataFrame) -> list[Table]:
 def legend(cases: pd.DataFrame) -> Text:
     """The legend of the metrics :func:`lesion_tables` shows, dimmed."""
     reported = set(summarize(cases)["metric"])
-    return Text(metric_legend([m for m in METRICS.values() if m.name in reported]), style="dim")
+    shown = [m for m in METRICS.values() if m.name in reported]
+    return Text(metric_legend([m for m in shown if not m.strict or m.name in STRICT_HEADLINE]),
+                style="dim")  # fmt: skip
 
 
 def vertebra_table(cases: pd.DataFrame) -> Table:
@@ -193,9 +203,56 @@ def scored_line(cases: pd.DataFrame) -> str:
     return f"{len(cases)} vertebrae scored" + (f" ({', '.join(parts)})" if parts else "")
 
 
+CENTRE = "centre_"
+"""Prefix of the ``cases.csv`` columns that hold the centre slice's own figures in a k-slice
+run."""
+
+
+def centre_cases(cases: pd.DataFrame) -> pd.DataFrame:
+    """A k-slice run's cases as the centre slice alone scored them: each ``centre_`` column in
+    place of the column it prefixes."""
+    centre = [c for c in cases.columns if c.startswith(CENTRE)]
+    own = cases.assign(**{c.removeprefix(CENTRE): cases[c] for c in centre})
+    return own.drop(columns=centre)
+
+
+def slab_cell(slab: float, centre: float) -> str:
+    """``0.71 vs 0.64`` (``–`` for an undefined mean)."""
+    return f"{mean_sd(slab, math.nan)} vs {mean_sd(centre, math.nan)}"
+
+
+def slab_table(cases: pd.DataFrame, manifest: dict, lesion_metrics: bool) -> Table:
+    """The k-slice figures against the centre slice's, computed from the same answers: lesion
+    metrics (means) per category, or the vertebra-level measures without lesion masks."""
+    k, step = manifest["slices"], manifest["slice_step"]
+    title = f"{k} slices {step} apart vs the centre slice alone (same answers)"
+    table = Table(title=title, min_width=len(title))
+    centre = centre_cases(cases)
+    if not lesion_metrics:
+        ours, theirs = vertebra_level_summary(cases), vertebra_level_summary(centre)
+        for column in ("measure", "group", f"{k} slices vs centre"):
+            table.add_column(column)
+        for (_, row), value in zip(ours.iterrows(), theirs["value"], strict=True):
+            table.add_row(row["measure"], row["group"], slab_cell(row["value"], value))
+        return table
+    ours = summarize(cases).set_index(["category", "metric"])["mean"]
+    theirs = summarize(centre).set_index(["category", "metric"])["mean"]
+    present = [c for c in (*LESION_CATEGORIES, HEALTHY) if c in set(ours.index.get_level_values(0))]
+    table.add_column("Metric", no_wrap=True)
+    for category in present:
+        table.add_column(category, justify="right")
+    for metric in METRICS.values():
+        keys = [(c, metric.name) for c in present]
+        cells = [slab_cell(ours[key], theirs[key]) if key in ours.index else "" for key in keys]
+        if any(cells):
+            table.add_row(f"{metric.short} {metric.arrow}", *cells)
+    return table
+
+
 def print_summary(result: RunResult, console: Console) -> None:
     """Print a title line (method, dataset, split, run id), the summary tables with their
-    legend, what was skipped and which vertebrae failed or were refused,
+    legend, what was skipped and which vertebrae failed or were refused, for a k-slice run
+    its figures against the centre slice's (:func:`slab_table`),
     the trained weights the method used (as recorded in the manifest) and where the run
     directory is."""
     cases = result.cases
@@ -209,7 +266,11 @@ def print_summary(result: RunResult, console: Console) -> None:
         console.print(skipped_table(manifest["skipped"]))
     if cases["status"].isin([*FAILED_STATUSES, REFUSED]).any():
         console.print(unanswered_table(cases))
+    if manifest.get("slices", 1) > 1:
+        console.print(slab_table(cases, manifest, result.lesion_metrics))
     models = manifest["method"]["models"]
     if models:
         console.print("weights: " + ", ".join(f"{role} {name}" for role, name in models.items()))
+    if manifest.get("transfer"):
+        console.print(Text(transfer_line(manifest["transfer"], manifest["dataset"]["name"])))
     console.print(f"{scored_line(cases)} → [bold]{result.run_dir}[/]")

@@ -20,6 +20,7 @@ from experiments import (
     hideseek_real_sample,
     phantom_lesion_contrast,
     phantom_realism,
+    weights_precision,
 )
 
 EXPERIMENTS = {
@@ -29,6 +30,7 @@ EXPERIMENTS = {
     "hideseek-real-sample": hideseek_real_sample,
     "phantom-realism": phantom_realism,
     "phantom-lesion-contrast": phantom_lesion_contrast,
+    "weights-precision": weights_precision,
 }
 
 app = typer.Typer(

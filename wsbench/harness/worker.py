@@ -84,9 +84,16 @@ def forked_torch_works() -> bool:
 def fork_unsafe() -> str:
     """Why this process must not fork a worker (``""`` when it may): forking is used on Linux
     only; CUDA cannot be used in a child forked after the parent initialised it; torch's CPU
-    threads hang in a child forked after the parent used them (:func:`forked_torch_works`)."""
+    threads hang in a child forked after the parent used them (:func:`forked_torch_works`); a
+    daemonic process (a Dask worker started with ``distributed.worker.daemon`` true) may not
+    start one."""
     if not sys.platform.startswith("linux"):
         return "a worker process is forked on Linux only"
+    if multiprocessing.current_process().daemon:
+        return (
+            "the process is daemonic (a Dask worker: start it with "
+            "DASK_DISTRIBUTED__WORKER__DAEMON=False)"
+        )
     torch = sys.modules.get("torch")
     if torch is None:
         return ""

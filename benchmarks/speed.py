@@ -233,7 +233,7 @@ def cam(
     }
     for cls in (GradCAMMethod, GradCAMPlusPlusMethod, LayerCAMMethod, EigenCAMMethod):
         method = cls()
-        method.model = model
+        method.network = model
         times = [seconds(lambda m=method, s=s: m.segment(s)) for s in samples]
         record["seconds_per_vertebra"][cls.name] = round(statistics.median(times), 4)
     if train_epochs > 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,6 +16,7 @@ from wsbench.contract import (
     PreparedDataset,
     PreparedVertebra,
     Split,
+    TrainedOn,
     TrainingSet,
     VertebraSample,
     WeightsNotSuppliedError,
@@ -145,6 +148,31 @@ class BrokenFit(Method):
         raise AssertionError("never reached")
 
 
+class Transferred(Method):
+    """Otsu-like thresholding whose (pretend) model was trained on another dataset."""
+
+    name = "transferred"
+    distinguishes_phenotype = False
+
+    def fit(self, training: TrainingSet, workdir: Any) -> None:
+        self.origin = TrainedOn("elsewhere", "elsewhere-fingerprint")
+
+    def trained_on(self) -> dict[str, TrainedOn]:
+        return {"classifier": self.origin}
+
+    def segment(self, sample: VertebraSample) -> np.ndarray:
+        return ((sample.image > 600) & sample.body_mask).astype(np.uint8)
+
+
+class TrainedHere(Transferred):
+    """:class:`Transferred`, but its model was trained on the run's own dataset."""
+
+    name = "trainedhere"
+
+    def fit(self, training: TrainingSet, workdir: Any) -> None:
+        self.origin = TrainedOn(training.name, training.fingerprint)
+
+
 class OptionsDataset(TinyDataset):
     """:class:`TinyDataset` that declares two options and records those it was given."""
 
@@ -158,3 +186,25 @@ class OptionsDataset(TinyDataset):
     def prepare(self) -> PreparedDataset:
         OptionsDataset.seen.append(dict(self.options))
         return super().prepare()
+
+
+KILL_MARKER_ENV = "WSBENCH_FAKES_KILL_MARKER"
+"""Environment variable naming the marker file of :class:`KillsWorker` (unset: it never kills)."""
+
+
+class KillsWorker(Method):
+    """Thresholding with seeded noise that, the first time it meets ``tiny_s4_L1`` while the
+    marker file :data:`KILL_MARKER_ENV` names is missing, creates the marker and ends its own
+    process at once (no time limit, so in a Dask worker it runs in the worker itself)."""
+
+    name = "killsworker"
+    distinguishes_phenotype = False
+    timeout_s = 0.0
+
+    def segment(self, sample: VertebraSample) -> np.ndarray:
+        marker = os.environ.get(KILL_MARKER_ENV)
+        if marker and sample.key.id == "tiny_s4_L1" and not Path(marker).exists():
+            Path(marker).touch()
+            os._exit(1)
+        noise = np.random.random(sample.image.shape) > 0.8
+        return ((sample.image > 600) | (noise & sample.body_mask)).astype(np.uint8)

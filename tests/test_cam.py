@@ -9,7 +9,9 @@ import pytest
 import torch
 from test_classifier import synthetic_dataset
 
+from wsbench.contract import TrainedOn
 from wsbench.harness.runner import RunConfig, run
+from wsbench.models.store import write_card
 from wsbench.plugins.cam import (
     TARGET_LAYER,
     EigenCAMMethod,
@@ -115,11 +117,18 @@ def test_segment_before_fit_is_a_clear_error():
         GradCAMMethod().segment(sample_of(image, np.ones(image.shape, bool)))
 
 
-def test_checkpoint_of_another_dataset_is_refused(random_checkpoint):
+def test_checkpoint_of_another_dataset_is_a_transfer(random_checkpoint):
+    write_card(random_checkpoint, model_key("synthetic-fp", CONFIG), "random", {"dataset": "syn"})
     method = LayerCAMMethod(checkpoint=str(random_checkpoint), epochs=CONFIG.epochs)
-    other = synthetic_dataset(fingerprint="other-fp").training_set()
-    with pytest.raises(ValueError, match="trained for another setting"):
-        method.fit(other, random_checkpoint.parent)
+    method.fit(synthetic_dataset(fingerprint="other-fp").training_set(), random_checkpoint.parent)
+    assert method.trained_on() == {"classifier": TrainedOn("syn", "synthetic-fp")}
+
+
+def test_checkpoint_of_this_dataset_with_another_config_is_refused(random_checkpoint):
+    write_card(random_checkpoint, model_key("synthetic-fp", CONFIG), "random", {})
+    method = LayerCAMMethod(checkpoint=str(random_checkpoint), epochs=CONFIG.epochs + 1)
+    with pytest.raises(ValueError, match=r"trained for another setting.*epochs"):
+        method.fit(synthetic_dataset().training_set(), random_checkpoint.parent)
 
 
 def test_fit_reuses_the_stored_classifier(monkeypatch, tmp_path):
@@ -143,6 +152,7 @@ def test_params_are_the_constructor_arguments():
     method = GradCAMPlusPlusMethod(checkpoint="m.pt", epochs=3, seed=2)
     assert method.params() == {
         "checkpoint": "m.pt",
+        "model": None,
         "epochs": 3,
         "seed": 2,
         "target_layer": TARGET_LAYER,

@@ -59,3 +59,23 @@ def test_runs_of_other_data_are_refused_and_the_cli_prints_the_tables(two_runs, 
     result = CliRunner().invoke(app, ["compare", *map(str, two_runs)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "Detection F1 (RQ)" in result.output and "healthy vertebrae" in result.output
+
+
+def test_a_bench_folder_stands_for_its_newest_runs_and_the_figure_is_drawn(two_runs, tmp_path):
+    from PIL import Image
+
+    from wsbench.report.compare import figure_vertebrae, finished_runs
+
+    dataset_dir = two_runs[0].parent.parent
+    runs = comparable(finished_runs([dataset_dir]))
+    assert sorted(runs) == ["fakes:NoisyMethod", "otsu"]
+    assert figure_vertebrae(runs, [], 2) == ["tiny_s3_L1", "tiny_s3_L2"]
+    with pytest.raises(RunError, match="'tiny_s1_L1' is not in every run"):
+        figure_vertebrae(runs, ["tiny_s1_L1"], 2)
+    figure = tmp_path / "side.png"
+    args = ["compare", str(dataset_dir), "--figure", str(figure), "--vertebra", "tiny_s4_L1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "figure of 1 vertebrae × 2 runs" in " ".join(result.output.split())
+    width, height = Image.open(figure).size
+    assert width > 2 * height  # one row: input, ground truth and two runs side by side

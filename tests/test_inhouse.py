@@ -244,8 +244,8 @@ def test_hideseek_manifest(real_data: Path, tmp_path: Path, suffix: str):
     ct = real_data / "hideseek_sample_ct.nii.gz"
     seg = real_data / "hideseek_sample_seg.nii.gz"
     table = pd.DataFrame(
-        {"image": [str(ct), "missing.nii.gz"], "seg_msk": [str(seg), str(seg)],
-         "label": [1, 0], "patient_id": ["p1", "p2"]}
+        {"image": [str(ct), "missing.nii.gz", str(ct)], "seg_msk": [str(seg)] * 3,
+         "label": [1, 0, ""], "patient_id": ["p1", "p2", "p3"]}
     )  # fmt: skip
     manifest = tmp_path / f"manifest{suffix}"
     if suffix == ".csv":
@@ -255,8 +255,9 @@ def test_hideseek_manifest(real_data: Path, tmp_path: Path, suffix: str):
     data = InHouseDataset(root=manifest).prepare()
     assert not data.lesion_metrics
     assert [s.where for s in data.skipped] == [f"{manifest.name} row 3"]
-    (v,) = data.vertebrae
+    v, unlabelled = data.vertebrae
     assert (v.key.subject, v.label, v.lesions) == ("p1", WeakLabel.MALIGNANT, None)
+    assert (unlabelled.key.subject, unlabelled.label) == ("p3", None)
     assert v.slices.shape == v.body.shape == (5, 64, 64)
     assert v.spacing == pytest.approx((0.675, 0.8))
     a, b = HIDESEEK_HU

@@ -26,7 +26,7 @@ BUILTIN_METHODS = {
     "ad",
     "hideseek",
 }
-BUILTIN_DATASETS = {"phantom", "inhouse", "tcia"}
+BUILTIN_DATASETS = {"phantom", "inhouse", "tcia", "realinsert"}
 PROJECT = Path(__file__).resolve().parents[1]
 
 
@@ -201,7 +201,7 @@ def test_wheel_contains_plugins_and_datasets(tmp_path: Path) -> None:
     for top, inside in mapped.items():
         for module in (PROJECT / top).rglob("*.py"):
             assert f"{inside}/{module.relative_to(PROJECT / top).as_posix()}" in names, module
-    for weights in (PROJECT / "plugins").glob("*/weights/*.pt"):
+    for weights in (PROJECT / "plugins").glob("*/weights/*.safetensors"):
         assert f"wsbench/plugins/{weights.relative_to(PROJECT / 'plugins').as_posix()}" in names
     assert not any(n.startswith(("plugins/", "datasets/")) for n in names)
     (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]

@@ -30,6 +30,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "Segmentation",
         "Skipped",
         "Split",
+        "TrainedOn",
         "TrainingSet",
         "TrainingVertebra",
         "TrainOptions",
@@ -47,11 +48,13 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "wsbench.models.store": (
         "ModelKey",
         "ModelStore",
+        "UNKNOWN_DATA",
         "cache_root",
         "WeightsFileError",
         "file_identity",
         "load_weights",
         "read_card",
+        "trained_on",
         "write_card",
     ),
     "wsbench.models.training": (

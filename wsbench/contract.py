@@ -25,6 +25,39 @@ BACKGROUND, LYTIC, BLASTIC = 0, 1, 2
 N_CENTRAL_SLICES = 5
 """Number of central sagittal slices kept per vertebra; index 2 is the mid-sagittal slice."""
 
+GRID_MM = 0.8
+"""Spacing of the isotropic PSR grid every vertebra is resampled onto (paper Table 3), so the
+distance between neighbouring sagittal slices unless a crop's geometry says otherwise."""
+
+SLICE_STEP = 8
+"""Default distance between the slices of a k-slice evaluation, in slices of the grid: 6.4 mm,
+so that five slices span ±12.8 mm, the central part of a lumbar body (about 40 mm wide), and
+three span ±6.4 mm."""
+
+
+def slice_offsets(slices: int, step: int) -> list[int]:
+    """Offsets from the mid-sagittal slice of the ``slices`` evaluated slices (centre ± j·step),
+    in slab order; ValueError naming the value unless ``slices`` is odd and both are ≥ 1."""
+    if slices < 1 or slices % 2 == 0:
+        raise ValueError(f"--slices {slices}: give an odd number ≥ 1 (the centre and pairs)")
+    if step < 1:
+        raise ValueError(f"--slice-step {step}: give a whole number of slices ≥ 1")
+    half = slices // 2
+    return [j * step for j in range(-half, half + 1)]
+
+
+def central_slices_needed(slices: int, step: int) -> int:
+    """Central slices a dataset must deliver for a ``slices``-slice evaluation at ``step``: the
+    slab and the two neighbours either side that each evaluated slice's stack holds."""
+    offsets = slice_offsets(slices, step)
+    return offsets[-1] - offsets[0] + N_CENTRAL_SLICES
+
+
+def as_slab(slices: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-slice arrays as one ``(K, H, W)`` slab; a single slice stays the 2D array it is (the
+    single-slice evaluation's shape)."""
+    return slices[0] if len(slices) == 1 else np.stack(slices)
+
 
 class WeakLabel(str, Enum):
     """Vertebra-level label: the only supervision a method may learn from."""
@@ -105,9 +138,10 @@ class VertebraKey:
 class VertebraSample:
     """What ``Method.segment`` receives for one vertebra (never any lesion mask).
 
-    ``image`` is the mid-sagittal slice (float32, HU where the source is HU), ``body_mask`` the
-    vertebral-body mask on the same grid; ``stack``/``stack_body`` hold the central five sagittal
-    slices (index 2 == ``image``) for methods that use neighbouring slices.
+    ``image`` is the mid-sagittal slice (or, in a k-slice evaluation, one of the slices either
+    side of it; float32, HU where the source is HU), ``body_mask`` the vertebral-body mask on
+    the same grid; ``stack``/``stack_body`` hold the five sagittal slices centred on it (index 2
+    == ``image``) for methods that use neighbouring slices.
     """
 
     key: VertebraKey
@@ -181,9 +215,10 @@ class TrainingSet(Sequence[TrainingVertebra]):
 class PreparedVertebra:
     """One preprocessed vertebra as an adapter delivers it (lesions only where known).
 
-    Arrays are ``(5, H, W)``: the central five sagittal slices of the 64³ body crop; index 2 is
-    the mid-sagittal slice. ``lesions`` is uint8 0/1/2 or ``None`` when the source has no lesion
-    masks. ``geometry`` records what is needed to write a mask back into the source volume.
+    Arrays are ``(n, H, W)``: the central ``n`` sagittal slices of the 64³ body crop (five, or
+    more for a k-slice evaluation); index ``n // 2`` is the mid-sagittal slice. ``lesions`` is
+    uint8 0/1/2 or ``None`` when the source has no lesion masks. ``geometry`` records what is
+    needed to write a mask back into the source volume.
     """
 
     key: VertebraKey
@@ -196,28 +231,70 @@ class PreparedVertebra:
     lesions: np.ndarray | None = None
     geometry: Mapping[str, Any] = field(default_factory=dict)
 
-    def sample(self, hint: Phenotype | None = None) -> VertebraSample:
-        """The method's view of the mid-sagittal slice, with the patient-level phenotype ``hint``
-        (:func:`patient_hints`; never this vertebra's own label)."""
-        mid = N_CENTRAL_SLICES // 2
+    @property
+    def mid(self) -> int:
+        """Index of the mid-sagittal slice in the arrays."""
+        return self.slices.shape[0] // 2
+
+    def around(self, offset: int) -> slice:
+        """The five slices centred ``offset`` slices from the mid-sagittal one; ValueError naming
+        the vertebra when the arrays do not hold them."""
+        first = self.mid + offset - N_CENTRAL_SLICES // 2
+        if first < 0 or first + N_CENTRAL_SLICES > self.slices.shape[0]:
+            raise ValueError(
+                f"vertebra {self.key.id} has {self.slices.shape[0]} central slices, too few for a "
+                f"stack around slice {offset:+d}; prepare it with more (PreprocessParams.n_slices)"
+            )
+        return slice(first, first + N_CENTRAL_SLICES)
+
+    def stack_of(self, array: np.ndarray, offset: int) -> np.ndarray:
+        """The five slices of ``array`` centred ``offset`` slices from the mid-sagittal one (the
+        array itself when it holds just those)."""
+        window = self.around(offset)
+        return array if array.shape[0] == N_CENTRAL_SLICES else array[window]
+
+    def sample(self, hint: Phenotype | None = None, offset: int = 0) -> VertebraSample:
+        """The method's view of the sagittal slice ``offset`` slices from the mid-sagittal one
+        (k-slice evaluation; 0 = the mid-sagittal slice), its stack centred on it, with the
+        patient-level phenotype ``hint`` (:func:`patient_hints`; never this vertebra's own
+        label)."""
+        stack, stack_body = self.stack_of(self.slices, offset), self.stack_of(self.body, offset)
+        centre = N_CENTRAL_SLICES // 2
         return VertebraSample(
             key=self.key,
-            image=self.slices[mid],
-            body_mask=self.body[mid],
+            image=stack[centre],
+            body_mask=stack_body[centre],
             spacing=self.spacing,
-            stack=self.slices,
-            stack_body=self.body,
+            stack=stack,
+            stack_body=stack_body,
             phenotype=hint,
         )
 
     def training_view(self) -> TrainingVertebra:
-        """The weak view used for training."""
-        return TrainingVertebra(self.key, self.slices, self.body, self.spacing, self.label)
+        """The weak view used for training: the five central slices, however many were
+        prepared."""
+        slices, body = self.stack_of(self.slices, 0), self.stack_of(self.body, 0)
+        return TrainingVertebra(self.key, slices, body, self.spacing, self.label)
 
     @property
     def reference(self) -> np.ndarray | None:
         """Reference lesion map of the mid-sagittal slice, if known."""
-        return None if self.lesions is None else self.lesions[N_CENTRAL_SLICES // 2]
+        return self.reference_slab([0])
+
+    def reference_slab(self, offsets: Sequence[int]) -> np.ndarray | None:
+        """Reference lesion maps of the slices at ``offsets`` from the mid-sagittal one
+        (:func:`as_slab`), if known."""
+        if self.lesions is None:
+            return None
+        return as_slab([self.lesions[self.mid + offset] for offset in offsets])
+
+    @property
+    def slice_spacing(self) -> float:
+        """Distance between neighbouring sagittal slices in mm: from the crop's affine where the
+        geometry records one, else :data:`GRID_MM`."""
+        if "crop_affine" not in self.geometry:
+            return GRID_MM
+        return float(np.linalg.norm(np.asarray(self.geometry["crop_affine"], float)[:3, 0]))
 
 
 def patient_hints(vertebrae: Iterable[PreparedVertebra]) -> dict[tuple[str, str], Phenotype | None]:
@@ -303,6 +380,19 @@ class Segmentation:
     healthy), with ``labels`` its answer; the harness records the vertebra as ``refused``."""
 
 
+@dataclass(frozen=True)
+class TrainedOn:
+    """The data a model was trained on, as its model card records it.
+
+    ``fingerprint`` is the dataset fingerprint (:attr:`PreparedDataset.fingerprint`), or
+    ``external`` for a model trained outside wsbench (e.g. a foundation model's public data).
+    A run whose models were not all trained on the run's own dataset is a *transfer* run.
+    """
+
+    dataset: str
+    fingerprint: str
+
+
 class WeightsNotSuppliedError(FileNotFoundError):
     """A method needs external weights the user has not supplied (wsbench never downloads any).
 
@@ -367,6 +457,12 @@ class Method:
         """The identities of the trained weights the fitted method uses, by role (e.g.
         ``{"dae": "dae-a78ecb8779ef-<sha256[:12]>"}``), for the run manifest; ``{}`` for a
         method without weights."""
+        return {}
+
+    def trained_on(self) -> dict[str, TrainedOn]:
+        """The data each of the fitted method's models was trained on, by the roles of
+        :meth:`models`; a model not trained on the run's dataset makes the run a transfer run.
+        ``{}`` for a method without weights."""
         return {}
 
     @classmethod

@@ -2,7 +2,8 @@
 
 ``root`` is either the BIDS folder (``rawdata/``, ``derivatives/``, ``labels.csv|xlsx``; see
 docs/datasets.md) or the authors' manifest file (``.xlsx``/``.csv`` with columns ``image``,
-``seg_msk``, ``label`` and optionally ``patient_id``, ``split``), whose rows are 64³ crops.
+``seg_msk``, ``label`` and optionally ``patient_id``, ``split``), whose rows are 64³ crops; an
+empty ``label`` cell makes the crop unlabelled (segmented, never learnt from).
 """
 
 from __future__ import annotations
@@ -328,7 +329,7 @@ class InHouseDataset(DatasetAdapter):
             [
                 "inhouse",
                 sorted(hashes),
-                params.as_dict(),
+                params.data_dict(),
                 label_rows,
                 self.seed,
                 self.test_fraction,
@@ -496,7 +497,7 @@ class InHouseDataset(DatasetAdapter):
                 "inhouse-manifest",
                 hashes,
                 options,
-                self.params.n_slices,
+                self.params.data_dict()["n_slices"],
                 self.seed,
                 self.test_fraction,
             ],
@@ -532,7 +533,7 @@ class InHouseDataset(DatasetAdapter):
         """One manifest crop as a prepared vertebra (raises ``ValueError`` on bad input)."""
         image_path = self._resolve(manifest, record["image"])
         seg_path = self._resolve(manifest, record["seg_msk"])
-        label = WeakLabel.parse(record["label"])
+        label = WeakLabel.parse(record["label"]) if str(record["label"]).strip() else None
         phenotype = Phenotype.parse(record.get("phenotype", ""))
         image, seg = load_nifti(image_path), load_nifti(seg_path)
         size = self.params.crop

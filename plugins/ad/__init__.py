@@ -25,11 +25,13 @@ from wsbench.api import (
     ModelStore,
     Phenotype,
     Segmentation,
+    TrainedOn,
     TrainingSet,
     VertebraSample,
     file_identity,
     module_device,
     torch_device,
+    trained_on,
 )
 from wsbench.plugins.common.dae.candidates import extract_candidates, polarity_maps
 from wsbench.plugins.common.dae.method import DiffusionMethod
@@ -55,20 +57,27 @@ class AnomalyDetection(DiffusionMethod):
     def __init__(
         self,
         checkpoint: str | None = None,
+        model: str | None = None,
         steps_stochastic: int = 20,
         steps_decode: int = 20,
         device: str = "cpu",
     ) -> None:
         self.checkpoint = checkpoint
+        self.model = model
         self.steps_stochastic, self.steps_decode = int(steps_stochastic), int(steps_decode)
         self.device = str(torch_device(device))
         self.dae: DiffusionAutoencoder | None = None
         self.dae_identity: str | None = None
+        self.origin: TrainedOn | None = None
 
     def models(self) -> dict[str, str]:
         """The healthy-only DAE ``fit`` loaded, as ``<file stem>-<sha256[:12]>``; ``{}`` before
         fit or when built by :meth:`from_dae`."""
         return {"dae": self.dae_identity} if self.dae_identity else {}
+
+    def trained_on(self) -> dict[str, TrainedOn]:
+        """The data the DAE ``fit`` loaded was trained on; ``{}`` before fit."""
+        return {"dae": self.origin} if self.origin else {}
 
     @classmethod
     def from_dae(cls, dae: DiffusionAutoencoder, **params: Any) -> AnomalyDetection:
@@ -79,10 +88,11 @@ class AnomalyDetection(DiffusionMethod):
         return method
 
     def fit(self, training: TrainingSet, workdir: Path) -> None:
-        """Load the healthy-only DAE of this dataset (``checkpoint`` overrides the search)."""
+        """Load the healthy-only DAE :meth:`dae_path` names."""
         path = self.dae_path(training)
         self.dae = DiffusionAutoencoder.load(path, device=self.device)
         self.dae_identity = file_identity(path)
+        self.origin = trained_on(path)
 
     def pseudo_healthy(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(x, x̂)``: the HU slice in network units and its healthy-DAE reconstruction."""

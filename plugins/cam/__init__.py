@@ -26,10 +26,12 @@ from torch import nn
 from wsbench.api import (
     Method,
     Segmentation,
+    TrainedOn,
     TrainingSet,
     TrainOptions,
     VertebraSample,
     file_identity,
+    trained_on,
 )
 from wsbench.plugins.cam.classifier import (
     KIND as CLASSIFIER_KIND,
@@ -87,16 +89,19 @@ class CAMMethod(Method):
     def __init__(
         self,
         checkpoint: str | None = None,
+        model: str | None = None,
         epochs: int = ClassifierConfig.epochs,
         seed: int = ClassifierConfig.seed,
         target_layer: str = TARGET_LAYER,
     ) -> None:
         self.checkpoint = checkpoint
+        self.model = model
         self.epochs = epochs
         self.seed = seed
         self.target_layer = target_layer
-        self.model: nn.Module | None = None
+        self.network: nn.Module | None = None
         self.model_path: Path | None = None
+        self.origin: TrainedOn | None = None
 
     @classmethod
     def needs(cls) -> str:
@@ -126,26 +131,45 @@ class CAMMethod(Method):
         path, _ = ensure_classifier(training, self.config, options.progress)
         return [path]
 
+    def trained_on(self) -> dict[str, TrainedOn]:
+        """The data the classifier ``fit`` loaded was trained on; ``{}`` before fit."""
+        return {"classifier": self.origin} if self.origin else {}
+
+    def classifier_path(self, training: TrainingSet) -> Path:
+        """The classifier this run uses: ``checkpoint`` (a path or a model identity), else the
+        one trained on the dataset named ``model``, else this dataset's (trained now when none
+        is stored), else — when the training split has no labelled vertebra to learn from —
+        the shipped one."""
+        if self.checkpoint is not None:
+            return STORE.resolve(self.checkpoint)
+        if self.model is not None:
+            return STORE.transfer_model(CLASSIFIER_KIND, self.model)
+        if not len(training.labelled()):
+            return STORE.find(CLASSIFIER_KIND, training.fingerprint) or STORE.transfer_model(
+                CLASSIFIER_KIND
+            )
+        return ensure_classifier(training, self.config)[0]
+
     def fit(self, training: TrainingSet, workdir: Path) -> None:
-        """Load ``checkpoint`` (a path or a model identity, checked against this dataset and
-        config) or the stored classifier for them, training one when none is stored."""
-        expected = model_key(training.fingerprint, self.config)
-        if self.checkpoint is None:
-            self.model_path, _ = ensure_classifier(training, self.config)
-        else:
-            self.model_path = STORE.resolve(self.checkpoint)
-        self.model = load_classifier(self.model_path, expected)
-        target_module(self.model, self.target_layer)
+        """Load the classifier :meth:`classifier_path` names; one trained on this dataset must
+        also have been made with this config, one trained elsewhere is a transfer."""
+        self.model_path = self.classifier_path(training)
+        self.origin = trained_on(self.model_path)
+        own = self.origin.fingerprint == training.fingerprint
+        self.network = load_classifier(
+            self.model_path, model_key(training.fingerprint, self.config) if own else None
+        )
+        target_module(self.network, self.target_layer)
 
     def segment(self, sample: VertebraSample) -> Segmentation:
         """Binary CAM foreground inside the body, with the heatmap as scores."""
         body = sample.body_mask.astype(bool)
         if not body.any():
             raise ValueError("the vertebral-body mask is empty: no pixels to binarise a CAM in")
-        if self.model is None:
+        if self.network is None:
             raise RuntimeError(f"{self.name}: call fit() first")
         with torch.enable_grad():
-            heat = cam_heatmap(type(self).cam_class, self.model, self.target_layer, sample.image)
+            heat = cam_heatmap(type(self).cam_class, self.network, self.target_layer, sample.image)
         return Segmentation(labels=otsu_inside(heat, body), scores=heat)
 
 

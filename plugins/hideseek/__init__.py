@@ -34,16 +34,19 @@ from wsbench.api import (
     BLASTIC,
     LYTIC,
     MIN_COMPONENT_PX,
+    UNKNOWN_DATA,
     LesionScore,
     ModelStore,
     Phenotype,
     Segmentation,
+    TrainedOn,
     TrainingSet,
     VertebraSample,
     file_identity,
     hu_to_unit,
     module_device,
     torch_device,
+    trained_on,
 )
 from wsbench.plugins.common.dae.candidates import Candidate
 from wsbench.plugins.common.dae.latent import LatentClassifier
@@ -51,7 +54,7 @@ from wsbench.plugins.common.dae.method import DiffusionMethod
 from wsbench.plugins.common.dae.network import Autoencoder, DiffusionAutoencoder
 from wsbench.plugins.common.dae.training import TrainConfig, train_config
 from wsbench.plugins.hideseek import attribution as hs
-from wsbench.plugins.hideseek.latent_classifier import classifier_for
+from wsbench.plugins.hideseek.latent_classifier import bundled_classifier, classifier_for
 
 STORE = ModelStore(Path(__file__).parent / "weights")
 """The DAE and latent classifier shipped for the default phantom, then the user cache."""
@@ -120,6 +123,8 @@ class HideAndSeek(DiffusionMethod):
     def __init__(
         self,
         checkpoint: str | None = None,
+        model: str | None = None,
+        refit_classifier: bool = False,
         steps_stochastic: int = 20,
         steps_decode: int = 20,
         batch_size: int = 8,
@@ -131,6 +136,8 @@ class HideAndSeek(DiffusionMethod):
         device: str = "cpu",
     ) -> None:
         self.checkpoint = checkpoint
+        self.model = model
+        self.refit_classifier = bool(refit_classifier)
         self.steps_stochastic, self.steps_decode = int(steps_stochastic), int(steps_decode)
         self.batch_size = int(batch_size)
         self.p_target, self.tau = float(p_target), float(tau)
@@ -142,6 +149,7 @@ class HideAndSeek(DiffusionMethod):
         self.dae: Autoencoder | None = None
         self.classifier: LatentClassifier | None = None
         self.fitted_models: dict[str, str] = {}
+        self.origins: dict[str, TrainedOn] = {}
 
     @classmethod
     def from_parts(cls, dae: Autoencoder, classifier: LatentClassifier, **params: Any):
@@ -151,17 +159,32 @@ class HideAndSeek(DiffusionMethod):
         return method
 
     def fit(self, training: TrainingSet, workdir: Path) -> None:
-        """Load the dataset's DAE; fit (or reload) the latent classifier on its latents."""
+        """Load the DAE :meth:`dae_path` names and its latent classifier: fitted (or reloaded)
+        on this dataset's training split when the DAE was trained on it, has no card saying
+        what it was trained on, or ``refit_classifier`` asks for it; else the one fitted with
+        the DAE on the DAE's own data (a transfer run)."""
         path = self.dae_path(training)
         self.dae = DiffusionAutoencoder.load(path, device=self.device)
-        dae_identity = file_identity(path)
-        self.classifier, stored = classifier_for(self.dae, dae_identity, training, self.store)
+        dae_identity, dae_origin = file_identity(path), trained_on(path)
+        if self.refit_classifier or dae_origin.fingerprint in (training.fingerprint, UNKNOWN_DATA):
+            classifier_origin = TrainedOn(training.name, training.fingerprint)
+            self.classifier, stored = classifier_for(
+                self.dae, dae_identity, training, self.store, refit=self.refit_classifier
+            )
+        else:
+            classifier_origin = dae_origin
+            self.classifier, stored = bundled_classifier(dae_identity, dae_origin, self.store)
         self.fitted_models = {"dae": dae_identity, "classifier": file_identity(stored)}
+        self.origins = {"dae": dae_origin, "classifier": classifier_origin}
 
     def models(self) -> dict[str, str]:
         """The DAE and the latent classifier ``fit`` loaded, each as ``<file stem>-<sha256[:12]>``
         of its weights file; ``{}`` before fit or when built by :meth:`from_parts`."""
         return dict(self.fitted_models)
+
+    def trained_on(self) -> dict[str, TrainedOn]:
+        """The data the DAE and the latent classifier ``fit`` loaded were trained on."""
+        return dict(self.origins)
 
     def segment(self, sample: VertebraSample) -> Segmentation:
         """Hide-and-Seek on the mid slice; with ``boundary_px > 0`` the kept lesions are then

@@ -291,7 +291,8 @@ def test_every_method_lists_its_real_parameters() -> None:
     ungated = method_params(load_method("hideseek-ungated"), ["p_target=0.6", "tau=0.1"])
     assert ungated == {"p_target": 0.6, "tau": 0.1}
     assert "p_target" in load_method("hideseek-ungated").parameters()
-    with pytest.raises(ParameterError, match="Accepted: checkpoint, steps_stochastic"):
+    accepted = "Accepted: checkpoint, model, refit_classifier, steps_stochastic"
+    with pytest.raises(ParameterError, match=accepted):
         method_params(load_method("hideseek-ungated"), ["ptarget=0.6"])
 
 

@@ -37,6 +37,7 @@ from wsbench.cli.common import (
     plugin_table,
     user_errors,
 )
+from wsbench.contract import SLICE_STEP, slice_offsets
 from wsbench.harness.registry import (
     COMMANDS_GROUP,
     METHODS_GROUP,
@@ -48,6 +49,45 @@ from wsbench.progress import progress_bar
 
 if TYPE_CHECKING:
     from wsbench.harness.bench import PlannedRun
+
+Slices = Annotated[
+    int,
+    typer.Option(
+        "--slices",
+        help="Sagittal slices evaluated per vertebra: 1 (the paper's mid-sagittal slice) or an "
+        "odd K, the centre and pairs --slice-step apart either side, each segmented on its own "
+        "and scored as one slab against the centre slice alone (docs/evaluation.md).",
+    ),
+]
+SliceStep = Annotated[
+    int,
+    typer.Option(
+        "--slice-step",
+        help=f"Distance between evaluated slices, in slices of the 0.8 mm grid (default "
+        f"{SLICE_STEP}: 5 slices span ±{2 * SLICE_STEP * 0.8:g} mm, the central part of a "
+        "lumbar body).",
+    ),
+]
+
+Workers = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Worker processes of a local Dask cluster, each segmenting chunks of vertebrae with "
+        "--threads torch threads; 1 (default) runs in this process. Results are the same "
+        "(docs/distributed.md).",
+    ),
+]
+Scheduler = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Address (tcp://HOST:PORT) of a running Dask scheduler whose workers have wsbench "
+        "installed and the model store (WSBENCH_CACHE) at the same path; used instead of "
+        "--workers.",
+    ),
+]
 
 EXAMPLES = """\
 Examples:
@@ -144,6 +184,10 @@ def run(
     threads: Threads = DEFAULT_THREADS,
     timeout: Timeout = None,
     keep_failed: KeepFailed = False,
+    slices: Slices = 1,
+    slice_step: SliceStep = SLICE_STEP,
+    workers: Workers = 1,
+    scheduler: Scheduler = None,
 ) -> None:
     """Run a method on a dataset split, evaluate every vertebra and print the summary."""
     from wsbench.harness.params import method_params
@@ -154,6 +198,7 @@ def run(
         dataset_adapter(dataset, root)
         if split not in {"test", "train"}:
             raise ValueError(f"--split {split!r}: give test or train")
+        slice_offsets(slices, slice_step)
         options = parse_dataset_options(dataset, dataset_option)
         from wsbench.harness.runner import RunConfig  # heavy: after the quick checks above
         from wsbench.harness.runner import run as run_config
@@ -164,8 +209,9 @@ def run(
         if checkpoint is not None:
             params.update(method_params(load_method(method), [f"checkpoint={checkpoint}"]))
         config = RunConfig(
-            method, dataset, split, seed, str(root) if root else None, params, options
-        )
+            method, dataset, split, seed, str(root) if root else None, params, options,
+            slices, slice_step,
+        )  # fmt: skip
         with progress_bar() as bar:
             what = f"{method} on {dataset}"
             task = bar.add_task(what, total=None)
@@ -176,8 +222,15 @@ def run(
             def warn(message: str) -> None:
                 bar.console.print(f"[yellow]warning:[/] {message}", highlight=False)
 
-            result = run_config(config, out, resume=resume, progress=advance, timeout_s=timeout,
-                                retry_failed=not keep_failed, notify=warn)  # fmt: skip
+            if workers > 1 or scheduler is not None:
+                from wsbench.harness.distributed import run_distributed
+
+                result = run_distributed(config, out, workers, scheduler, resume, advance,
+                                         timeout, not keep_failed, warn)  # fmt: skip
+            else:
+                result = run_config(config, out, resume=resume, progress=advance,
+                                    timeout_s=timeout, retry_failed=not keep_failed,
+                                    notify=warn)  # fmt: skip
         print_summary(result, console)
 
 
@@ -204,6 +257,33 @@ def export_command(
         for item in written:
             table.add_row(item.path.name, ", ".join(item.vertebrae))
         console.print(table)
+
+
+@app.command("compact")
+def compact_command(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A trained model's weights file, its card beside it.")
+    ],
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Storage dtype of its float32 tensors: float16, bfloat16 or int8 "
+            "(per-channel weights, float16 for the rest)."
+        ),
+    ] = "float16",
+) -> None:
+    """Rewrite a trained model for shipping: <stem>.safetensors beside it, float32 weights stored
+    as DTYPE (computed in float32 when loaded), its card naming the new file, dtype and SHA-256.
+    The original file is kept until you remove it. Measure the dtype first
+    (`python benchmarks/experiment.py weights-precision CHECKPOINT`)."""
+    from wsbench.models.store import compact_weights, file_identity
+
+    with user_errors():
+        path = compact_weights(checkpoint, dtype)
+        console.print(
+            f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, identity "
+            f"{file_identity(path)}); its card names it, so {checkpoint.name} can be removed"
+        )
 
 
 BENCH_RESUME_HINT = "run the same command again: finished runs are kept, unfinished ones resumed"
@@ -243,15 +323,21 @@ def bench_command(
             "parameter; `wsbench run` takes it as -p device=…"
         ),
     ] = None,
+    slices: Slices = 1,
+    slice_step: SliceStep = SLICE_STEP,
+    workers: Workers = 1,
+    scheduler: Scheduler = None,
 ) -> None:
     """Run every method (or --methods, in that order) on a dataset, quick ones first: those
     that train nothing, then by their time limit per vertebra. Prints the plan first; failures
-    are recorded, finished runs kept."""
+    are recorded, finished runs kept. With --workers N or --scheduler, all methods' vertebrae
+    are shared among Dask workers."""
     from wsbench.harness.provenance import torch_threads
 
     with user_errors(BENCH_RESUME_HINT):
         dataset_adapter(dataset, root)
         options = parse_dataset_options(dataset, dataset_option)
+        slice_offsets(slices, slice_step)
         from wsbench.harness.bench import bench  # heavy: after the quick checks above
         from wsbench.models.device import torch_device
 
@@ -272,11 +358,12 @@ def bench_command(
             root_text = str(root) if root else None
 
             def on_plan(plan: list[PlannedRun]) -> None:
-                bar.console.print(plan_table(dataset, plan))
+                bar.console.print(plan_table(dataset, plan, None if scheduler else workers))
 
             outcomes = bench(dataset, out, names, root_text, seed, on_method, options, fresh,
                              device, timeout_s=timeout, retry_failed=not keep_failed,
-                             on_plan=on_plan)  # fmt: skip
+                             on_plan=on_plan, slices=slices, slice_step=slice_step,
+                             workers=workers, scheduler=scheduler)  # fmt: skip
     console.print(bench_table(dataset, outcomes))
     crashed = [name for name, outcome in outcomes.items() if outcome["status"] == "failed"]
     if crashed:
@@ -284,18 +371,30 @@ def bench_command(
         raise typer.Exit(1)
 
 
-def plan_table(dataset: str, plan: list[PlannedRun]) -> Table:
-    """The methods a bench runs, in order: what it does with each and how long its newest
-    finished run took to segment."""
+def duration_text(seconds: float | None) -> str:
+    """``H:MM:SS``, or ``unknown`` for ``None``."""
+    return "unknown" if seconds is None else str(timedelta(seconds=round(seconds)))
+
+
+def plan_table(dataset: str, plan: list[PlannedRun], workers: int | None = 1) -> Table:
+    """The methods a bench runs, in order: what it does with each, the vertebrae it has left
+    to segment and how long that is expected to take at the speed of its newest finished run;
+    the caption gives the total, divided among ``workers`` (``None``: a cluster's, unknown)."""
     table = Table(title=f"bench plan on {dataset}: {len(plan)} methods, in this order")
-    for column in ("#", "method", "action", "last segment time"):
+    for column in ("#", "method", "action", "vertebrae", "expected"):
         table.add_column(column)
     actions = {"reuse": "reuse finished run", "resume": "resume", "run": "run",
                "fail": "cannot load: recorded as failed"}  # fmt: skip
     for number, item in enumerate(plan, 1):
-        seconds = item.last_segment_s
-        known = "unknown" if seconds is None else str(timedelta(seconds=round(seconds)))
-        table.add_row(str(number), item.method, actions[item.action], known)
+        count = "unknown" if item.to_segment is None else str(item.to_segment)
+        table.add_row(str(number), item.method, actions[item.action], count,
+                      duration_text(item.expected_s))  # fmt: skip
+    known = [item.expected_s for item in plan if item.expected_s is not None]
+    unknown = len(plan) - len(known)
+    total = sum(known) / workers if workers else sum(known)
+    per = f"on {workers} worker(s)" if workers else "on one worker (divide by the cluster's)"
+    more = f", plus {unknown} method(s) of unknown speed" if unknown else ""
+    table.caption = f"expected: {duration_text(total)} {per}{more}"
     return table
 
 
@@ -356,30 +455,71 @@ def leaderboard_command(
 @app.command("compare")
 def compare_command(
     run_dirs: Annotated[
-        list[Path], typer.Argument(help="Finished run folders; the first is the reference.")
+        list[Path],
+        typer.Argument(
+            help="Finished run folders, or a bench's dataset folder (OUT/DATASET: the run its "
+            "bench recorded per method); the first run is the reference."
+        ),
     ],
+    figure: Annotated[
+        Path | None,
+        typer.Option(help="Also draw the runs' answers side by side into this PNG file."),
+    ] = None,
+    vertebra: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A vertebra id (as in cases.csv) the figure shows; repeatable.", metavar="ID"
+        ),
+    ] = None,
 ) -> None:
     """Compare runs on the same dataset split (other parameters or other methods): headline
     metrics per category with paired Wilcoxon p against the first run, false positives on
-    healthy vertebrae, and the phenotype each run's kept candidates imply."""
+    healthy vertebrae, the phenotype each run's kept candidates imply and, with --figure, every
+    run's answer overlaid on the same slices (default: the first 6 vertebrae by id)."""
     from wsbench.report.compare import (
         comparable,
-        finished_run,
+        figure_vertebrae,
+        finished_runs,
         healthy_false_positives,
         implied_phenotypes,
         metric_rows,
     )
 
     with user_errors():
-        runs = comparable([finished_run(path) for path in run_dirs])
-        console.print(frame_table(metric_rows(runs), "mean (n) per category; p vs the first run"))
+        runs = comparable(finished_runs(run_dirs))
+        rows = metric_rows(runs)
+        if len(rows):
+            console.print(frame_table(rows, "mean (n) per category; p vs the first run"))
         fp = healthy_false_positives(runs).round(2).rename("FP lesions per healthy vertebra")
-        console.print(frame_table(fp.rename_axis("run").reset_index(), "healthy vertebrae"))
+        if fp.notna().any():
+            console.print(frame_table(fp.rename_axis("run").reset_index(), "healthy vertebrae"))
         for name, run in runs.items():
             implied = implied_phenotypes(run)
-            if implied is not None:
+            if implied is not None and len(implied):
                 title = f"phenotype implied by kept candidates — {name}"
                 console.print(frame_table(implied.reset_index(), title))
+        if figure is not None:
+            shown = figure_vertebrae(runs, vertebra or [], FIGURE_VERTEBRAE)
+            write_comparison_figure(runs, shown, figure)
+            console.print(f"figure of {len(shown)} vertebrae × {len(runs)} runs → {figure}")
+
+
+FIGURE_VERTEBRAE = 6
+"""Vertebrae a comparison figure shows when none is chosen: a grid that stays readable."""
+
+
+def write_comparison_figure(runs: dict, vertebrae: list[str], path: Path) -> None:
+    """Draw the runs' answers on ``vertebrae`` side by side into the PNG ``path``."""
+    from wsbench.harness.rundir import RunError
+    from wsbench.report.publish import overlay_grid, plt
+
+    reference = next(iter(runs.values())).cases.set_index("vertebra")["category"]
+    categories = {v: c for v, c in reference.items() if isinstance(c, str)}
+    fig = overlay_grid({name: run.run_dir for name, run in runs.items()}, vertebrae, categories)
+    if fig is None:
+        raise RunError(f"no run stored a mask of {', '.join(vertebrae)}; nothing to draw")
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
 
 
 def frame_table(frame, title: str) -> Table:

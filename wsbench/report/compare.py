@@ -16,7 +16,7 @@ import pandas as pd
 
 from wsbench.harness.evaluation import LESION_CATEGORIES, METRICS
 from wsbench.harness.rundir import RunError
-from wsbench.report.leaderboard import MethodRun, paired_p, read_run
+from wsbench.report.leaderboard import MethodRun, paired_p, published_runs, read_run
 
 COMPARED = ("f1", "sq", "pq", "global_dice")
 """The lesion metrics compared (their direction comes from :data:`METRICS`)."""
@@ -32,6 +32,33 @@ def finished_run(path: Path) -> MethodRun:
             f"{path} is not a finished run folder (manifest.json with 'finished', cases.csv)"
         )
     return run
+
+
+def finished_runs(paths: list[Path]) -> list[MethodRun]:
+    """The runs ``paths`` name: each a finished run folder, or a bench's dataset folder
+    (``<out>/<dataset>``), which stands for the run its bench recorded per method."""
+    runs = []
+    for path in paths:
+        if (path / "manifest.json").exists() or not path.is_dir():
+            runs.append(finished_run(path))
+            continue
+        found = published_runs(path)
+        if not found:
+            raise RunError(f"{path} holds no finished run (neither a run folder nor a bench's)")
+        runs += found.values()
+    return runs
+
+
+def figure_vertebrae(runs: dict[str, MethodRun], chosen: list[str], most: int) -> list[str]:
+    """The vertebrae a comparison figure shows: ``chosen`` when given (each must be in every
+    run), else the first ``most`` that every run scored, by id."""
+    shared = set.intersection(*(set(r.cases["vertebra"]) for r in runs.values()))
+    missing = [v for v in chosen if v not in shared]
+    if missing:
+        raise RunError(
+            f"vertebra {missing[0]!r} is not in every run; choose among {sorted(shared)[:5]}…"
+        )
+    return chosen or sorted(shared)[:most]
 
 
 def run_name(run: MethodRun, reference: MethodRun) -> str:
@@ -85,10 +112,13 @@ def metric_rows(runs: dict[str, MethodRun]) -> pd.DataFrame:
 
 
 def healthy_false_positives(runs: dict[str, MethodRun]) -> pd.Series:
-    """Mean predicted lesions per healthy vertebra, per run."""
+    """Mean predicted lesions per healthy vertebra, per run (runs without lesion metrics, whose
+    dataset has no lesion masks, are left out)."""
     return pd.Series(
-        {n: r.cases.loc[r.cases["category"] == "healthy", "n_pred"].mean() for n, r in runs.items()}
-    )
+        {n: r.cases.loc[r.cases["category"] == "healthy", "n_pred"].mean()
+         for n, r in runs.items() if "n_pred" in r.cases},
+        dtype=float,
+    )  # fmt: skip
 
 
 def candidate_table(run: MethodRun) -> pd.DataFrame | None:

@@ -27,7 +27,14 @@ from markdown_it import MarkdownIt
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from wsbench.files import write_json
-from wsbench.harness.evaluation import CATEGORIES, HEALTHY, METRICS, metric_legend
+from wsbench.harness.evaluation import (
+    CATEGORIES,
+    HEALTHY,
+    METRICS,
+    STRICT,
+    STRICT_HEADLINE,
+    metric_legend,
+)
 from wsbench.harness.rundir import mask_path, read_manifest
 from wsbench.report.leaderboard import (
     ALPHA,
@@ -39,12 +46,14 @@ from wsbench.report.leaderboard import (
     leaderboard_stats,
     not_run,
     published_runs,
+    rank_changes,
 )
 
 SUMMARY_FILES = ("manifest.json", "cases.csv", "lesions.csv")
 RANKED_METRICS = ("f1", "sq")
 LYTIC_RGB, BLASTIC_RGB = (0.9, 0.15, 0.15), (0.15, 0.35, 0.95)
 FAILED_MARK = "†"
+TRANSFER_MARK = "‡"
 MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
 """CommonMark with tables; HTML in the text (a reason, a method name) is shown, not obeyed."""
 
@@ -89,6 +98,36 @@ def failure_lines(runs: dict[str, MethodRun]) -> list[str]:
             f"empty answer and counted in every mean: {'; '.join(failing)}"]  # fmt: skip
 
 
+def transfers(runs: dict[str, MethodRun]) -> dict[str, dict[str, dict[str, str]]]:
+    """The transfer runs among ``runs``: method → its models not trained on the run's dataset
+    (role → ``{"dataset", "fingerprint"}``, the manifest's ``transfer``)."""
+    return {m: r.manifest["transfer"] for m, r in runs.items() if r.manifest.get("transfer")}
+
+
+def transfer_sources(models: dict[str, dict[str, str]]) -> str:
+    """``phantom``: the datasets a transfer run's models were trained on, sorted, joined."""
+    return ", ".join(sorted({origin["dataset"] for origin in models.values()}))
+
+
+def transfer_lines(runs: dict[str, MethodRun]) -> list[str]:
+    """``- ‡ = transfer run …: hideseek dae, classifier from phantom``: what the mark means and
+    where each marked method's models come from; no line without a transfer run."""
+    parts = []
+    for method, models in transfers(runs).items():
+        parts.append(f"{method} {', '.join(models)} from {transfer_sources(models)}")
+    if not parts:
+        return []
+    return [f"- {TRANSFER_MARK} = transfer run, with models trained on other data than this "
+            f"dataset's training split: {'; '.join(parts)}"]  # fmt: skip
+
+
+def method_label(method: str, failed: bool, transferred: bool) -> str:
+    """The method's name as the tables show it, with ``†`` when it failed on some of the
+    table's vertebrae and ``‡`` for a transfer run."""
+    marks = (FAILED_MARK if failed else "") + (TRANSFER_MARK if transferred else "")
+    return f"{method} {marks}" if marks else method
+
+
 def header_lines(dataset: str, runs: dict[str, MethodRun]) -> list[str]:
     """Dataset fingerprint, split sizes, versions and commits of the runs, the models used, and
     which methods failed on some vertebrae."""
@@ -109,6 +148,7 @@ def header_lines(dataset: str, runs: dict[str, MethodRun]) -> list[str]:
         f"(paired Wilcoxon signed-rank, p < {ALPHA}); 95% CIs from {BOOTSTRAP_SAMPLES} "
         "bootstrap resamples of vertebrae (seed 0) are in the CSV",
         *failure_lines(runs),
+        *transfer_lines(runs),
     ]
 
 
@@ -128,18 +168,20 @@ def counts_cell(row: pd.Series) -> str:
     return f"{row['vertebrae']} ({row['failed']}, {row['refused']})"
 
 
-def category_table(stats: pd.DataFrame, category: str, methods: list[str]) -> list[str]:
+def category_table(
+    stats: pd.DataFrame, category: str, methods: list[str], transferred: frozenset[str]
+) -> list[str]:
     """Markdown rows: metrics (short labels) × methods for one category, after the vertebrae
     each method was scored on, then the legend; a method that failed on any of them is marked,
-    with a footnote."""
+    with a footnote, and so are the ``transferred`` ones (:func:`method_label`)."""
     part = stats[stats["category"] == category]
     counts = part.groupby("method").first()
     failing = [m for m in methods if m in counts.index and counts.loc[m, "failed"] > 0]
-    names = [f"{m} {FAILED_MARK}" if m in failing else m for m in methods]
+    names = [method_label(m, m in failing, m in transferred) for m in methods]
     lines = ["| Metric | " + " | ".join(names) + " |", "|---" * (len(methods) + 1) + "|"]
     cells = [counts_cell(counts.loc[m]) if m in counts.index else "–" for m in methods]
     lines.append("| Vertebrae: n (failed, refused) | " + " | ".join(cells) + " |")
-    shown = [metric for metric in METRICS.values() if metric.name in set(part["metric"])]
+    shown = [m for m in METRICS.values() if m.name in set(part["metric"]) and not m.strict]
     for metric in shown:
         rows = part[part["metric"] == metric.name].set_index("method")
         cells = [cell(rows.loc[m]) if m in rows.index else "–" for m in methods]
@@ -151,8 +193,16 @@ def category_table(stats: pd.DataFrame, category: str, methods: list[str]) -> li
     return lines
 
 
-def rank_table(stats: pd.DataFrame, category: str, methods: list[str]) -> list[str]:
-    """Markdown rows: each method's rank (95% bootstrap CI) on the headline metrics."""
+def rank_cell(row: pd.Series) -> str:
+    """``2 [1–3]``: a rank with its 95% bootstrap CI."""
+    return f"{row['rank']:.0f} [{row['rank_ci_low']:.0f}–{row['rank_ci_high']:.0f}]"
+
+
+def rank_table(
+    stats: pd.DataFrame, category: str, methods: list[str], transferred: frozenset[str]
+) -> list[str]:
+    """Markdown rows: each method's rank (95% bootstrap CI) on the headline metrics, names
+    marked as in :func:`category_table`."""
     part = stats[(stats["category"] == category) & stats["metric"].isin(RANKED_METRICS)]
     if part.empty:
         return []
@@ -167,11 +217,55 @@ def rank_table(stats: pd.DataFrame, category: str, methods: list[str]) -> list[s
             if row.empty:
                 cells.append("–")
                 continue
-            r = row.iloc[0]
-            cells.append(f"{r['rank']:.0f} [{r['rank_ci_low']:.0f}–{r['rank_ci_high']:.0f}]")
-        name = f"{method} {FAILED_MARK}" if method in failing else method
+            cells.append(rank_cell(row.iloc[0]))
+        name = method_label(method, method in failing, method in transferred)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+STRICT_TITLE = "At the stricter match, IoU > 0.5 one-to-one (panoptic quality's):"
+RERUN = "re-run (`wsbench bench --fresh`, or `wsbench run`) to compute it"
+
+
+def changes_line(stats: pd.DataFrame, category: str) -> str:
+    """``Ranks moved from the paper's match (Dice > 0): by F1 (RQ) medsam 1 → 5, otsu 5 → 1; by
+    SQ none.``, computed by :func:`rank_changes` for the headline metrics."""
+    parts = []
+    for name in STRICT_HEADLINE:
+        paper = name.removeprefix(STRICT)
+        moved = ", ".join(f"{m} {a} → {b}" for m, a, b in rank_changes(stats, category, paper))
+        parts.append(f"by {METRICS[paper].short} {moved or 'none'}")
+    return f"Ranks moved from the paper's match (Dice > 0): {'; '.join(parts)}."
+
+
+def strict_table(stats: pd.DataFrame, category: str, methods: list[str],
+                 transferred: frozenset[str], uncomputed: list[str]) -> list[str]:  # fmt: skip
+    """Markdown rows: each method's detection F1 and instance Dice at IoU > 0.5 with its rank
+    (95% bootstrap CI), the legend, whose ranks moved from the paper's match, and which methods'
+    runs predate the stricter match (``uncomputed``); names marked as in
+    :func:`category_table`. Nothing for a category the metrics do not apply to."""
+    if not METRICS[STRICT_HEADLINE[0]].applies_to(category):
+        return []
+    if all(m in uncomputed for m in methods):
+        return [f"{STRICT_TITLE} not computed: these runs were made before it; {RERUN}.", ""]
+    part = stats[(stats["category"] == category) & stats["metric"].isin(STRICT_HEADLINE)]
+    shown = [METRICS[name] for name in STRICT_HEADLINE]
+    header = " | ".join(f"{m.short} {m.arrow} | rank by {m.short}" for m in shown)
+    lines = [STRICT_TITLE, "", f"| Method | {header} |", "|---" * (2 * len(shown) + 1) + "|"]
+    failing = set(part.loc[part["failed"] > 0, "method"])
+    for method in methods:
+        cells = []
+        for metric in shown:
+            row = part[(part["metric"] == metric.name) & (part["method"] == method)]
+            cells += [cell(row.iloc[0]), rank_cell(row.iloc[0])] if len(row) else ["–", "–"]
+        name = method_label(method, method in failing, method in transferred)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", metric_legend(shown), "", changes_line(stats, category)]
+    missing = [m for m in methods if m in uncomputed]
+    if missing:
+        lines += ["", f"Not computed for {', '.join(missing)} (made before the stricter match): "
+                      f"{RERUN}."]  # fmt: skip
+    return [*lines, ""]
 
 
 def ranked_runs(
@@ -199,19 +293,24 @@ def absent_lines(missing: dict[str, str], unfinished: dict[str, str]) -> list[st
 def markdown(dataset: str, runs: dict[str, MethodRun], stats: pd.DataFrame,
              missing: dict[str, str], excluded: dict[str, str],
              unfinished: dict[str, str]) -> str:  # fmt: skip
-    """The whole ``<dataset>.md`` page; ``excluded`` methods (with why) are listed, not shown
-    in the tables, and so are the ``missing`` (not run) and ``unfinished`` (interrupted)
-    ones."""
+    """The whole ``<dataset>.md`` page: per category its table, ranks and, for lesion
+    categories, the stricter match (:func:`strict_table`); ``excluded`` methods (with why) are
+    listed, not shown in the tables, and so are the ``missing`` (not run) and ``unfinished``
+    (interrupted) ones."""
     methods = [m for m in runs if m not in excluded]
     lines = [f"# wsbench leaderboard — {dataset}", "", *header_lines(dataset, runs), ""]
     present = [c for c in CATEGORIES if c in set(stats.get("category", []))]
+    transferred = frozenset(transfers(runs))
+    uncomputed = [m for m in methods if STRICT_HEADLINE[0] not in runs[m].cases]
     for category in present:
         n = int(stats[stats["category"] == category]["vertebrae"].max())
         title = "Healthy vertebrae (false positives)" if category == HEALTHY else category.title()
-        lines += [f"## {title} (n = {n})", "", *category_table(stats, category, methods), ""]
-        ranked = rank_table(stats, category, methods)
+        table = category_table(stats, category, methods, transferred)
+        lines += [f"## {title} (n = {n})", "", *table, ""]
+        ranked = rank_table(stats, category, methods, transferred)
         if ranked:
             lines += ["Rank (95% bootstrap CI):", "", *ranked, ""]
+        lines += strict_table(stats, category, methods, transferred, uncomputed)
     if excluded:
         lines += ["## Excluded from ranking (`--exclude-failed`)", ""]
         lines += [f"- **{m}**: {why}" for m, why in excluded.items()] + [""]
@@ -255,31 +354,58 @@ def figure_rows(runs: dict[str, MethodRun]) -> list[str]:
 
 
 def qualitative_figure(runs: dict[str, MethodRun], run_dirs: dict[str, Path]) -> str | None:
-    """Paper-Fig.-2-style grid as base64 PNG (rows vertebrae, labelled with their category, so
-    that a healthy one reads ``phantom_p0030_T8 (healthy)``; input, ground truth, methods), from
-    the masks in each method's run directory ``run_dirs[method]``."""
-    rows = figure_rows(runs) if runs else []
-    stored = {m: [mask_path(run_dirs[m], v).exists() for v in rows] for m in runs}
-    rows = [v for i, v in enumerate(rows) if any(found[i] for found in stored.values())]
-    methods = [m for m in runs if any(stored[m])]  # a failed vertebra has no masks
-    if not methods or not rows:
+    """Paper-Fig.-2-style grid as base64 PNG of the vertebrae :func:`figure_rows` picks (rows
+    labelled with their category, so that a healthy one reads ``phantom_p0030_T8 (healthy)``),
+    from the masks in each method's run directory ``run_dirs[method]``."""
+    if not runs:
         return None
     categories = next(iter(runs.values())).cases.set_index("vertebra")["category"]
-    size = (1.6 * (len(methods) + 2), 1.7 * len(rows))
-    fig, axes = plt.subplots(len(rows), len(methods) + 2, figsize=size, squeeze=False)
+    fig = overlay_grid(run_dirs, figure_rows(runs), categories.to_dict())
+    return None if fig is None else png_base64(fig)
+
+
+def centre(array: np.ndarray | None) -> np.ndarray | None:
+    """The centre slice of a k-slice run's ``(K, H, W)`` mask array; a 2D array as it is."""
+    return array[len(array) // 2] if array is not None and array.ndim == 3 else array
+
+
+def stored_mask(run_dirs: dict[str, Path], vertebra: str) -> Path:
+    """The mask file of ``vertebra`` in the first run directory that stored one."""
+    return next(
+        mask_path(d, vertebra) for d in run_dirs.values() if mask_path(d, vertebra).exists()
+    )
+
+
+def overlay_grid(
+    run_dirs: dict[str, Path], vertebrae: list[str], categories: dict[str, str]
+) -> plt.Figure | None:
+    """A grid of overlays: one row per vertebra (labelled with its category when known), columns
+    input, ground truth (when any vertebra has a reference) and each run's answer, from the
+    masks in ``run_dirs`` (name → run directory); ``None`` when no run stored a mask of them."""
+    stored = {m: [mask_path(d, v).exists() for v in vertebrae] for m, d in run_dirs.items()}
+    rows = [v for i, v in enumerate(vertebrae) if any(found[i] for found in stored.values())]
+    names = [m for m in run_dirs if any(stored[m])]  # a failed vertebra has no masks
+    if not names or not rows:
+        return None
+    first = {v: np.load(stored_mask(run_dirs, v)) for v in rows}
+    truth = any("reference" in first[v] for v in rows)
+    lead = 2 if truth else 1
+    fig, axes = plt.subplots(len(rows), len(names) + lead,
+                             figsize=(1.6 * (len(names) + lead), 1.7 * len(rows)),
+                             squeeze=False)  # fmt: skip
     for i, vertebra in enumerate(rows):
-        source = next(m for m in methods if mask_path(run_dirs[m], vertebra).exists())
-        with np.load(mask_path(run_dirs[source], vertebra)) as first:
-            image, reference = first["image"], first.get("reference")
-        overlay(axes[i, 0], image, None, f"{vertebra} ({categories.get(vertebra, '?')})")
-        empty = reference is None or not np.any(reference)
-        overlay(axes[i, 1], image, reference, "ground truth" + (" (empty)" if empty else ""))
-        for j, method in enumerate(methods):
-            path = mask_path(run_dirs[method], vertebra)
-            labels = np.load(path)["labels"] if path.exists() else None
-            overlay(axes[i, j + 2], image, labels, method)
+        image, reference = (centre(first[vertebra].get(k)) for k in ("image", "reference"))
+        category = categories.get(vertebra)
+        overlay(axes[i, 0], image, None, vertebra + (f" ({category})" if category else ""))
+        if truth:
+            empty = reference is None or not np.any(reference)
+            overlay(axes[i, 1], image, reference, "ground truth" + (" (empty)" if empty else ""))
+        for j, name in enumerate(names):
+            path = mask_path(run_dirs[name], vertebra)
+            labels = centre(np.load(path)["labels"]) if path.exists() else None
+            overlay(axes[i, j + lead], image, labels, name)
     fig.tight_layout()
-    return png_base64(fig)
+    return fig
 
 
 def size_score_figure(runs: dict[str, MethodRun]) -> str | None:
@@ -354,6 +480,9 @@ def publish_dataset(dataset: str, runs: dict[str, MethodRun], missing: dict[str,
     ``missing`` and ``unfinished`` methods are listed under the tables."""
     shown, excluded = ranked_runs(runs, exclude_failed)
     stats = leaderboard_stats(shown)
+    if not stats.empty:
+        sources = {m: transfer_sources(t) for m, t in transfers(shown).items()}
+        stats["transfer_from"] = stats["method"].map(sources).fillna("")
     md = markdown(dataset, runs, stats, missing, excluded, unfinished)
     (out / f"{dataset}.md").write_text(md)
     stats.to_csv(out / f"{dataset}.csv", index=False, float_format="%.6g")

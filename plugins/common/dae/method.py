@@ -14,7 +14,8 @@ from wsbench.plugins.common.dae.training import TrainConfig, ensure_dae, train_c
 class DiffusionMethod(Method):
     """A method that needs a trained DAE: ``dae_recipe`` is the DAE it trains and looks for
     (kind ``dae`` or ``dae-healthy``), ``store`` the plugin's model store. Subclasses take
-    ``checkpoint`` and ``device`` parameters."""
+    ``checkpoint``, ``model`` (the name of the dataset whose DAE a transfer run uses) and
+    ``device`` parameters."""
 
     dae_recipe: ClassVar[TrainConfig]
     dae_hours: ClassVar[str] = ""
@@ -24,6 +25,7 @@ class DiffusionMethod(Method):
     """DDIM sampling takes about a second per vertebra on two quiet CPU cores but a minute or
     more on a busy machine; the limit only stops a vertebra that hangs."""
     checkpoint: str | None
+    model: str | None
     device: str
 
     @classmethod
@@ -36,7 +38,7 @@ class DiffusionMethod(Method):
     def readiness(cls) -> str:
         """The datasets a DAE of the recipe's kind is stored for, or what training one costs."""
         found = cls.store.trained_for(cls.dae_recipe.kind)
-        train = f"`wsbench train --method {cls.name}` first"
+        train = f"`wsbench train --method {cls.name}` first, or a transfer run (-p model=NAME)"
         return f"DAE for {', '.join(found)}; other data: {train}" if found else f"no DAE: {train}"
 
     def train(
@@ -49,16 +51,19 @@ class DiffusionMethod(Method):
         batch_size: int | None = None,
         lr: float | None = None,
         lr_decay_from: int | None = None,
+        precision: str | None = None,
         checkpoint_every: int = 200,
         reevaluate: bool = False,
     ) -> list[Path]:
         """Train the DAE (or find it, trained with the same settings) and write its quality
         report, on the method's device. Settings left unset take the method's ``dae_recipe``
         (``hideseek``: config cpu, 26 000 steps, cosine decay from step 20 000; ``ad``: config
-        cpu, 2 500 steps); ``config`` starts from that architecture's defaults instead;
+        cpu, 2 500 steps; both fp32); ``precision=bf16`` autocasts the forward pass and loss;
+        ``config`` starts from that architecture's defaults instead;
         ``reevaluate`` rewrites the report of a DAE in the user cache."""
         base = self.dae_recipe if config is None else train_config(config)
-        given = {"steps": steps, "batch_size": batch_size, "lr": lr, "lr_decay_from": lr_decay_from}
+        given = {"steps": steps, "batch_size": batch_size, "lr": lr,
+                 "lr_decay_from": lr_decay_from, "precision": precision}  # fmt: skip
         recipe = replace(
             base,
             seed=options.seed,
@@ -71,17 +76,26 @@ class DiffusionMethod(Method):
         return [path]
 
     def dae_path(self, training: TrainingSet) -> Path:
-        """The DAE this run uses: ``checkpoint`` (a path or a model identity), else the one of
-        the recipe's kind trained on this dataset; a clear error when there is none."""
+        """The DAE this run uses: ``checkpoint`` (a path or a model identity), else the one
+        trained on the dataset named ``model`` (a transfer run), else the one of the recipe's
+        kind trained on this dataset, else — when the training split has no labelled vertebra
+        to learn from — the shipped one (a transfer run); a clear error when there is none."""
+        kind = self.dae_recipe.kind
         if self.checkpoint:
             return self.store.resolve(self.checkpoint)
-        path = self.store.find(self.dae_recipe.kind, training.fingerprint)
+        if self.model:
+            return self.store.transfer_model(kind, self.model)
+        path = self.store.find(kind, training.fingerprint)
+        if path is None and not len(training.labelled()):
+            return self.store.transfer_model(kind)
         if path is None:
             where = " or ".join(str(folder) for folder in self.store.folders)
+            stored = ", ".join(self.store.trained_for(kind)) or "none"
             raise FileNotFoundError(
-                f"no trained {self.dae_recipe.kind} DAE for dataset {training.name!r} (fingerprint "
+                f"no trained {kind} DAE for dataset {training.name!r} (fingerprint "
                 f"{training.fingerprint}) in {where}; train it with `wsbench train --method "
-                f"{self.name} --dataset {training.name}` (add the same --root; {self.dae_hours}) "
-                "or pass --checkpoint PATH"
+                f"{self.name} --dataset {training.name}` (add the same --root; {self.dae_hours}), "
+                f"pass --checkpoint PATH, or run a transfer run with a DAE trained elsewhere "
+                f"(`-p model=NAME`; stored for: {stored})"
             )
         return path

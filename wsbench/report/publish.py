@@ -15,6 +15,7 @@ import io
 import json
 import math
 import shutil
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -54,6 +55,8 @@ RANKED_METRICS = ("f1", "sq")
 LYTIC_RGB, BLASTIC_RGB = (0.9, 0.15, 0.15), (0.15, 0.35, 0.95)
 FAILED_MARK = "†"
 TRANSFER_MARK = "‡"
+TITLE_WIDTH = 24
+"""Characters per line of a figure panel's title (a long vertebra id wraps, not overlaps)."""
 MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
 """CommonMark with tables; HTML in the text (a reason, a method name) is shown, not obeyed."""
 
@@ -326,7 +329,7 @@ def overlay(ax: plt.Axes, image: np.ndarray, labels: np.ndarray | None, title: s
         rgba[labels == 1] = (*LYTIC_RGB, 0.55)
         rgba[labels == 2] = (*BLASTIC_RGB, 0.55)
         ax.imshow(rgba)
-    ax.set_title(title, fontsize=8)
+    ax.set_title("\n".join(textwrap.wrap(title, TITLE_WIDTH)), fontsize=8)
     ax.axis("off")
 
 
@@ -440,10 +443,15 @@ def size_score_figure(runs: dict[str, MethodRun]) -> str | None:
 
 
 def png_base64(fig: plt.Figure) -> str:
-    """A matplotlib figure as base64 PNG (figure closed)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    """A matplotlib figure as base64 PNG with a 256-colour palette (a third of the RGBA size;
+    grey CT and two overlay colours survive it), figure closed."""
+    from PIL import Image
+
+    drawn, buffer = io.BytesIO(), io.BytesIO()
+    fig.savefig(drawn, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
+    palette = Image.open(drawn).convert("RGB").quantize(256, dither=Image.Dither.NONE)
+    palette.save(buffer, format="PNG", optimize=True)
     return base64.b64encode(buffer.getvalue()).decode()
 
 

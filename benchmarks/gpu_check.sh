@@ -46,9 +46,9 @@ if [[ $DEVICE == cuda ]]; then
   DEVICE_RUNS=$OUT/runs_cuda
   TESTS=()
 else
-  # A small phantom (8 subjects, a quarter of them tested), the tiny DAE for a few steps; the runs
+  # A small phantom (4 subjects, one of them tested), the tiny DAE for a few steps; the runs
   # take the shipped phantom models as transfer runs (-p model=phantom), so nothing else trains.
-  DATA=(-o subjects=8 -o test_fraction=0.25)
+  DATA=(-o subjects=4 -o test_fraction=0.25)
   RUN_DATA=("${DATA[@]}")
   RUN_MODELS=(-p model=phantom)
   TRAIN=(-t config=tiny -t steps=10 -t batch_size=4 -t precision=bf16)

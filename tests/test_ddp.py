@@ -85,6 +85,14 @@ def torchrun_worker(
     run_training(training_set(), train, ModelStore(), resume=resume, progress=False)
 
 
+@pytest.fixture(autouse=True)
+def outside_the_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start the worker processes in a scratch folder: an interpreter started in the repository
+    imports its source folder ``wsbench/`` (which lacks the plugins, mapped there only when
+    installed) instead of the installed package."""
+    monkeypatch.chdir(tmp_path)
+
+
 def launch(caches: list[Path], steps: int, resume: bool = False, fail_at: int | None = None):
     """Run :func:`torchrun_worker` in ``WORLD`` fresh processes; stop them at the deadline.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import typer
 from experiments import (
+    hideseek_classifier_recipe,
     hideseek_curve,
     hideseek_delta_auc,
     hideseek_edit_localisation,
@@ -24,6 +25,7 @@ from experiments import (
 )
 
 EXPERIMENTS = {
+    "hideseek-classifier-recipe": hideseek_classifier_recipe,
     "hideseek-curve": hideseek_curve,
     "hideseek-delta-auc": hideseek_delta_auc,
     "hideseek-edit-localisation": hideseek_edit_localisation,

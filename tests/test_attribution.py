@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,7 @@ from wsbench.plugins.common.dae.latent import (
     hyperplane_from_standardised,
 )
 from wsbench.plugins.hideseek.attribution import (
+    P_TARGET,
     delta_score,
     healthy_latent,
     hidden_probabilities,
@@ -33,7 +36,17 @@ from wsbench.plugins.hideseek.attribution import (
     project,
     scored_candidates,
 )
-from wsbench.plugins.hideseek.latent_classifier import classifier_for, classifier_key
+from wsbench.plugins.hideseek.latent_classifier import (
+    C_GRID,
+    RECIPE,
+    TARGET_EDIT_SD,
+    classifier_for,
+    classifier_key,
+    edit_lengths,
+    fit_edit_classifier,
+    latent_classifier,
+    regression,
+)
 
 
 class LinearAutoencoder:
@@ -130,6 +143,27 @@ def test_binarise_at_the_mean_over_all_body_pixels():
     expected = np.array([[0, 0, 1, 0], [0, 0, 1, 1]], bool)
     np.testing.assert_array_equal(binarise(diff, body), expected)
     assert not binarise(np.zeros((2, 4)), body).any()
+
+
+def test_binarise_at_the_median_of_the_positive_body_pixels():
+    diff = np.array([[0.0, 1.0, 2.0, 9.0], [0.0, 0.0, 3.0, 6.0]])
+    body = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
+    # positive body values 1, 2, 3, 6: median 2.5 → 3 and 6 pass (strict); 9 is outside
+    expected = np.array([[0, 0, 0, 0], [0, 0, 1, 1]], bool)
+    np.testing.assert_array_equal(binarise(diff, body, "positive-median"), expected)
+    assert not binarise(np.zeros((2, 4)), body, "positive-median").any()
+    with pytest.raises(ValueError, match="positive-median"):
+        binarise(diff, body, "otsu")
+
+
+def test_four_connected_candidates_split_a_diagonal_neighbour():
+    image, healthy, body = np.zeros((6, 6)), np.zeros((6, 6)), np.ones((6, 6), bool)
+    image[1:3, 1:3] = -4.0
+    image[3, 3] = -4.0  # touches the square only at a corner
+    eight = extract_candidates(image, healthy, body)
+    four = extract_candidates(image, healthy, body, connectivity=1)
+    assert [c.size for c in eight] == [5]
+    assert [c.size for c in four] == [4, 1] and four[1].mask[3, 3]
 
 
 def test_image_boundaries_redraw_a_haloed_blastic_candidate_exactly():
@@ -263,7 +297,7 @@ def test_scored_candidates_filter_by_polarity_and_size_but_hide_every_candidate(
 
 def test_classifier_round_trip_and_key_check(tmp_path):
     clf = LatentClassifier(np.array([1.0, -2.0]), 0.5, np.array([0.1, 0.2]), np.array([1.5, 2.0]),
-                           C=0.1, cv_log_loss=0.4)  # fmt: skip
+                           C=0.1)  # fmt: skip
     key = classifier_key("dae-abc", "fp1")
     path = tmp_path / "clf.pt"
     clf.save(path, key, {"n_train": 2})
@@ -291,10 +325,30 @@ def test_classifier_for_fits_once_then_reloads_from_the_model_store():
 
     training = TinyDataset().prepare().training_set()
     dae = LinearAutoencoder(size=32, latent=4)
-    first, _ = classifier_for(dae, "dae-test", training, STORE)
+    first, _ = classifier_for(dae, "dae-test", training, STORE, P_TARGET)
     key = classifier_key("dae-test", training.fingerprint)
     stored = STORE.find(key.kind, key.dataset_fingerprint, key.config)
     assert stored is not None and stored.with_suffix(".json").exists()
-    again, _ = classifier_for(dae, "dae-test", training, STORE)
+    card = json.loads(stored.with_suffix(".json").read_text())
+    assert card["recipe"] == RECIPE and card["weights_norm"] == pytest.approx(
+        float(np.linalg.norm(first.weights))
+    )
+    again, _ = classifier_for(dae, "dae-test", training, STORE, P_TARGET)
     np.testing.assert_array_equal(again.weights, first.weights)
-    assert again.C in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+    assert again.C in C_GRID
+
+
+def test_the_edit_classifier_takes_the_weakest_regularisation_that_edits_far_enough():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 60)
+    z = rng.normal(size=(120, 6)) + labels[:, None] * np.array([1.5, 0, 0, 0, 0, 0])
+    groups = np.arange(120) // 4
+    classifier, facts = fit_edit_classifier(z, labels, groups, P_TARGET)
+    median = np.median(edit_lengths(classifier, z[labels == 1], P_TARGET))
+    assert facts["C"] == classifier.C and facts["edit_length_sd_median"] == pytest.approx(median)
+    assert median >= TARGET_EDIT_SD
+    weaker = [c for c in C_GRID if c > classifier.C]
+    assert weaker, "the data should need some regularisation to edit far enough"
+    looser = latent_classifier(regression(weaker[-1]).fit(z, labels), weaker[-1])
+    assert np.median(edit_lengths(looser, z[labels == 1], P_TARGET)) < TARGET_EDIT_SD
+    assert 0.5 < facts["cv_auc"] <= 1.0

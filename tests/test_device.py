@@ -195,7 +195,7 @@ def test_hide_and_seek_on_the_device_answers_as_on_the_cpu():
     image, body = constructed_slice()
     rng = np.random.default_rng(5)
     latent = DiffusionAutoencoder.tiny().config.z_dim
-    clf = LatentClassifier(rng.normal(size=latent), 3.0, np.zeros(latent), np.ones(latent), 1, 0)
+    clf = LatentClassifier(rng.normal(size=latent), 3.0, np.zeros(latent), np.ones(latent), 1)
     params = {"only_malignant": False, "steps_stochastic": 3, "steps_decode": 3, "tau": -1.0,
               "min_candidate_px": 5}  # fmt: skip
     answers = {

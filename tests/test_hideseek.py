@@ -37,16 +37,19 @@ def vertebra(blastic: float = 1000.0) -> tuple[np.ndarray, np.ndarray]:
     return image, np.ones((SIZE, SIZE), bool)
 
 
+MEAN, SCALE = np.array([0.5, -0.2]), np.array([2.0, 0.5])
+EDIT = SCALE * (NORMAL * SCALE)  # raw direction of a step along the standardised weights
+
+
 def classifier() -> LatentClassifier:
     """Raw-space hyperplane (NORMAL, BIAS), written as a standardised classifier."""
-    mean, scale = np.array([0.5, -0.2]), np.array([2.0, 0.5])
-    return LatentClassifier(NORMAL * scale, BIAS + NORMAL @ mean, mean, scale, 1.0, 0.0)
+    return LatentClassifier(NORMAL * SCALE, BIAS + NORMAL @ MEAN, MEAN, SCALE, 1.0)
 
 
 def method(**params):
     """The plugin on the linear 'DAE'; the 16-pixel regions are scored (``min_candidate_px=5``)
-    unless a test says otherwise."""
-    params = {"min_candidate_px": 5, **params}
+    and Eq. (3)'s floor is ``p_target`` (computable by hand) unless a test says otherwise."""
+    params = {"min_candidate_px": 5, "floor": "target", **params}
     return HideAndSeek.from_parts(LinearAutoencoder(rows=region_rows()), classifier(), **params)
 
 
@@ -54,7 +57,7 @@ def expected_deltas(image: np.ndarray) -> tuple[float, float]:
     """Δ of the blastic and of the lytic region, computed by hand from Eq. 1–3."""
     z = region_rows() @ hu_to_unit(image).ravel().astype(np.float64)
     p = expit(NORMAL @ z + BIAS)
-    z_h = z - (NORMAL @ z + BIAS - logit(1e-4)) / (NORMAL @ NORMAL) * NORMAL
+    z_h = z - (NORMAL @ z + BIAS - logit(1e-4)) / (NORMAL @ EDIT) * EDIT
     p_blast = expit(NORMAL @ [z[0], z_h[1]] + BIAS)  # blastic revealed, lytic hidden
     p_lysis = expit(NORMAL @ [z_h[0], z[1]] + BIAS)
     return (p_blast - 1e-4) / (p - 1e-4 + 1e-8), (p_lysis - 1e-4) / (p - 1e-4 + 1e-8)
@@ -85,6 +88,22 @@ def test_mixed_scores_both_polarities_and_keeps_only_the_explaining_one():
     assert [lesion.kept for lesion in seg.lesions] == [False, True]
     assert set(np.unique(seg.candidates)) == {0, 1, 2}
     assert (seg.candidates[LYSIS] == 1).all() and (seg.candidates[BLAST] == 2).all()
+
+
+def test_the_reencoded_floor_is_c_of_the_encoded_healthy_edit():
+    """``floor=reencoded``: Eq. (3)'s floor is ``c(encode(I_healthy))``; on the exact linear
+    'DAE' that is ``c(z_healthy)`` up to float32 encoding, and a floor at or above ``c(base)``
+    refuses the vertebra."""
+    image, body = vertebra()
+    seg = method(floor="reencoded").segment(sample_of(image, body, phenotype=Phenotype.BLASTIC))
+    d_blast, _ = expected_deltas(image)
+    assert seg.lesions[0].extra["c_healthy"] == pytest.approx(1e-4, rel=1e-4)
+    assert seg.lesions[0].score == pytest.approx(d_blast, rel=1e-4)
+    assert HideAndSeek.from_parts(LinearAutoencoder(rows=region_rows()), classifier()).floor == (
+        "reencoded"
+    )
+    with pytest.raises(ValueError, match="reencoded"):
+        method(floor="zero")
 
 
 def test_lytic_hint_keeps_nothing_here():
@@ -128,17 +147,34 @@ def test_a_vertebra_already_below_p_target_is_not_attributed():
     assert not method(only_malignant=False, p_target=0.6).segment(sample_of(image, body)).lesions
 
 
+class MeanCutPaper(HideAndSeekPaper):
+    """The authors' configuration with the default's candidates (body-mean cut, 8-connected)."""
+
+    threshold = "body-mean"
+    connectivity = 2
+
+
 def test_the_paper_configuration_and_the_default_agree_on_an_exact_autoencoder():
     """On a 'DAE' whose reconstruction is exact and whose projection returns ``encode``, the
-    paper's algorithm (input reference, projected ``I_hide``, unbatched) and the default give the
-    same Δ; the paper keeps the difference map's outlines."""
+    authors' algorithm (projected ``I_hide``, ``c(z)`` of the input, unbatched) and the default
+    give the same Δ on the same candidates; the paper keeps the difference map's outlines."""
     image, body = vertebra()
     parts = (LinearAutoencoder(rows=region_rows()), classifier())
     fast = method(batch_size=8).segment(sample_of(image, body, phenotype=None))
-    paper = HideAndSeekPaper.from_parts(*parts, steps_stochastic=3, steps_decode=3)
+    paper = MeanCutPaper.from_parts(*parts, steps_stochastic=3, steps_decode=3)
     slow = paper.segment(sample_of(image, body, phenotype=None))
+    assert len(fast.lesions) == 2
     assert [x.score for x in fast.lesions] == pytest.approx([x.score for x in slow.lesions])
     np.testing.assert_array_equal(fast.labels, slow.labels)
+
+
+def test_the_paper_configuration_cuts_at_the_median_of_positive_differences():
+    """The authors' cut is strict at the median of the positive differences: a region whose
+    edit is uniform gives no candidate (`test_attribution` checks the cut on other maps)."""
+    image, body = vertebra()
+    parts = (LinearAutoencoder(rows=region_rows()), classifier())
+    paper = HideAndSeekPaper.from_parts(*parts, steps_stochastic=3, steps_decode=3)
+    assert not paper.segment(sample_of(image, body, phenotype=None)).lesions
 
 
 def test_the_paper_configuration_is_registered_outside_the_default_bench():
@@ -150,7 +186,9 @@ def test_the_paper_configuration_is_registered_outside_the_default_bench():
     paper = HideAndSeekPaper()
     assert (paper.steps_stochastic, paper.steps_decode, paper.batch_size) == (250, 100, 1)
     assert (paper.min_candidate_px, paper.boundary_px) == (5, 0)
-    assert (HideAndSeekPaper.reference, HideAndSeekPaper.invert) == ("input", True)
+    assert (HideAndSeekPaper.reference, HideAndSeekPaper.invert) == ("reconstruction", True)
+    assert (HideAndSeekPaper.threshold, HideAndSeekPaper.connectivity) == ("positive-median", 1)
+    assert HideAndSeekPaper.denominator == "input"
     assert (HideAndSeek.reference, HideAndSeek.invert) == ("reconstruction", False)
     assert HideAndSeekPaper(steps_decode=20).params()["steps_decode"] == 20
 
@@ -171,16 +209,18 @@ class OffsetAutoencoder(LinearAutoencoder):
         return super().decode(x_t, z_sem, steps) + self.OFFSET
 
 
-def test_reconstruction_reference_scores_against_the_reconstruction():
+@pytest.mark.parametrize("floor", ["target", "reencoded"])
+def test_reconstruction_reference_scores_against_the_reconstruction(floor):
     """Eq. (3)'s ``c(z)`` is the classifier on the image ``I_hide`` is built from: ``R``; its
-    ``c(z_healthy)`` is ``p_target``."""
+    ``c(z_healthy)`` is ``p_target`` (``floor=target``) or the classifier on the re-encoded
+    healthy edit, which the offset 'DAE' shifts like every re-encoded image."""
     image, body = vertebra()
     dae = OffsetAutoencoder(rows=region_rows())
-    method = HideAndSeek.from_parts(dae, classifier(), min_candidate_px=5)
+    method = HideAndSeek.from_parts(dae, classifier(), min_candidate_px=5, floor=floor)
     seg = method.segment(sample_of(image, body, phenotype=None))
     z = region_rows() @ hu_to_unit(image).ravel().astype(np.float64)
     shift = dae.OFFSET * region_rows().sum(axis=1)  # encode(R) = z + shift
-    z_h = z - (NORMAL @ z + BIAS - logit(1e-4)) / (NORMAL @ NORMAL) * NORMAL
+    z_h = z - (NORMAL @ z + BIAS - logit(1e-4)) / (NORMAL @ EDIT) * EDIT
 
     def c(latent) -> float:
         """The classifier on the re-encoded image whose regions have these latents."""
@@ -188,7 +228,7 @@ def test_reconstruction_reference_scores_against_the_reconstruction():
 
     p_base = c(z)
     p_blast, p_lysis = c([z[0], z_h[1]]), c([z_h[0], z[1]])  # one region R, the other H
-    c_floor = 1e-4
+    c_floor = 1e-4 if floor == "target" else c(z_h)
     expected = [(p - c_floor) / (p_base - c_floor + 1e-8) for p in (p_lysis, p_blast)]
     assert [x.label for x in seg.lesions] == [LYTIC, BLASTIC]
     assert [x.score for x in seg.lesions] == pytest.approx(expected, rel=1e-4)
@@ -210,9 +250,9 @@ def test_batched_and_unbatched_paths_give_the_same_delta_on_a_tiny_dae(configura
     with torch.inference_mode():
         latent = dae.encode(torch.zeros(1, 1, SIZE, SIZE)).shape[1]
     rng = np.random.default_rng(5)
-    clf = LatentClassifier(rng.normal(size=latent), 3.0, np.zeros(latent), np.ones(latent), 1, 0)
+    clf = LatentClassifier(rng.normal(size=latent), 3.0, np.zeros(latent), np.ones(latent), 1)
     params = {"only_malignant": False, "steps_stochastic": 3, "steps_decode": 3, "tau": -1.0,
-              "min_candidate_px": 5}  # fmt: skip
+              "min_candidate_px": 2}  # fmt: skip
     batched = configuration.from_parts(dae, clf, batch_size=16, **params)
     looped = configuration.from_parts(dae, clf, batch_size=1, **params)
     a = batched.segment(sample_of(image, body, phenotype=None))

@@ -115,7 +115,7 @@ def test_hideseek_transfer_takes_the_classifier_fitted_with_its_dae() -> None:
         "dae": "phantom",
         "classifier": "phantom",
     }
-    assert method.models()["classifier"].startswith("hideseek-classifier-4c128db36fb4-")
+    assert method.models()["classifier"].startswith("hideseek-classifier-7b853ee87f29-")
 
 
 @pytest.mark.slow

@@ -42,7 +42,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "wsbench.data.intensity": ("HU_WINDOW", "hu_to_unit", "unit_to_hu"),
     "wsbench.data.nifti": ("bids_folder", "bids_stem", "write_nifti_gz"),
     "wsbench.data.volumes": ("SubjectVolumes", "VertebraLabel"),
-    "wsbench.harness.postprocess": ("MIN_COMPONENT_PX", "components", "eroded_body"),
+    "wsbench.harness.postprocess": (
+        "CONNECTIVITY",
+        "MIN_COMPONENT_PX",
+        "components",
+        "eroded_body",
+    ),
     "wsbench.models.device": ("module_device", "torch_device"),
     "wsbench.files": ("atomic_path", "digest", "write_json"),
     "wsbench.models.store": (

@@ -152,11 +152,10 @@ def measure_one(
     start, start_cpu = time.perf_counter(), time.process_time()
     seg, _ = segment_vertebra(method, vertebra, hint)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
-    record = case_record(vertebra, seg, True, None)
+    record = case_record(vertebra, seg.labels, True, "ok", "")
     image = vertebra.sample().image[None]
     c_z = float(method.classifier.probability(encode_slices(method.dae, image))[0])
-    seg.labels = np.zeros_like(seg.labels)
-    empty = case_record(vertebra, seg, True, None)
+    empty = case_record(vertebra, np.zeros_like(seg.labels), True, "ok", "")
     gated = record if c_z >= 0.5 else empty
     return {
         "vertebra": vertebra.key.id,

@@ -12,7 +12,8 @@ probability of the image revealing only that candidate, and ``overlaps_reference
 touches a reference lesion of its own polarity (the true/false label). Per candidate polarity it
 prints the ROC-AUC of Δ, of ``c_hide`` and of ``c_z`` = ``c(z)``, the classifier probability of
 the unedited vertebra (the paper's Table 7 ``p_orig``; A.4.2's "raw malignancy probability" may
-mean either), with 95 % intervals and the interval of the difference Δ − ``c_hide``
+mean either), and of the candidate's ``size`` in pixels (a size prior alone, the baseline Δ has to
+beat), with 95 % intervals and the intervals of the differences Δ − ``c_hide`` and Δ − ``size``
 from a bootstrap that resamples vertebrae (candidates of one vertebra are not independent), and
 draws the ROC curves to ``docs/figures/hideseek_delta_auc.png``; both for all scored candidates and
 for those of malignant vertebrae only (a healthy vertebra the gate lets through has only false
@@ -39,7 +40,9 @@ from .common import FIGURES, ROOT, pyplot, save_figure
 
 PUBLISHED = ROOT / "leaderboard" / "runs" / "phantom"
 POLARITIES = {"lytic": (LYTIC,), "blastic": (BLASTIC,), "both": (LYTIC, BLASTIC)}
-SCORES = {"Δ": "score", "c(z_hide)": "c_hide", "c(z)": "c_z"}
+SCORES = {"Δ": "score", "c(z_hide)": "c_hide", "c(z)": "c_z", "size": "size"}
+COMPARED = ("c(z_hide)", "size")
+"""The scores Δ is compared with (the difference of AUCs, bootstrapped)."""
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -79,7 +82,8 @@ def bootstrap_aucs(
     values = {name: table[column].to_numpy() for name, column in SCORES.items()}
     groups = list(table.groupby("vertebra").indices.values())
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {name: [] for name in [*SCORES, "difference"]}
+    differences = [f"Δ − {name}" for name in COMPARED]
+    draws: dict[str, list[float]] = {name: [] for name in [*SCORES, *differences]}
     for _ in range(repeats):
         rows = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
         if len(np.unique(truth[rows])) < 2:
@@ -87,9 +91,10 @@ def bootstrap_aucs(
         aucs = {name: roc_auc_score(truth[rows], v[rows]) for name, v in values.items()}
         for name, value in aucs.items():
             draws[name].append(value)
-        draws["difference"].append(aucs["Δ"] - aucs["c(z_hide)"])
+        for name in COMPARED:
+            draws[f"Δ − {name}"].append(aucs["Δ"] - aucs[name])
     point = {name: roc_auc_score(table["truth"], table[c]) for name, c in SCORES.items()}
-    point["difference"] = point["Δ"] - point["c(z_hide)"]
+    point |= {f"Δ − {name}": point["Δ"] - point[name] for name in COMPARED}
     return {
         name: (point[name], *np.percentile(values, [2.5, 97.5])) for name, values in draws.items()
     }
@@ -134,16 +139,18 @@ def main(
     table = candidates_of(run_dir)
     print(f"run {run_dir}: {len(table)} scored candidates in "
           f"{table['vertebra'].nunique()} vertebrae")  # fmt: skip
-    print("| candidates | vertebrae | n | true | AUC Δ [95% CI] | AUC c(z_hide) [95% CI] "
-          "| AUC c(z) [95% CI] | Δ − c(z_hide) [95% CI] |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    names = [*SCORES, *(f"Δ − {name}" for name in COMPARED)]
+    print("| candidates | vertebrae | n | true | "
+          + " | ".join(f"AUC {n} [95% CI]" if "−" not in n else f"{n} [95% CI]" for n in names)
+          + " |")  # fmt: skip
+    print("|---" * (4 + len(names)) + "|")
     scopes = {"all": table, "malignant": table[table["vertebra_label"] == "malignant"]}
     for scope, rows in scopes.items():
         for name, labels in POLARITIES.items():
             part = rows[rows["label"].isin(labels)]
             if part["truth"].nunique() < 2:
                 print(f"| {name} | {scope} | {len(part)} | {int(part['truth'].sum())} | "
-                      "one class only | | | |")  # fmt: skip
+                      "one class only |" + " |" * (len(names) - 1))  # fmt: skip
                 continue
             result = bootstrap_aucs(part, bootstrap, seed)
             cells = [f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for p, lo, hi in result.values()]

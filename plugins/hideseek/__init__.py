@@ -32,6 +32,7 @@ import torch
 
 from wsbench.api import (
     BLASTIC,
+    CONNECTIVITY,
     LYTIC,
     MIN_COMPONENT_PX,
     UNKNOWN_DATA,
@@ -48,7 +49,7 @@ from wsbench.api import (
     torch_device,
     trained_on,
 )
-from wsbench.plugins.common.dae.candidates import Candidate
+from wsbench.plugins.common.dae.candidates import Candidate, Threshold
 from wsbench.plugins.common.dae.latent import LatentClassifier
 from wsbench.plugins.common.dae.method import DiffusionMethod
 from wsbench.plugins.common.dae.network import Autoencoder, DiffusionAutoencoder
@@ -66,6 +67,8 @@ on a disjoint training subset (docs/hideseek.md)."""
 DEFAULT_BOUNDARY_PX = 2
 """How far (pixels) a kept lesion's outline may be redrawn along the image's own edges; chosen
 on the training split (docs/hideseek.md)."""
+FLOORS = ("target", "reencoded")
+"""Eq. (3)'s floor ``c(z_healthy)``: ``p_target`` itself, or ``c`` of the re-encoded edit."""
 BOTH = (LYTIC, BLASTIC)
 HINTED = {Phenotype.LYTIC: (LYTIC,), Phenotype.BLASTIC: (BLASTIC,), Phenotype.MIXED: BOTH}
 
@@ -109,7 +112,7 @@ class HideAndSeek(DiffusionMethod):
     configuration; see the module docstring)."""
 
     name = "hideseek"
-    version = "6"
+    version = "7"
     dae_recipe = DAE_RECIPE
     dae_hours = "the shipped phantom recipe takes about 3 h on one CPU core"
     store = STORE
@@ -119,6 +122,13 @@ class HideAndSeek(DiffusionMethod):
     invert: ClassVar[bool] = False
     """Project every ``I_hide`` through the DAE (invert, decode, re-encode; the paper) instead
     of encoding it."""
+    threshold: ClassVar[Threshold] = "body-mean"
+    """How each polarity's difference map is binarised (``body-mean`` or ``positive-median``)."""
+    connectivity: ClassVar[int] = CONNECTIVITY
+    """Pixel connectivity of candidates: 2 (8-neighbourhood) or 1 (4-neighbourhood)."""
+    denominator: ClassVar[str] = "reference"
+    """Eq. (3)'s ``c(z)``: of the reference image ``B`` each ``I_hide`` is built from
+    (``reference``), or of the input whatever ``B`` is (``input``, the authors' code)."""
 
     def __init__(
         self,
@@ -133,6 +143,7 @@ class HideAndSeek(DiffusionMethod):
         min_candidate_px: int = DEFAULT_MIN_CANDIDATE_PX,
         boundary_px: int = DEFAULT_BOUNDARY_PX,
         only_malignant: bool = True,
+        floor: str = "reencoded",
         device: str = "cpu",
     ) -> None:
         self.checkpoint = checkpoint
@@ -143,6 +154,9 @@ class HideAndSeek(DiffusionMethod):
         self.p_target, self.tau = float(p_target), float(tau)
         self.min_candidate_px, self.boundary_px = int(min_candidate_px), int(boundary_px)
         self.only_malignant = bool(only_malignant)
+        if floor not in FLOORS:
+            raise ValueError(f"floor={floor!r}: choose one of {', '.join(FLOORS)}")
+        self.floor = floor
         self.device = str(torch_device(device))
         if self.boundary_px < 0:
             raise ValueError(f"boundary_px={boundary_px!r} must be ≥ 0 (0 keeps the outlines)")
@@ -169,7 +183,7 @@ class HideAndSeek(DiffusionMethod):
         if self.refit_classifier or dae_origin.fingerprint in (training.fingerprint, UNKNOWN_DATA):
             classifier_origin = TrainedOn(training.name, training.fingerprint)
             self.classifier, stored = classifier_for(
-                self.dae, dae_identity, training, self.store, refit=self.refit_classifier
+                self.dae, dae_identity, training, self.store, hs.P_TARGET, self.refit_classifier
             )
         else:
             classifier_origin = dae_origin
@@ -202,6 +216,14 @@ class HideAndSeek(DiffusionMethod):
             seg.labels = hs.image_boundaries(seg.labels, image, body_mask, self.boundary_px)
         return seg
 
+    def floor_latent(self, z_healthy: np.ndarray, healthy: torch.Tensor) -> np.ndarray:
+        """The latent whose ``c`` is Eq. (3)'s floor ``c(z_healthy)``: the edited latent itself
+        (``floor=target``, so ``c = p_target``), or the healthy edit decoded and re-encoded
+        (``floor=reencoded``: where hiding every candidate can actually bring ``c``)."""
+        if self.floor == "target":
+            return z_healthy
+        return hs.to_array(self.dae.encode(healthy))
+
     def attribute(
         self, image: np.ndarray, body: np.ndarray, phenotype: Phenotype | None
     ) -> Attribution:
@@ -230,15 +252,19 @@ class HideAndSeek(DiffusionMethod):
                 both = dae.decode(torch.cat([x_t, x_t]), torch.cat([z_edit, z]), steps[1])
                 healthy, base = both.split(len(x))
             # Eq. (3) compares each I_hide with the image it was built from: c(encode(base))
-            encoded = z if base is x else dae.encode(base)
+            from_input = base is x or self.denominator == "input"
+            encoded = z if from_input else dae.encode(base)
             p_base = float(plane.probability(hs.to_array(encoded))[0])
-        if p_base <= self.p_target:
-            why = f"c(base)={p_base:.3f} <= p_target={self.p_target:g}, nothing to remove"
-            return Attribution(p_orig=p_orig, p_base=p_base, refusal=why)
+            p_healthy = float(plane.probability(self.floor_latent(z_healthy, healthy))[0])
+        if p_base <= p_healthy:
+            floor = (f"p_target={self.p_target:g}" if self.floor == "target"
+                     else f"c(encode(I_healthy))={p_healthy:.3g}")  # fmt: skip
+            why = f"c(base)={p_base:.3f} <= {floor}, nothing to remove"
+            return Attribution(p_orig=p_orig, p_base=p_base, p_healthy=p_healthy, refusal=why)
         healthy, base = hs.to_array(healthy[0, 0]), hs.to_array(base[0, 0])
-        p_healthy = float(plane.probability(z_healthy)[0])
         wanted = HINTED.get(phenotype, BOTH)
-        scored, images = hs.scored_candidates(base, healthy, body, wanted, self.min_candidate_px)
+        scored, images = hs.scored_candidates(base, healthy, body, wanted, self.min_candidate_px,
+                                              self.threshold, self.connectivity)  # fmt: skip
         p_hide = hs.hidden_probabilities(dae, plane, images, self.invert, steps, self.batch_size)
         deltas = hs.delta_score(p_hide, p_base, p_healthy)
         return Attribution(
@@ -268,15 +294,19 @@ class HideAndSeekUngated(HideAndSeek):
 
 
 class HideAndSeekPaper(HideAndSeek):
-    """The paper's Algorithm 1 exactly: ``I`` in ``D`` and Eq. (2), every ``I_hide`` projected
-    (inverted, decoded, re-encoded) one at a time, 250/100 DDIM steps (Table 3), 5-pixel
-    candidates and the difference map's own outlines."""
+    """Hide-and-Seek as the authors' released code runs it (``hide_and_seek_demo.ipynb``): the
+    reconstruction as reference, ``c(z)`` of the input in Eq. (3), each polarity's difference
+    binarised at the median of its positive pixels, 4-connected candidates, 5-pixel candidates
+    scored, every ``I_hide`` projected (inverted, decoded, re-encoded) one at a time, 250/100
+    DDIM steps (Table 3), the difference map's own outlines; with the paper's gate."""
 
     name = "hideseek-paper"
     bench = False
     timeout_s = 3600.0  # every candidate projected with 350 DDIM steps: minutes per vertebra
-    reference = "input"
     invert = True
+    threshold = "positive-median"
+    connectivity = 1
+    denominator = "input"
 
     def __init__(
         self,
@@ -285,11 +315,12 @@ class HideAndSeekPaper(HideAndSeek):
         batch_size: int = 1,
         min_candidate_px: int = MIN_COMPONENT_PX,
         boundary_px: int = 0,
+        floor: str = "target",
         **params: Any,
     ) -> None:
         super().__init__(steps_stochastic=steps_stochastic, steps_decode=steps_decode,
                          batch_size=batch_size, min_candidate_px=min_candidate_px,
-                         boundary_px=boundary_px, **params)  # fmt: skip
+                         boundary_px=boundary_px, floor=floor, **params)  # fmt: skip
 
 
 __all__ = ["DAE_RECIPE", "STORE", "Attribution", "HideAndSeek", "HideAndSeekPaper",

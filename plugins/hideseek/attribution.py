@@ -20,8 +20,16 @@ from scipy.special import logit as _logit
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 
-from wsbench.api import BLASTIC, LYTIC, MIN_COMPONENT_PX, components, eroded_body, module_device
-from wsbench.plugins.common.dae.candidates import Candidate, extract_candidates
+from wsbench.api import (
+    BLASTIC,
+    CONNECTIVITY,
+    LYTIC,
+    MIN_COMPONENT_PX,
+    components,
+    eroded_body,
+    module_device,
+)
+from wsbench.plugins.common.dae.candidates import Candidate, Threshold, extract_candidates
 from wsbench.plugins.common.dae.latent import Hyperplane
 from wsbench.plugins.common.dae.network import Autoencoder, to_array, to_tensor
 
@@ -41,17 +49,22 @@ def probability_logit(p: float) -> float:
 
 
 def healthy_latent(z: np.ndarray, plane: Hyperplane, p_target: float = P_TARGET) -> np.ndarray:
-    """Eq. (1): move ``z`` along the normal ``n`` until ``c(z) == p_target``.
+    """Eq. (1): move ``z`` along the plane's edit direction ``v`` until ``c(z) == p_target``.
 
-    This is ``z − (dist(z) − d_target/‖n‖) n/‖n‖``: the paper writes ``d_target`` (a logit)
-    where the distance ``d_target/‖n‖`` is meant.
+    This is ``z − (n·z + b − d_target) v / (n·v)``; along the normal (``v = n``) it is the
+    paper's ``z − (dist(z) − d_target/‖n‖) n/‖n‖``, where the paper writes ``d_target`` (a logit)
+    for the distance ``d_target/‖n‖``.
     """
     z = np.asarray(z, dtype=np.float64)
-    along = float(plane.normal @ plane.normal)
+    direction = np.asarray(plane.edit_direction, dtype=np.float64)
+    along = float(plane.normal @ direction)
     if along < 1e-12:
-        raise ValueError("the latent classifier's normal is zero: it cannot edit z")
+        raise ValueError(
+            "the latent classifier's edit direction does not raise its logit (n·v ≤ 0): it "
+            "cannot edit z"
+        )
     step = (plane.logit(z) - probability_logit(p_target)) / along
-    return z - np.asarray(step)[..., None] * plane.normal
+    return z - np.asarray(step)[..., None] * direction
 
 
 def image_boundary(
@@ -147,14 +160,21 @@ def union(masks: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
 
 
 def scored_candidates(
-    image: np.ndarray, healthy: np.ndarray, body: np.ndarray, wanted: Sequence[int], min_px: int
+    image: np.ndarray,
+    healthy: np.ndarray,
+    body: np.ndarray,
+    wanted: Sequence[int],
+    min_px: int,
+    rule: Threshold = "body-mean",
+    connectivity: int = CONNECTIVITY,
 ) -> tuple[list[Candidate], list[np.ndarray]]:
     """The candidates Hide-and-Seek scores on one slice, and the Eq. (2) image of each.
 
-    Candidates of the ``wanted`` polarities with at least ``min_px`` pixels are scored; every
-    candidate (any polarity or size) is hidden in the others' images.
+    Candidates (:func:`extract_candidates` with ``rule`` and ``connectivity``) of the ``wanted``
+    polarities with at least ``min_px`` pixels are scored; every candidate (any polarity or
+    size) is hidden in the others' images.
     """
-    found = extract_candidates(image, healthy, body)
+    found = extract_candidates(image, healthy, body, rule, connectivity)
     suspects = union([c.mask for c in found], body.shape)
     scored = [c for c in found if c.label in wanted and c.size >= min_px]
     return scored, [hide_others(image, healthy, c.mask, suspects) for c in scored]

@@ -104,6 +104,8 @@ class ChunkResult:
 
 
 _methods = threading.local()
+TRIM_SETTING = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+"""Dask's setting of the worker processes' glibc trim threshold (unset: glibc's default)."""
 
 
 def worker_calls(chunk: Chunk, dataset: PreparedDataset) -> TimedCalls[Any]:
@@ -326,9 +328,12 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Client]:
         return
     if workers < 1:
         raise RunError(f"--workers {workers}: give a positive number of worker processes")
-    # non-daemonic workers, so that they may fork the per-vertebra time limit's process; set for
-    # the whole process, as a nanny reads it again when it restarts a worker that died
-    dask.config.set({"distributed.worker.daemon": False})
+    # non-daemonic workers, so that they may fork the per-vertebra time limit's process; and
+    # glibc's default trim threshold instead of Dask's 64 KiB, which returns torch's freed
+    # buffers to the kernel after every operation (DDIM sampling 1.5x slower, 4x the system
+    # time; docs/distributed.md). Set for the whole process: a nanny reads both again when it
+    # restarts a worker that died
+    dask.config.set({"distributed.worker.daemon": False, TRIM_SETTING: None})
     cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True,
                            dashboard_address=None, silence_logs=logging.ERROR)  # fmt: skip
     cluster.scale(workers)  # the workers start while the client prepares the data

@@ -23,9 +23,10 @@ def eroded_body(body_mask: np.ndarray, pixels: int = BODY_EROSION_PX) -> np.ndar
     return ndimage.binary_erosion(body_mask.astype(bool), iterations=pixels, border_value=0)
 
 
-def components(mask: np.ndarray) -> np.ndarray:
-    """Connected components of a binary mask (int32, 0 = background)."""
-    return connected_components(mask.astype(bool), connectivity=CONNECTIVITY).astype(np.int32)
+def components(mask: np.ndarray, connectivity: int = CONNECTIVITY) -> np.ndarray:
+    """Connected components of a binary mask (int32, 0 = background); ``connectivity`` 1 is the
+    4-neighbourhood in 2D, 2 the 8-neighbourhood."""
+    return connected_components(mask.astype(bool), connectivity=connectivity).astype(np.int32)
 
 
 def postprocess(

@@ -2,17 +2,23 @@
 
 On CT a lytic lesion is hypodense, so its healthy version is *brighter*: lytic candidates are
 where ``healthy > image`` and blastic candidates where ``image > healthy``. Each polarity's
-difference map is binarised at its mean over all body pixels (zeros included; paper §4) and split
-into 8-connected components.
+difference map is binarised within the body and split into connected components. Two rules set
+the cut: ``body-mean``, its mean over all body pixels, zeros included (the paper's "per-image
+mean threshold", §4), and ``positive-median``, the median of its positive body pixels (the
+authors' released demo).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from wsbench.api import BLASTIC, LYTIC, components
+from wsbench.api import BLASTIC, CONNECTIVITY, LYTIC, components
+
+Threshold = Literal["body-mean", "positive-median"]
+THRESHOLDS: tuple[Threshold, ...] = ("body-mean", "positive-median")
 
 
 def polarity_maps(image: np.ndarray, healthy: np.ndarray) -> dict[int, np.ndarray]:
@@ -21,11 +27,18 @@ def polarity_maps(image: np.ndarray, healthy: np.ndarray) -> dict[int, np.ndarra
     return {LYTIC: np.maximum(-difference, 0.0), BLASTIC: np.maximum(difference, 0.0)}
 
 
-def binarise(diff: np.ndarray, body: np.ndarray) -> np.ndarray:
-    """Body pixels whose difference exceeds its mean over *all* body pixels (zeros included)."""
+def binarise(diff: np.ndarray, body: np.ndarray, rule: Threshold = "body-mean") -> np.ndarray:
+    """Body pixels whose difference is strictly above the ``rule``'s cut: the mean over *all*
+    body pixels (zeros included), or the median of the body pixels above zero."""
     body = np.asarray(body, dtype=bool)
     values = diff[body]
-    cut = values.mean() if values.size else 0.0
+    if rule == "positive-median":
+        values = values[values > 0]
+        cut = float(np.median(values)) if values.size else 0.0
+    elif rule == "body-mean":
+        cut = values.mean() if values.size else 0.0
+    else:
+        raise ValueError(f"threshold rule {rule!r}: choose one of {', '.join(THRESHOLDS)}")
     return body & (diff > cut)
 
 
@@ -42,10 +55,17 @@ class Candidate:
         return int(self.mask.sum())
 
 
-def extract_candidates(image: np.ndarray, healthy: np.ndarray, body: np.ndarray) -> list[Candidate]:
-    """Lytic then blastic candidates (8-connected components, in label order)."""
+def extract_candidates(
+    image: np.ndarray,
+    healthy: np.ndarray,
+    body: np.ndarray,
+    rule: Threshold = "body-mean",
+    connectivity: int = CONNECTIVITY,
+) -> list[Candidate]:
+    """Lytic then blastic candidates: components (``connectivity`` 2 = 8-connected, 1 =
+    4-connected) of each polarity's map binarised by ``rule``, in label order."""
     found = []
     for label, diff in polarity_maps(image, healthy).items():
-        labelled = components(binarise(diff, body))
+        labelled = components(binarise(diff, body, rule), connectivity)
         found += [Candidate(labelled == k, label) for k in range(1, int(labelled.max()) + 1)]
     return found

@@ -1,12 +1,13 @@
 """The latent probe of a diffusion autoencoder: standardised ``z_sem`` + logistic regression.
 
-``C`` is chosen by a grid search with cross-validation grouped by vertebra (the central slices of
-one vertebra never sit on both sides of a fold) on the log-loss, because Hide-and-Seek reads the
-probe's probabilities, not only its ranking. Classes are weighted ``balanced`` so that a 0.5 cut
-means the same on imbalanced training sets. The solver is Newton–Cholesky (d = 512 makes its
-Hessian cheap): on 10 210 × 512 phantom latents it converges in 3–4 iterations and 0.4–0.6 s,
-where lbfgs took 9–45 s and stopped short of convergence. Hide-and-Seek uses it as its latent
-classifier ``c(·)``; the DAE quality report measures ``z_sem`` with it.
+:class:`LatentClassifier` holds any such regression with its raw-space :class:`Hyperplane`;
+Hide-and-Seek's ``c(·)`` is one (fitted by its own recipe, ``plugins/hideseek``).
+:func:`fit_latent_classifier` is the probe the DAE quality report measures ``z_sem`` with: ``C``
+chosen by a grid search with cross-validation grouped by vertebra (the central slices of one
+vertebra never sit on both sides of a fold) on the log-loss, classes weighted ``balanced``. The
+solver is Newton–Cholesky (d = 512 makes its Hessian cheap): on 10 210 × 512 phantom latents it
+converges in 3–4 iterations and 0.4–0.6 s, where lbfgs took 9–45 s and stopped short of
+convergence.
 """
 
 from __future__ import annotations
@@ -33,10 +34,17 @@ MAX_FOLDS = 5
 
 @dataclass(frozen=True)
 class Hyperplane:
-    """A linear classifier ``c(z) = σ(n·z + b)`` on raw semantic latents."""
+    """A linear classifier ``c(z) = σ(n·z + b)`` on raw semantic latents, with the direction in
+    which Eq. (1) moves ``z`` (``None``: along the normal ``n``)."""
 
     normal: np.ndarray
     bias: float
+    direction: np.ndarray | None = None
+
+    @property
+    def edit_direction(self) -> np.ndarray:
+        """The raw-space direction an edit of ``z`` follows."""
+        return self.normal if self.direction is None else self.direction
 
     def logit(self, z: np.ndarray) -> np.ndarray:
         """``n·z + b`` for ``z`` of shape ``(..., d)``."""
@@ -78,12 +86,13 @@ class LatentClassifier:
     mean: np.ndarray
     scale: np.ndarray
     C: float
-    cv_log_loss: float
 
     @property
     def plane(self) -> Hyperplane:
-        """The decision hyperplane in raw ``z_sem`` coordinates."""
-        return hyperplane_from_standardised(self.weights, self.bias, self.mean, self.scale)
+        """The decision hyperplane in raw ``z_sem`` coordinates, editing along the weights in
+        standardised coordinates (raw direction ``σ ⊙ w``, as the authors' code steps)."""
+        plane = hyperplane_from_standardised(self.weights, self.bias, self.mean, self.scale)
+        return Hyperplane(plane.normal, plane.bias, direction=self.scale * self.weights)
 
     def probability(self, z: np.ndarray) -> np.ndarray:
         """Malignancy probability ``c(z)`` of raw latents ``(..., d)``."""
@@ -98,7 +107,6 @@ class LatentClassifier:
             "mean": torch.as_tensor(self.mean),
             "scale": torch.as_tensor(self.scale),
             "C": float(self.C),
-            "cv_log_loss": float(self.cv_log_loss),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, path)
@@ -115,7 +123,6 @@ class LatentClassifier:
             mean=state["mean"].numpy(),
             scale=state["scale"].numpy(),
             C=state["C"],
-            cv_log_loss=state["cv_log_loss"],
         )
 
 
@@ -159,7 +166,6 @@ def fit_latent_classifier(
         mean=scaler.mean_.copy(),
         scale=scaler.scale_.copy(),
         C=float(search.best_params_["logisticregression__C"]),
-        cv_log_loss=float(-search.best_score_),
     )
 
 

@@ -43,6 +43,7 @@ if [[ $DEVICE == cuda ]]; then
   RUN_MODELS=()
   TRAIN=(-t config=gpu -t steps=1000 -t precision=bf16)
   TRAIN_THREADS=8
+  RUN_THREADS=4                            # CPU threads of the device runs' own CPU work
   DEVICE_RUNS=$OUT/runs_cuda
   TESTS=()
 else
@@ -53,6 +54,7 @@ else
   RUN_MODELS=(-p model=phantom)
   TRAIN=(-t config=tiny -t steps=10 -t batch_size=4 -t precision=bf16)
   TRAIN_THREADS=1
+  RUN_THREADS=1                            # the CPU runs share the cores in the background
   TRAIN_CACHE=$WSBENCH_CACHE
   DEVICE_RUNS=$OUT/runs_dry
   TESTS=(-m "not slow")   # the bundled LiteMedSAM's test is the slow one; the runs use it
@@ -150,7 +152,7 @@ stage device-tests env WSBENCH_TEST_DEVICE="$DEVICE" "$PY" -m pytest "$REPO/test
 for method in "${METHODS[@]}"; do
   stage "run-$method-$DEVICE" wsbench run --method "$method" "${RUN_DATA[@]}" $(models_of "$method") \
     -p "device=$DEVICE" \
-    --out "$DEVICE_RUNS" --threads 4
+    --out "$DEVICE_RUNS" --threads "$RUN_THREADS"
 done
 
 if [[ $DEVICE == cuda ]]; then train_bf16; fi

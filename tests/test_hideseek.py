@@ -252,7 +252,7 @@ def test_batched_and_unbatched_paths_give_the_same_delta_on_a_tiny_dae(configura
     rng = np.random.default_rng(5)
     clf = LatentClassifier(rng.normal(size=latent), 3.0, np.zeros(latent), np.ones(latent), 1)
     params = {"only_malignant": False, "steps_stochastic": 3, "steps_decode": 3, "tau": -1.0,
-              "min_candidate_px": 2}  # fmt: skip
+              "min_candidate_px": 2, "floor": "target"}  # fmt: skip
     batched = configuration.from_parts(dae, clf, batch_size=16, **params)
     looped = configuration.from_parts(dae, clf, batch_size=1, **params)
     a = batched.segment(sample_of(image, body, phenotype=None))

@@ -126,7 +126,12 @@ def draw(
     for ax, data, title in [
         (axes[0, 0], image, f"input (HU {lo:.0f}…{hi:.0f}), body mask green"),
         (axes[0, 1], unit_to_hu(recon), "DAE reconstruction, z unchanged"),
-        (axes[0, 2], healthy, f"'healthy' edit: c(z) {first.p_orig:.1e} → {first.p_healthy:.0e}"),
+        (
+            axes[0, 2],
+            healthy,
+            f"'healthy' edit: c(z) {first.p_orig:.2f} → {P_TARGET:g}, "
+            f"re-encoded {first.p_healthy:.2f}",
+        ),
     ]:
         ax.imshow(data, **grey)
         ax.set_title(title, fontsize=10)
@@ -152,7 +157,7 @@ def draw(
     c_hide = np.asarray(mixed.p_hide)
     notes = [
         f"c(z)         = {mixed.p_orig:.2e}",
-        f"c(z_healthy) = {mixed.p_healthy:.2e} (p_target)",
+        f"Eq. 3 floor  = {mixed.p_healthy:.2e} (c(encode(I_healthy)))",
         f"c(z_hide)    = {c_hide.min():.2e} … {c_hide.max():.2e}",
         "",
     ]

@@ -1,24 +1,26 @@
 """Hide-and-Seek Attribution (Atad et al., §4 and Algorithm 1).
 
-1. Encode the slice, ``z``; edit it to ``z_healthy`` with ``c(z_healthy) = p_target`` (Eq. 1);
-   decode the original's stochastic code with ``z_healthy``: ``I_healthy``.
+1. Encode the slice, ``z``; edit it to ``z_healthy`` with ``c(z_healthy) = p_target`` (Eq. 1,
+   a step along the latent classifier's weights in standardised coordinates); decode the
+   original's stochastic code with ``z_healthy``: ``I_healthy``.
 2. Lytic candidates where ``I_healthy > I``, blastic where ``I > I_healthy``; each polarity
-   binarised at its body mean, split into 8-connected components.
+   binarised and split into connected components.
 3. For each candidate ``M``: keep ``I`` on ``M``, put ``I_healthy`` on every other candidate
    (Eq. 2), project through the DAE, re-encode, and score ``Δ(M)`` (Eq. 3); keep ``Δ ≥ τ``.
 
 Three registered configurations:
 
-* ``hideseek`` (:class:`HideAndSeek`), the default, chosen on the training split: ``D`` and
-  Eq. (2) use the DAE's reconstruction of ``I`` (as the authors' demo does), ``z_hide`` is
-  ``encode(I_hide)`` without projection, 20/20 DDIM steps, only candidates of at least 25 pixels
-  are scored, and each kept lesion's outline is redrawn from the input's HU (Otsu's threshold
-  near the lesion) instead of the blurred difference map;
+* ``hideseek`` (:class:`HideAndSeek`), the default: ``D`` and Eq. (2) use the DAE's
+  reconstruction of ``I`` (as the authors' code does), ``z_hide`` is ``encode(I_hide)`` without
+  projection, Eq. (3)'s floor is ``c`` of the re-encoded healthy edit, 20/20 DDIM steps, only
+  candidates of at least 25 pixels are scored (body-mean cut, 8-connected), and each kept
+  lesion's outline is redrawn from the input's HU (Otsu's threshold near the lesion);
 * ``hideseek-ungated`` (:class:`HideAndSeekUngated`): the same with the paper's gate off;
-* ``hideseek-paper`` (:class:`HideAndSeekPaper`): the paper's algorithm exactly (``I`` in ``D``
-  and Eq. 2, every ``I_hide`` inverted, decoded and re-encoded, 250/100 steps, 5-pixel
-  candidates, the difference map's outlines); left out of ``wsbench bench`` unless named, as it
-  takes minutes per vertebra on a CPU.
+* ``hideseek-paper`` (:class:`HideAndSeekPaper`): the authors' released code (median-of-positives
+  cut, 4-connected candidates, every ``I_hide`` inverted, decoded and re-encoded, 250/100 steps,
+  5-pixel candidates, ``c(z)`` of the input and ``p_target`` in Eq. 3, the difference map's
+  outlines); left out of ``wsbench bench`` unless named, as it takes minutes per vertebra on a
+  CPU.
 """
 
 from __future__ import annotations

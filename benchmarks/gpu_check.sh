@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR [--device cuda|cpu]
 #
-# --device cpu is the dry run: everything on the CPU with small settings (< 2 min on two cores).
+# --device cpu is the dry run: everything on the CPU with small settings (about 2 min on two cores).
 set -euo pipefail
 
 usage() { echo "usage: bash benchmarks/gpu_check.sh OUT_DIR [--device cuda|cpu]" >&2; exit 2; }
@@ -132,7 +132,11 @@ train_bf16() {
   stage train-bf16 env WSBENCH_CACHE="$TRAIN_CACHE" wsbench train --method hideseek \
     "${RUN_DATA[@]}" "${TRAIN[@]}" -p "device=$DEVICE" --threads "$TRAIN_THREADS"
 }
-if [[ $DEVICE == cpu ]]; then train_bf16; fi
+TRAIN_PID=
+if [[ $DEVICE == cpu ]]; then   # the dry run trains beside the other stages (shorter on two cores)
+  train_bf16 &
+  TRAIN_PID=$!
+fi
 
 # --- 4a. the CPU runs, one thread each, in the background while the device works -----------
 declare -A CPU_PID
@@ -157,7 +161,10 @@ done
 
 if [[ $DEVICE == cuda ]]; then train_bf16; fi
 
-# --- 4c. wait for the CPU runs, then compare ------------------------------------------------
+# --- 4c. wait for the CPU runs (and the dry run's training), then compare -------------------
+if [[ -n $TRAIN_PID ]] && ! wait "$TRAIN_PID"; then
+  exit 1   # the stage has said why
+fi
 for method in "${METHODS[@]}"; do
   if ! wait "${CPU_PID[$method]}"; then
     log "the CPU run of $method failed; the end of $OUT/run_cpu_$method.txt:"

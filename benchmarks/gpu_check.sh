@@ -148,9 +148,18 @@ for method in "${METHODS[@]}"; do
 done
 CPU_START=$EPOCHREALTIME
 
-# --- 2. the device tests --------------------------------------------------------------------
-stage device-tests env WSBENCH_TEST_DEVICE="$DEVICE" "$PY" -m pytest "$REPO/tests/test_device.py" \
-  -q -p no:cacheprovider --rootdir "$REPO" "${TESTS[@]}"
+# --- 2. the device tests (the dry run's beside the runs) ------------------------------------
+device_tests() {
+  stage device-tests env WSBENCH_TEST_DEVICE="$DEVICE" "$PY" -m pytest "$REPO/tests/test_device.py" \
+    -q -p no:cacheprovider --rootdir "$REPO" "${TESTS[@]}"
+}
+TESTS_PID=
+if [[ $DEVICE == cpu ]]; then
+  device_tests &
+  TESTS_PID=$!
+else
+  device_tests
+fi
 
 # --- 4b. the runs on the device -------------------------------------------------------------
 for method in "${METHODS[@]}"; do
@@ -161,10 +170,10 @@ done
 
 if [[ $DEVICE == cuda ]]; then train_bf16; fi
 
-# --- 4c. wait for the CPU runs (and the dry run's training), then compare -------------------
-if [[ -n $TRAIN_PID ]] && ! wait "$TRAIN_PID"; then
-  exit 1   # the stage has said why
-fi
+# --- 4c. wait for the CPU runs (and the dry run's training and tests), then compare ---------
+for pid in $TRAIN_PID $TESTS_PID; do
+  wait "$pid" || exit 1   # the stage has said why
+done
 for method in "${METHODS[@]}"; do
   if ! wait "${CPU_PID[$method]}"; then
     log "the CPU run of $method failed; the end of $OUT/run_cpu_$method.txt:"

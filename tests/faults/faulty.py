@@ -33,8 +33,9 @@ def bright(sample: VertebraSample) -> np.ndarray:
 
 class Misbehaving(Method):
     """Answers like :func:`bright`, except on the vertebrae named in its parameters: ``fail``
-    raises, ``hang`` sleeps for ever, ``die`` ends the process, ``refuse`` declines to look,
-    ``flaky`` raises while the file ``flag`` exists (a transient error). Names are
+    raises, ``hang`` sleeps for ever (first creating the file ``flag`` when one is named, so
+    that a test can tell the hang has begun), ``die`` ends the process, ``refuse`` declines to
+    look, ``flaky`` raises while the file ``flag`` exists (a transient error). Names are
     comma-separated vertebra ids."""
 
     name = "misbehaving"
@@ -56,6 +57,8 @@ class Misbehaving(Method):
         if self.named(self.fail, vertebra):
             raise RuntimeError(f"no convergence on {vertebra}")
         if self.named(self.hang, vertebra):
+            if self.flag:
+                Path(self.flag).touch()
             while True:
                 time.sleep(60)
         if self.named(self.die, vertebra):

@@ -13,6 +13,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 from pathlib import Path
 
 import fakes
@@ -46,6 +47,15 @@ def forkable() -> None:
     why = fork_unsafe()
     if why:
         pytest.skip(f"time limits are not enforced in this process: {why}")
+
+
+def interrupt_when(flag: Path, pid: int, limit_s: float = 60.0) -> None:
+    """Ctrl-C to process ``pid`` as soon as the file ``flag`` exists (a method has begun to
+    hang), so that the interrupt lands while the run waits on that vertebra."""
+    deadline = time.monotonic() + limit_s
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGINT)
 
 
 def misbehaving(**params: str) -> RunConfig:
@@ -151,10 +161,15 @@ def test_a_worker_that_dies_fails_its_vertebra_only(tmp_path: Path, forkable: No
 
 
 def test_ctrl_c_stops_the_worker_keeps_finished_vertebrae_and_resume_completes(
-    tmp_path: Path, forkable: None
+    tmp_path: Path, forkable: None, request: pytest.FixtureRequest
 ) -> None:
-    config = misbehaving(hang="tiny_s4_L1")
-    interrupt = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    # a shell starts background jobs with SIGINT ignored, and Python then leaves it ignored:
+    # give this process the Ctrl-C a terminal would
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    hanging = tmp_path / "hanging"
+    config = misbehaving(hang="tiny_s4_L1", flag=str(hanging))
+    interrupt = threading.Thread(target=interrupt_when, args=(hanging, os.getpid()), daemon=True)
     interrupt.start()
     with pytest.raises(KeyboardInterrupt):
         run(config, tmp_path, timeout_s=60)

@@ -338,6 +338,34 @@ def test_classifier_for_fits_once_then_reloads_from_the_model_store():
     assert again.C in C_GRID
 
 
+def test_a_phenotype_direction_is_fitted_on_healthy_against_that_hint_only():
+    from wsbench.contract import Phenotype, Split, TrainingSet
+    from wsbench.plugins.hideseek import STORE
+    from wsbench.testing import synthetic_vertebra
+
+    plan = [(f"h{i}", None, None) for i in range(6)]
+    plan += [(f"l{i}", Phenotype.LYTIC, Phenotype.LYTIC) for i in range(5)]
+    plan += [(f"b{i}", Phenotype.BLASTIC, Phenotype.BLASTIC) for i in range(4)]
+    plan += [("h0", None, Phenotype.LYTIC)]  # a healthy vertebra of a lytic patient: still healthy
+    views = [synthetic_vertebra(subject, f"L{i}", Split.TRAIN, kind, seed=i).training_view(hint)
+             for i, (subject, kind, hint) in enumerate(plan)]  # fmt: skip
+    training = TrainingSet("directions", "directions-fingerprint", views)
+    dae = LinearAutoencoder(size=32, latent=4)
+    lytic, path = classifier_for(
+        dae, "dae-test", training, STORE, P_TARGET, phenotype=Phenotype.LYTIC
+    )
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert (card["direction"], card["vertebrae"], card["malignant"]) == ("lytic hint", 12, 5)
+    assert card["config"]["phenotype"] == "lytic"
+    assert (
+        classifier_for(dae, "dae-test", training, STORE, P_TARGET, phenotype=Phenotype.BLASTIC)
+        is None
+    )
+    pooled, pooled_path = classifier_for(dae, "dae-test", training, STORE, P_TARGET)
+    assert json.loads(pooled_path.with_suffix(".json").read_text())["malignant"] == 9
+    assert pooled_path != path and not np.array_equal(pooled.weights, lytic.weights)
+
+
 def test_the_edit_classifier_takes_the_weakest_regularisation_that_edits_far_enough():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 60)

@@ -58,6 +58,7 @@ def test_training_set_reaches_no_lesion_mask() -> None:
         "body",
         "spacing",
         "label",
+        "hint",
     }
 
 
@@ -78,6 +79,16 @@ def test_training_set_holds_only_train_split_and_labels() -> None:
     assert len(training) == 4
     assert training.labels().tolist() == [1, 0, 1, 0]
     assert len(training.where(WeakLabel.HEALTHY)) == 2
+
+
+def test_training_vertebrae_carry_their_patients_hint_healthy_ones_too() -> None:
+    training = TinyDataset().prepare().training_set()
+    assert [(v.key.subject, v.hint) for v in training] == [
+        ("s1", Phenotype.BLASTIC),
+        ("s1", Phenotype.BLASTIC),  # healthy L2 of a patient with blastic metastases
+        ("s2", Phenotype.LYTIC),
+        ("s2", Phenotype.LYTIC),
+    ]
 
 
 def test_sample_is_the_mid_slice() -> None:

@@ -106,6 +106,43 @@ def test_the_reencoded_floor_is_c_of_the_encoded_healthy_edit():
         method(floor="zero")
 
 
+def lytic_direction(bias: float) -> LatentClassifier:
+    """A phenotype direction weighing the lytic region (darker, more malignant)."""
+    normal = np.array([0.0, -4.0])
+    return LatentClassifier(normal * SCALE, bias + normal @ MEAN, MEAN, SCALE, 1.0)
+
+
+def c_z(image: np.ndarray, normal: np.ndarray, bias: float) -> float:
+    """``c(z)`` of a raw-space hyperplane on the linear 'DAE', by hand."""
+    return float(expit(normal @ (region_rows() @ hu_to_unit(image).ravel()) + bias))
+
+
+def test_the_phenotype_direction_is_the_classifier_of_the_hint():
+    image, body = vertebra()
+    directions = {Phenotype.LYTIC: lytic_direction(2.0)}
+    parts = (LinearAutoencoder(rows=region_rows()), classifier(), directions)
+    params = {"min_candidate_px": 5, "floor": "target", "only_malignant": False}
+    phenotype = HideAndSeek.from_parts(*parts, **params)
+    pooled = HideAndSeek.from_parts(*parts, direction="pooled", **params)
+    assert phenotype.direction == "phenotype" and HideAndSeekPaper().direction == "pooled"
+    lytic, own = c_z(image, np.array([0.0, -4.0]), 2.0), c_z(image, NORMAL, BIAS)
+    for method_, hint, expected in [
+        (phenotype, Phenotype.LYTIC, lytic),
+        (phenotype, Phenotype.BLASTIC, own),  # no blastic direction: the pooled classifier
+        (pooled, Phenotype.LYTIC, own),
+    ]:
+        seg = method_.segment(sample_of(image, body, phenotype=hint))
+        assert seg.lesions[0].extra["c_z"] == pytest.approx(expected, rel=1e-5)
+    healthy_lytic = {Phenotype.LYTIC: lytic_direction(-30.0)}  # calls the vertebra healthy
+    gated = HideAndSeek.from_parts(*parts[:2], healthy_lytic, direction="phenotype",
+                                   min_candidate_px=5)  # fmt: skip
+    refused = gated.segment(sample_of(image, body, phenotype=Phenotype.LYTIC))
+    assert not refused.lesions and "< 0.5" in refused.refusal
+    assert gated.segment(sample_of(image, body, phenotype=Phenotype.BLASTIC)).lesions
+    with pytest.raises(ValueError, match="phenotype"):
+        method(direction="lytic")
+
+
 def test_lytic_hint_keeps_nothing_here():
     image, body = vertebra()
     seg = method().segment(sample_of(image, body, phenotype=Phenotype.LYTIC))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from wsbench.contract import TrainedOn, TrainingSet
+from wsbench.contract import Phenotype, TrainedOn, TrainingSet
 from wsbench.harness.runner import RunConfig, run
 from wsbench.models.store import ModelStore, trained_on
 from wsbench.report.publish import publish
@@ -111,11 +111,13 @@ def test_hideseek_transfer_takes_the_classifier_fitted_with_its_dae() -> None:
     method = HideAndSeek()
     method.fit(training, Path("."))
     origins = method.trained_on()
-    assert {role: o.dataset for role, o in origins.items()} == {
-        "dae": "phantom",
-        "classifier": "phantom",
-    }
+    roles = ["dae", "classifier", "classifier-lytic", "classifier-blastic", "classifier-mixed"]
+    assert {role: o.dataset for role, o in origins.items()} == dict.fromkeys(roles, "phantom")
     assert method.models()["classifier"].startswith("hideseek-classifier-7b853ee87f29-")
+    assert set(method.directions) == set(Phenotype)
+    pooled = HideAndSeek(direction="pooled")
+    pooled.fit(training, Path("."))
+    assert set(pooled.models()) == {"dae", "classifier"} and not pooled.directions
 
 
 @pytest.mark.slow

@@ -160,13 +160,15 @@ class VertebraSample:
 
 @dataclass(frozen=True, slots=True)
 class TrainingVertebra:
-    """One training vertebra: its central slices, body masks and weak label — nothing else."""
+    """One training vertebra: its central slices, body masks, weak label and its patient's
+    phenotype hint (:func:`patient_hints`, as a run gives it) — nothing else."""
 
     key: VertebraKey
     slices: np.ndarray
     body: np.ndarray
     spacing: tuple[float, float]
     label: WeakLabel | None
+    hint: Phenotype | None = None
 
 
 class TrainingSet(Sequence[TrainingVertebra]):
@@ -270,11 +272,11 @@ class PreparedVertebra:
             phenotype=hint,
         )
 
-    def training_view(self) -> TrainingVertebra:
+    def training_view(self, hint: Phenotype | None = None) -> TrainingVertebra:
         """The weak view used for training: the five central slices, however many were
-        prepared."""
+        prepared, with the patient-level phenotype ``hint`` (never this vertebra's own)."""
         slices, body = self.stack_of(self.slices, 0), self.stack_of(self.body, 0)
-        return TrainingVertebra(self.key, slices, body, self.spacing, self.label)
+        return TrainingVertebra(self.key, slices, body, self.spacing, self.label, hint)
 
     @property
     def reference(self) -> np.ndarray | None:
@@ -341,8 +343,11 @@ class PreparedDataset:
     root: Path | None = None
 
     def training_set(self) -> TrainingSet:
-        """The weak training view of the training split."""
-        items = [v.training_view() for v in self.vertebrae if v.split == Split.TRAIN]
+        """The weak training view of the training split, each vertebra with its patient's
+        phenotype hint."""
+        hints = patient_hints(self.vertebrae)
+        items = [v.training_view(hints[v.key.patient]) for v in self.vertebrae
+                 if v.split == Split.TRAIN]  # fmt: skip
         return TrainingSet(self.name, self.fingerprint, items)
 
     def split(self, split: Split) -> list[PreparedVertebra]:

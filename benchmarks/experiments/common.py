@@ -61,9 +61,10 @@ def hints(data: PreparedDataset) -> dict[tuple[str, str], Phenotype | None]:
 def fitted(
     data: PreparedDataset, checkpoint: Path | str | None = None, cls: type[M] = HideAndSeek
 ) -> M:
-    """``cls`` fitted as a run fits it: the dataset's DAE (or ``checkpoint``) and its latent
-    classifier, from the model store (the classifier is fitted once and stored when missing)."""
-    method = cls(checkpoint=str(checkpoint) if checkpoint else None)
+    """``cls`` fitted as a run fits it: the dataset's DAE (or ``checkpoint``), its latent
+    classifier and the phenotype directions (``direction=phenotype``), from the model store
+    (each is fitted once and stored when missing)."""
+    method = cls(checkpoint=str(checkpoint) if checkpoint else None, direction="phenotype")
     method.fit(data.training_set(), workdir(cls))
     return method
 

@@ -4,7 +4,8 @@ Usage:
 
     python benchmarks/experiment.py hideseek-classifier-recipe compare [--vertebrae 40] \
         [--sweep 0.01 ...]
-    python benchmarks/experiment.py hideseek-classifier-recipe card [--vertebrae 60]
+    python benchmarks/experiment.py hideseek-classifier-recipe card [--vertebrae 60] \
+        [--direction lytic]
     python benchmarks/experiment.py hideseek-classifier-recipe phenotype [--kind lytic]
 
 The healthy edit moves ``z`` by ``Δlogit / ‖w‖`` standard deviations (``w``: the logistic
@@ -28,9 +29,11 @@ balanced classes, ``C`` by grouped-CV log-loss, edit along the raw-space normal)
 (Hide-and-Seek's: the mid slice, balanced, ``C`` by edit length), ``authors`` (the authors'
 notebook: the mid slice, ``C`` and class weights by CV F1) and, with ``--sweep``, the mid slice
 at each given ``C``, balanced and unweighted; all but the first edit in standardised space.
-``card`` measures the stored classifier's edit on training vertebrae and records it in its
-model card. ``phenotype`` compares, on held-out lytic (or other) vertebrae, the recipe fitted on
-all malignant vertebrae with the recipe fitted on healthy against that phenotype only.
+``card`` measures the stored classifier's (or a phenotype direction's) edit on training
+vertebrae and records it in its model card. ``phenotype`` compares, on held-out vertebrae of
+patients with the lytic (or another) hint, the recipe fitted on all malignant vertebrae with
+the phenotype direction (the recipe fitted on healthy vertebrae against the malignant ones of
+patients with that hint), and the share of held-out healthy vertebrae each gate passes.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from wsbench.plugins.common.dae.quality import latent_auc_split, mid_slices
 from wsbench.plugins.hideseek.attribution import P_TARGET, healthy_latent
 from wsbench.plugins.hideseek.latent_classifier import TARGET_EDIT_SD, fit_edit_classifier
 
-from .common import MID, dae_path, fitted, prepared, seeded_vertebrae, threads
+from .common import MID, dae_path, fitted, hints, prepared, seeded_vertebrae, threads
 from .hideseek_edit_localisation import decoded_hu, pixel_auc
 
 AUTHORS_GRID = {"logisticregression__C": [1e-3, 1e-2, 1e-1, 1.0, 10.0],
@@ -191,23 +194,33 @@ def compare(
 def card(
     vertebrae: Annotated[int, typer.Option(help="malignant training vertebrae edited")] = 60,
     steps: Annotated[tuple[int, int], typer.Option(help="DDIM steps")] = (20, 20),
+    direction: Annotated[
+        str | None, typer.Option(help="a phenotype direction (default: all malignant)")
+    ] = None,
 ) -> None:
-    """Measure the stored latent classifier's healthy edit on the first ``vertebrae`` malignant
-    training vertebrae with a lesion on the mid slice (one seeded order, the curve's) and add
-    the figures to its model card (``edit_*``)."""
+    """Measure the stored latent classifier's healthy edit (or that of one phenotype
+    ``direction``) on the first ``vertebrae`` malignant training vertebrae with a lesion on the
+    mid slice (one seeded order, the curve's; of patients with that hint for a direction) and
+    add the figures to its model card (``edit_*``)."""
     threads(1)
     data = prepared("phantom")
     method = fitted(data)
-    path = method.store.resolve(method.fitted_models["classifier"])
-    chosen = seeded_vertebrae(data.split(Split.TRAIN), vertebrae, 0, WeakLabel.MALIGNANT)
+    kind = Phenotype(direction) if direction else None
+    role = "classifier" if kind is None else f"classifier-{kind.value}"
+    path = method.store.resolve(method.fitted_models[role])
+    classifier = method.classifier_of(kind)
+    patient = hints(data)
+    pool = [v for v in data.split(Split.TRAIN) if kind is None or patient[v.key.patient] == kind]
+    chosen = seeded_vertebrae(pool, vertebrae, 0, WeakLabel.MALIGNANT)
     image = mid_slices(chosen)
     lesions = np.stack([v.reference for v in chosen])
     body = np.stack([v.body[MID] for v in chosen]).astype(bool)
-    norm = float(np.linalg.norm(method.classifier.weights))
-    row = edit_row(method.dae, method.classifier.plane, norm, image, lesions, body, steps)
+    norm = float(np.linalg.norm(classifier.weights))
+    row = edit_row(method.dae, classifier.plane, norm, image, lesions, body, steps)
+    of = "" if kind is None else f" of patients with the {kind.value} hint"
     facts = {
-        "edit_measured_on": f"{len(chosen)} malignant training vertebrae with a lesion on the "
-        f"mid slice, {steps[0]}/{steps[1]} DDIM steps (benchmarks/experiment.py "
+        "edit_measured_on": f"{len(chosen)} malignant training vertebrae{of} with a lesion on "
+        f"the mid slice, {steps[0]}/{steps[1]} DDIM steps (benchmarks/experiment.py "
         "hideseek-classifier-recipe card)",
         "edit_hu_lesion": round(row["edit |HU| lesion"], 2),
         "edit_hu_other_body": round(row["edit |HU| other body"], 2),
@@ -215,6 +228,7 @@ def card(
         "edit_pixel_auc_lytic": round(row["lytic AUC H−R"], 3),
         "edit_survival_median": round(row["survival (median)"], 4),
     }
+    facts = {name: value for name, value in facts.items() if value == value}  # no NaN: no pixels
     record = read_card(path)
     key = ModelKey(record["kind"], record["dataset_fingerprint"], record["config"])
     kept = {k: v for k, v in record.items() if k not in ("title", "kind", "dataset_fingerprint",
@@ -230,23 +244,24 @@ def phenotype(
     vertebrae: Annotated[int, typer.Option(help="held-out vertebrae of that phenotype")] = 40,
     steps: Annotated[tuple[int, int], typer.Option(help="DDIM steps")] = (20, 20),
 ) -> None:
-    """A phenotype-specific edit direction (the paper's suggested extension): the recipe fitted
-    on healthy against ``kind`` vertebrae only, against the recipe on all, both measured on
-    held-out ``kind`` vertebrae with a lesion on the mid slice."""
+    """A phenotype direction (the paper's suggested extension): the recipe fitted on healthy
+    vertebrae against those of patients with the ``kind`` hint only, against the recipe on all,
+    both measured on held-out vertebrae of that hint with a lesion on the mid slice and on the
+    held-out healthy ones."""
     threads(1)
     data = prepared("phantom")
     dae = DiffusionAutoencoder.load(dae_path(data))
     fit, held = latent_auc_split(data.training_set(), 0)
     fit_keys, held_keys = {v.key for v in fit}, {v.key for v in held}
     train = [v for v in data.split(Split.TRAIN) if v.label is not None]
-    wanted = Phenotype(kind)
+    wanted, patient = Phenotype(kind), hints(data)
 
     def rows(keys: set, only: bool) -> list:
         return [v for v in train if v.key in keys and (v.label == WeakLabel.HEALTHY or not only
-                or v.phenotype == wanted)]  # fmt: skip
+                or patient[v.key.patient] == wanted)]  # fmt: skip
 
-    held_kind = [v for v in train if v.key in held_keys and v.label == WeakLabel.MALIGNANT
-                 and v.phenotype == wanted and v.reference.any()][:vertebrae]  # fmt: skip
+    held_kind = [v for v in rows(held_keys, True)
+                 if v.label == WeakLabel.MALIGNANT and v.reference.any()][:vertebrae]  # fmt: skip
     image = mid_slices(held_kind)
     lesions = np.stack([v.reference for v in held_kind])
     body = np.stack([v.body[MID] for v in held_kind]).astype(bool)
@@ -263,7 +278,8 @@ def phenotype(
         p = classifier.probability(z_scored)
         row = {"C": classifier.C, "fitted malignant": int(labels.sum()),
                f"held-out AUC healthy vs {kind}": float(roc_auc_score(y_scored, p)),
-               f"gate passes {kind}": float((p[y_scored == 1] >= 0.5).mean())}  # fmt: skip
+               f"gate passes {kind}": float((p[y_scored == 1] >= 0.5).mean()),
+               "gate passes healthy": float((p[y_scored == 0] >= 0.5).mean())}  # fmt: skip
         norm = float(np.linalg.norm(classifier.weights))
         row |= edit_row(dae, classifier.plane, norm, image, lesions, body, steps)
         table[name] = row

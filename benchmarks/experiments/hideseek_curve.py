@@ -154,7 +154,7 @@ def measure_one(
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     record = case_record(vertebra, seg.labels, True, "ok", "")
     image = vertebra.sample().image[None]
-    c_z = float(method.classifier.probability(encode_slices(method.dae, image))[0])
+    c_z = float(method.classifier_of(hint).probability(encode_slices(method.dae, image))[0])
     empty = case_record(vertebra, np.zeros_like(seg.labels), True, "ok", "")
     gated = record if c_z >= 0.5 else empty
     return {
@@ -233,12 +233,14 @@ def measure(
         faithful = text.strip() == FAITHFUL
         params: dict[str, Any] = {"only_malignant": False, **extra}
         if faithful:
-            method = HideAndSeekPaper.from_parts(loaded.dae, loaded.classifier, **params)
+            method = HideAndSeekPaper.from_parts(
+                loaded.dae, loaded.classifier, loaded.directions, **params
+            )
         else:
             stochastic, decode = parse_steps(text)
             params |= {"steps_stochastic": stochastic, "steps_decode": decode,
                        "batch_size": batch_size}  # fmt: skip
-            method = cls.from_parts(loaded.dae, loaded.classifier, **params)
+            method = cls.from_parts(loaded.dae, loaded.classifier, loaded.directions, **params)
         name = setting_name(method, extra, faithful)
         for v in chosen:
             row = {"setting": name, "steps_stochastic": method.steps_stochastic,

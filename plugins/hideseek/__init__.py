@@ -2,7 +2,9 @@
 
 1. Encode the slice, ``z``; edit it to ``z_healthy`` with ``c(z_healthy) = p_target`` (Eq. 1,
    a step along the latent classifier's weights in standardised coordinates); decode the
-   original's stochastic code with ``z_healthy``: ``I_healthy``.
+   original's stochastic code with ``z_healthy``: ``I_healthy``. ``c`` is the classifier of
+   the vertebra's phenotype hint (healthy against that phenotype's training vertebrae) or of
+   all malignant vertebrae (``direction``).
 2. Lytic candidates where ``I_healthy > I``, blastic where ``I > I_healthy``; each polarity
    binarised and split into connected components.
 3. For each candidate ``M``: keep ``I`` on ``M``, put ``I_healthy`` on every other candidate
@@ -13,14 +15,15 @@ Three registered configurations:
 * ``hideseek`` (:class:`HideAndSeek`), the default: ``D`` and Eq. (2) use the DAE's
   reconstruction of ``I`` (as the authors' code does), ``z_hide`` is ``encode(I_hide)`` without
   projection, Eq. (3)'s floor is ``c`` of the re-encoded healthy edit, 20/20 DDIM steps, only
-  candidates of at least 25 pixels are scored (body-mean cut, 8-connected), and each kept
-  lesion's outline is redrawn from the input's HU (Otsu's threshold near the lesion);
+  candidates of at least 25 pixels are scored (body-mean cut, 8-connected), each kept
+  lesion's outline is redrawn from the input's HU (Otsu's threshold near the lesion), and
+  ``c`` is the phenotype hint's classifier;
 * ``hideseek-ungated`` (:class:`HideAndSeekUngated`): the same with the paper's gate off;
 * ``hideseek-paper`` (:class:`HideAndSeekPaper`): the authors' released code (median-of-positives
   cut, 4-connected candidates, every ``I_hide`` inverted, decoded and re-encoded, 250/100 steps,
   5-pixel candidates, ``c(z)`` of the input and ``p_target`` in Eq. 3, the difference map's
-  outlines); left out of ``wsbench bench`` unless named, as it takes minutes per vertebra on a
-  CPU.
+  outlines, one classifier of all malignant vertebrae); left out of ``wsbench bench`` unless
+  named, as it takes minutes per vertebra on a CPU.
 """
 
 from __future__ import annotations
@@ -57,7 +60,11 @@ from wsbench.plugins.common.dae.method import DiffusionMethod
 from wsbench.plugins.common.dae.network import Autoencoder, DiffusionAutoencoder
 from wsbench.plugins.common.dae.training import TrainConfig, train_config
 from wsbench.plugins.hideseek import attribution as hs
-from wsbench.plugins.hideseek.latent_classifier import bundled_classifier, classifier_for
+from wsbench.plugins.hideseek.latent_classifier import (
+    bundled_classifier,
+    bundled_direction,
+    classifier_for,
+)
 
 STORE = ModelStore(Path(__file__).parent / "weights")
 """The DAE and latent classifier shipped for the default phantom, then the user cache."""
@@ -71,6 +78,9 @@ DEFAULT_BOUNDARY_PX = 2
 on the training split (docs/hideseek.md)."""
 FLOORS = ("target", "reencoded")
 """Eq. (3)'s floor ``c(z_healthy)``: ``p_target`` itself, or ``c`` of the re-encoded edit."""
+DIRECTIONS = ("pooled", "phenotype")
+"""Eq. (1)'s direction: the classifier of all malignant vertebrae, or the one of the vertebra's
+phenotype hint (healthy against malignant vertebrae of patients with that hint)."""
 BOTH = (LYTIC, BLASTIC)
 HINTED = {Phenotype.LYTIC: (LYTIC,), Phenotype.BLASTIC: (BLASTIC,), Phenotype.MIXED: BOTH}
 
@@ -114,7 +124,7 @@ class HideAndSeek(DiffusionMethod):
     configuration; see the module docstring)."""
 
     name = "hideseek"
-    version = "7"
+    version = "8"
     dae_recipe = DAE_RECIPE
     dae_hours = "the shipped phantom recipe takes about 3 h on one CPU core"
     store = STORE
@@ -146,6 +156,7 @@ class HideAndSeek(DiffusionMethod):
         boundary_px: int = DEFAULT_BOUNDARY_PX,
         only_malignant: bool = True,
         floor: str = "reencoded",
+        direction: str = "phenotype",
         device: str = "cpu",
     ) -> None:
         self.checkpoint = checkpoint
@@ -159,39 +170,61 @@ class HideAndSeek(DiffusionMethod):
         if floor not in FLOORS:
             raise ValueError(f"floor={floor!r}: choose one of {', '.join(FLOORS)}")
         self.floor = floor
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction={direction!r}: choose one of {', '.join(DIRECTIONS)}")
+        self.direction = direction
         self.device = str(torch_device(device))
         if self.boundary_px < 0:
             raise ValueError(f"boundary_px={boundary_px!r} must be ≥ 0 (0 keeps the outlines)")
         self.dae: Autoencoder | None = None
         self.classifier: LatentClassifier | None = None
+        self.directions: dict[Phenotype, LatentClassifier] = {}
         self.fitted_models: dict[str, str] = {}
         self.origins: dict[str, TrainedOn] = {}
 
     @classmethod
-    def from_parts(cls, dae: Autoencoder, classifier: LatentClassifier, **params: Any):
-        """A ready method around an already loaded DAE and classifier."""
+    def from_parts(
+        cls,
+        dae: Autoencoder,
+        classifier: LatentClassifier,
+        directions: dict[Phenotype, LatentClassifier] | None = None,
+        **params: Any,
+    ):
+        """A ready method around an already loaded DAE, classifier of all malignant vertebrae
+        and phenotype directions (used with ``direction=phenotype``)."""
         method = cls(**params)
         method.dae, method.classifier = dae, classifier
+        method.directions = dict(directions or {})
         return method
 
     def fit(self, training: TrainingSet, workdir: Path) -> None:
-        """Load the DAE :meth:`dae_path` names and its latent classifier: fitted (or reloaded)
-        on this dataset's training split when the DAE was trained on it, has no card saying
-        what it was trained on, or ``refit_classifier`` asks for it; else the one fitted with
-        the DAE on the DAE's own data (a transfer run)."""
+        """Load the DAE :meth:`dae_path` names and its latent classifier (with
+        ``direction=phenotype``, also each phenotype's direction there is one for): fitted (or
+        reloaded) on this dataset's training split when the DAE was trained on it, has no card
+        saying what it was trained on, or ``refit_classifier`` asks for it; else the ones fitted
+        with the DAE on the DAE's own data (a transfer run)."""
         path = self.dae_path(training)
         self.dae = DiffusionAutoencoder.load(path, device=self.device)
         dae_identity, dae_origin = file_identity(path), trained_on(path)
+        kinds = list(Phenotype) if self.direction == "phenotype" else []
         if self.refit_classifier or dae_origin.fingerprint in (training.fingerprint, UNKNOWN_DATA):
-            classifier_origin = TrainedOn(training.name, training.fingerprint)
-            self.classifier, stored = classifier_for(
-                self.dae, dae_identity, training, self.store, hs.P_TARGET, self.refit_classifier
-            )
+            origin = TrainedOn(training.name, training.fingerprint)
+            fitted = {kind: classifier_for(self.dae, dae_identity, training, self.store,
+                                           hs.P_TARGET, self.refit_classifier, kind)
+                      for kind in [None, *kinds]}  # fmt: skip
         else:
-            classifier_origin = dae_origin
-            self.classifier, stored = bundled_classifier(dae_identity, dae_origin, self.store)
-        self.fitted_models = {"dae": dae_identity, "classifier": file_identity(stored)}
-        self.origins = {"dae": dae_origin, "classifier": classifier_origin}
+            origin = dae_origin
+            fitted = {None: bundled_classifier(dae_identity, dae_origin, self.store)}
+            fitted |= {kind: bundled_direction(dae_identity, dae_origin, self.store, kind)
+                       for kind in kinds}  # fmt: skip
+        found = {kind: pair for kind, pair in fitted.items() if pair is not None}
+        self.classifier = found[None][0]
+        self.directions = {kind: pair[0] for kind, pair in found.items() if kind is not None}
+        self.fitted_models = {"dae": dae_identity, **{
+            "classifier" if kind is None else f"classifier-{kind.value}": file_identity(stored)
+            for kind, (_, stored) in found.items()}}  # fmt: skip
+        self.origins = {name: dae_origin if name == "dae" else origin
+                        for name in self.fitted_models}  # fmt: skip
 
     def models(self) -> dict[str, str]:
         """The DAE and the latent classifier ``fit`` loaded, each as ``<file stem>-<sha256[:12]>``
@@ -199,8 +232,18 @@ class HideAndSeek(DiffusionMethod):
         return dict(self.fitted_models)
 
     def trained_on(self) -> dict[str, TrainedOn]:
-        """The data the DAE and the latent classifier ``fit`` loaded were trained on."""
+        """The data the DAE and the latent classifiers ``fit`` loaded were trained on."""
         return dict(self.origins)
+
+    def classifier_of(self, phenotype: Phenotype | None) -> LatentClassifier:
+        """The latent classifier ``c`` for a vertebra with this phenotype hint: its phenotype's
+        direction with ``direction=phenotype`` where there is one, else the classifier of all
+        malignant vertebrae."""
+        if self.classifier is None:
+            raise RuntimeError(f"{self.name} has no DAE/classifier yet: call fit() or from_parts()")
+        if self.direction == "phenotype" and phenotype in self.directions:
+            return self.directions[phenotype]
+        return self.classifier
 
     def segment(self, sample: VertebraSample) -> Segmentation:
         """Hide-and-Seek on the mid slice; with ``boundary_px > 0`` the kept lesions are then
@@ -230,9 +273,8 @@ class HideAndSeek(DiffusionMethod):
         self, image: np.ndarray, body: np.ndarray, phenotype: Phenotype | None
     ) -> Attribution:
         """Run Hide-and-Seek on one HU slice."""
-        if self.dae is None or self.classifier is None:
-            raise RuntimeError(f"{self.name} has no DAE/classifier yet: call fit() or from_parts()")
-        dae, plane = self.dae, self.classifier.plane
+        plane = self.classifier_of(phenotype).plane
+        dae = self.dae
         body = np.asarray(body, dtype=bool)
         steps = (self.steps_stochastic, self.steps_decode)
         with torch.inference_mode():
@@ -300,7 +342,8 @@ class HideAndSeekPaper(HideAndSeek):
     reconstruction as reference, ``c(z)`` of the input in Eq. (3), each polarity's difference
     binarised at the median of its positive pixels, 4-connected candidates, 5-pixel candidates
     scored, every ``I_hide`` projected (inverted, decoded, re-encoded) one at a time, 250/100
-    DDIM steps (Table 3), the difference map's own outlines; with the paper's gate."""
+    DDIM steps (Table 3), the difference map's own outlines, one classifier of all malignant
+    vertebrae; with the paper's gate."""
 
     name = "hideseek-paper"
     bench = False
@@ -318,11 +361,13 @@ class HideAndSeekPaper(HideAndSeek):
         min_candidate_px: int = MIN_COMPONENT_PX,
         boundary_px: int = 0,
         floor: str = "target",
+        direction: str = "pooled",
         **params: Any,
     ) -> None:
         super().__init__(steps_stochastic=steps_stochastic, steps_decode=steps_decode,
                          batch_size=batch_size, min_candidate_px=min_candidate_px,
-                         boundary_px=boundary_px, floor=floor, **params)  # fmt: skip
+                         boundary_px=boundary_px, floor=floor, direction=direction,
+                         **params)  # fmt: skip
 
 
 __all__ = ["DAE_RECIPE", "STORE", "Attribution", "HideAndSeek", "HideAndSeekPaper",

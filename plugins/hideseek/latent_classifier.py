@@ -9,6 +9,10 @@ does). A classifier chosen for prediction alone (by log-loss or F1) has a large 
 edits by a fraction of one standard deviation, which the decoder barely renders. So ``C`` is
 the weakest regularisation of :data:`C_GRID` whose median edit over the malignant training
 vertebrae is at least :data:`TARGET_EDIT_SD`; docs/hideseek.md gives the figures behind it.
+
+A phenotype *direction* is the same recipe fitted on the healthy training vertebrae against the
+malignant ones of patients with one phenotype hint only (the paper's suggested phenotype-aware
+edit); it exists where the training split has at least :data:`MAX_FOLDS` such vertebrae.
 """
 
 from __future__ import annotations
@@ -24,7 +28,15 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from wsbench.api import N_CENTRAL_SLICES, ModelKey, ModelStore, TrainedOn, TrainingSet
+from wsbench.api import (
+    N_CENTRAL_SLICES,
+    ModelKey,
+    ModelStore,
+    Phenotype,
+    TrainedOn,
+    TrainingSet,
+    WeakLabel,
+)
 from wsbench.plugins.common.dae.latent import MAX_FOLDS, LatentClassifier, encode_slices
 from wsbench.plugins.common.dae.network import Autoencoder
 
@@ -41,10 +53,25 @@ imbalanced training sets)."""
 MID = N_CENTRAL_SLICES // 2
 
 
-def classifier_key(dae_identity: str, dataset_fingerprint: str) -> ModelKey:
-    """Model-store key of the classifier belonging to one DAE checkpoint and one dataset."""
-    config = {"dae": dae_identity, "recipe": RECIPE, "target_edit_sd": TARGET_EDIT_SD}
+def classifier_key(
+    dae_identity: str, dataset_fingerprint: str, phenotype: Phenotype | None = None
+) -> ModelKey:
+    """Model-store key of the classifier belonging to one DAE checkpoint and one dataset: the
+    one fitted on all malignant vertebrae, or the ``phenotype`` direction."""
+    config: dict[str, Any] = {"dae": dae_identity, "recipe": RECIPE,
+                              "target_edit_sd": TARGET_EDIT_SD}  # fmt: skip
+    if phenotype is not None:
+        config["phenotype"] = phenotype.value
     return ModelKey(KIND, dataset_fingerprint, config)
+
+
+def direction_set(training: TrainingSet, phenotype: Phenotype | None) -> TrainingSet:
+    """The labelled training vertebrae a classifier is fitted on: every healthy one and the
+    malignant ones of patients whose hint is ``phenotype`` (every malignant one for ``None``)."""
+    labelled = training.labelled()
+    kept = [v for v in labelled if phenotype is None or v.label == WeakLabel.HEALTHY
+            or v.hint == phenotype]  # fmt: skip
+    return TrainingSet(training.name, training.fingerprint, kept)
 
 
 def edit_lengths(classifier: LatentClassifier, z: np.ndarray, p_target: float) -> np.ndarray:
@@ -118,6 +145,16 @@ def bundled_classifier(
     return LatentClassifier.load(stored, key), stored
 
 
+def bundled_direction(
+    dae_identity: str, dae_origin: TrainedOn, store: ModelStore, phenotype: Phenotype
+) -> tuple[LatentClassifier, Path] | None:
+    """The ``phenotype`` direction fitted with the DAE on its own training data, with its file;
+    ``None`` when none was (too few vertebrae of that hint there)."""
+    key = classifier_key(dae_identity, dae_origin.fingerprint, phenotype)
+    stored = store.find(key.kind, key.dataset_fingerprint, key.config)
+    return None if stored is None else (LatentClassifier.load(stored, key), stored)
+
+
 def classifier_for(
     dae: Autoencoder,
     dae_identity: str,
@@ -125,16 +162,19 @@ def classifier_for(
     store: ModelStore,
     p_target: float,
     refit: bool = False,
-) -> tuple[LatentClassifier, Path]:
-    """The classifier of this DAE and training set found in ``store``, or a new one fitted on
-    the labelled training vertebrae's mid slices (edits to ``p_target``) and stored, with the
-    file it is stored in. A ``refit`` for a DAE trained elsewhere needs at least
-    :data:`MAX_FOLDS` labelled training vertebrae of each class."""
-    key = classifier_key(dae_identity, training.fingerprint)
+    phenotype: Phenotype | None = None,
+) -> tuple[LatentClassifier, Path] | None:
+    """The classifier of this DAE and training set (the ``phenotype`` direction, or the one of
+    all malignant vertebrae) found in ``store``, or a new one fitted on the mid slices of
+    :func:`direction_set` (edits to ``p_target``) and stored, with the file it is stored in.
+    A ``phenotype`` direction with fewer than :data:`MAX_FOLDS` malignant vertebrae of that
+    hint is ``None``. A ``refit`` for a DAE trained elsewhere needs at least :data:`MAX_FOLDS`
+    labelled training vertebrae of each class."""
+    key = classifier_key(dae_identity, training.fingerprint, phenotype)
     stored = store.find(key.kind, key.dataset_fingerprint, key.config)
     if stored is not None:
         return LatentClassifier.load(stored, key), stored
-    labelled = training.labelled()
+    labelled = direction_set(training, phenotype)
     if not len(labelled):
         raise ValueError(
             f"training split of {training.name!r} has no labelled vertebra: the latent "
@@ -143,6 +183,8 @@ def classifier_for(
             "classifier trained elsewhere (`-p model=NAME`, docs/hideseek.md)"
         )
     counts = np.bincount(labelled.labels(), minlength=2)
+    if phenotype is not None and counts.min() < MAX_FOLDS:
+        return None
     if refit and counts.min() < MAX_FOLDS:
         raise ValueError(
             f"refit_classifier needs at least {MAX_FOLDS} labelled training vertebrae of each "
@@ -152,8 +194,10 @@ def classifier_for(
     z = encode_slices(dae, np.stack([v.slices[MID] for v in labelled]))
     patients = np.unique([str(v.key.patient) for v in labelled], return_inverse=True)[1]
     classifier, facts = fit_edit_classifier(z, labelled.labels(), patients, p_target)
-    facts = {"dataset": training.name, "dae": dae_identity, "vertebrae": len(labelled),
-             "malignant": int(counts[1]), "p_target": p_target, **facts}  # fmt: skip
+    direction = "all malignant" if phenotype is None else f"{phenotype.value} hint"
+    facts = {"dataset": training.name, "dae": dae_identity, "direction": direction,
+             "vertebrae": len(labelled), "malignant": int(counts[1]), "p_target": p_target,
+             **facts}  # fmt: skip
     path = store.new_path(key)
     classifier.save(path, key, facts)
     return classifier, path

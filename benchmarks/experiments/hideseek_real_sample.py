@@ -8,17 +8,17 @@ Usage:
 The crop ``hideseek_sample_ct.nii.gz`` (64³, the authors' normalised units) goes through the
 in-house adapter's Hide-and-Seek-manifest path — a one-row manifest in a temporary folder —
 which converts it to HU and cuts the central sagittal slices exactly as for any manifest. The
-DAE and latent classifier are the ones fitted on ``--dataset`` (the phantom by default): on real
-CT they are out of distribution. The method runs twice, with the blastic hint (the authors' demo
-finds blastic foci here) and with the mixed hint (both polarities scored); the gate is off so
-that the candidates are always scored, and ``c(z)`` is reported. ``--p-target`` changes the
-Eq. (1) target (the paper's 1e-4 is the default; the method refuses a vertebra whose ``c(z)``
-is already below it, and so does this experiment, saying so). Without the real-data folder it
-says so and is skipped. It prints every candidate and writes
-docs/figures/hideseek_real_sample.png: input, healthy edit, |input − healthy edit|, the
-candidates of each run (blastic blue, lytic red; solid = kept, dotted = dropped; Δ written on
-each), the method's output (image boundaries included) after the harness's post-processing
-(blastic yellow, lytic orange), and Δ per candidate against τ.
+DAE and latent classifiers (each hint's direction, as a run uses them) are the ones fitted on
+``--dataset`` (the phantom by default): on real CT they are out of distribution. The method
+runs twice, with the blastic hint (the authors' demo finds blastic foci here) and with the
+mixed hint (both polarities scored); the gate is off so that the candidates are always
+scored, and ``c(z)`` is reported. ``--p-target`` changes the Eq. (1) target (the paper's 1e-4
+is the default; the method refuses a vertebra whose ``c(z)`` is already below it, and so does
+this experiment, saying so). Without the real-data folder it says so and is skipped. It prints
+every candidate and writes docs/figures/hideseek_real_sample.png: input, healthy edit,
+|input − healthy edit|, the candidates of each run (blastic blue, lytic red; solid = kept,
+dotted = dropped; Δ written on each), the method's output (image boundaries included) after
+the harness's post-processing (blastic yellow, lytic orange), and Δ per candidate against τ.
 """
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ def draw(
     """The overlay figure described in the module docstring (images in HU); ``reference`` names
     the image ``D`` is taken against (the method's ``reference``)."""
     plt = pyplot()
-    first = results[HINTS[0]]
+    attributed = [hint for hint in HINTS if results[hint].image is not None]
+    first, last = results[attributed[0]], results[attributed[-1]]
     base, healthy = unit_to_hu(first.image), unit_to_hu(first.healthy)
     sample = vertebra.sample()
     image, body = sample.image, sample.body_mask
@@ -129,8 +130,8 @@ def draw(
         (
             axes[0, 2],
             healthy,
-            f"'healthy' edit: c(z) {first.p_orig:.2f} → {P_TARGET:g}, "
-            f"re-encoded {first.p_healthy:.2f}",
+            f"'healthy' edit ({attributed[0].value} hint): c(z) {first.p_orig:.2f} → "
+            f"{P_TARGET:g}, re-encoded {first.p_healthy:.2f}",
         ),
     ]:
         ax.imshow(data, **grey)
@@ -142,16 +143,19 @@ def draw(
     for ax, hint in zip(axes[1, :2], HINTS, strict=True):
         result = results[hint]
         ax.imshow(image, **grey)
+        if result.image is None:
+            ax.set_title(f"{hint.value} hint: refused\n{result.refusal}", fontsize=8)
+            continue
         outline(ax, result, finals[hint])
         kept = sum(map(result.kept, range(len(result.candidates))))
         ax.set_title(f"{hint.value} hint: {kept} of {len(result.candidates)} candidates kept\n"
                      "result: blastic yellow, lytic orange", fontsize=10)  # fmt: skip
-    mixed = results[Phenotype.MIXED]
+    mixed = last
     order = np.argsort(mixed.deltas)[::-1]
     colours = [COLOURS[mixed.candidates[i].label] for i in order]
     axes[1, 2].bar(range(len(order)), np.asarray(mixed.deltas)[order], color=colours)
     axes[1, 2].axhline(mixed.tau, color="black", ls="--", lw=0.8, label=f"τ = {mixed.tau}")
-    axes[1, 2].set(xlabel="candidate (mixed hint, by Δ)", ylabel="Δ (Eq. 3)")
+    axes[1, 2].set(xlabel=f"candidate ({attributed[-1].value} hint, by Δ)", ylabel="Δ (Eq. 3)")
     axes[1, 2].set_title("Δ per candidate (blue blastic, red lytic)", fontsize=10)
     axes[1, 2].legend(fontsize=8)
     c_hide = np.asarray(mixed.p_hide)
@@ -187,6 +191,9 @@ def main(
     ),
     checkpoint: Annotated[Path | None, typer.Option(help="DAE (default: the dataset's)")] = None,
     p_target: Annotated[float, typer.Option(help="Eq. (1) target (paper: 1e-4)")] = P_TARGET,
+    direction: Annotated[
+        str, typer.Option(help="latent classifier: phenotype (the hint's) or pooled")
+    ] = "phenotype",
     out: Annotated[Path, typer.Option(help="figure")] = FIGURES / "hideseek_real_sample.png",
 ) -> None:
     """Run Hide-and-Seek (blastic and mixed hints) on the real sample; print and draw it."""
@@ -199,8 +206,9 @@ def main(
     card_ssim = json.loads(card.read_text()).get("ssim_mean") if card.exists() else None
     loaded = fitted(data, path)
     method = HideAndSeek.from_parts(
-        loaded.dae, loaded.classifier, only_malignant=False, p_target=p_target
-    )
+        loaded.dae, loaded.classifier, loaded.directions, only_malignant=False,
+        p_target=p_target, direction=direction,
+    )  # fmt: skip
     sample = vertebra.sample()
     percentiles = np.percentile(sample.image[sample.body_mask], [5, 50, 95]).round(0)
     print(f"{vertebra.key.id}: body {int(sample.body_mask.sum())} px, HU in body {percentiles} "
@@ -208,11 +216,15 @@ def main(
     results, finals, rows = {}, {}, []
     for hint in HINTS:
         result = method.attribute(sample.image, sample.body_mask, hint)
-        if result.image is None:
+        if result.p_orig <= p_target:
             print(f"not attributed: c(z) = {result.p_orig:.2e} <= p_target = {p_target:.0e} "
                   "(Eq. 1 would move z towards malignancy); pass --p-target below c(z) to see "
                   "the candidates")  # fmt: skip
             raise typer.Exit(1)
+        results[hint], finals[hint] = result, np.zeros(sample.image.shape, np.uint8)
+        if result.image is None:
+            print(f"{hint.value} hint: c(z) {result.p_orig:.2e}, {result.refusal}")
+            continue
         labels = method.result_segmentation(result, sample.image, sample.body_mask).labels
         finals[hint] = postprocess(labels, sample.body_mask)
         results[hint] = result
@@ -221,6 +233,9 @@ def main(
         gate = "passes" if result.p_orig >= 0.5 else "would skip it"
         print(f"{hint.value} hint: c(z) {result.p_orig:.2e}, c(z_healthy) {result.p_healthy:.2e} "
               f"(gate {gate}), result px {areas}")  # fmt: skip
+    if not rows:
+        print("no hint was attributed: nothing to draw")
+        raise typer.Exit(1)
     print(pd.concat(rows).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     recon = reconstruct_slices(loaded.dae, sample.image[None], (method.steps_stochastic,
                                method.steps_decode))  # fmt: skip

@@ -93,7 +93,7 @@ def fixed_classifier(
     regression = LogisticRegression(C=c, class_weight=class_weight, solver="newton-cholesky")
     regression.fit(scaler.transform(z), labels)
     return LatentClassifier(regression.coef_.ravel().copy(), float(regression.intercept_[0]),
-                            scaler.mean_.copy(), scaler.scale_.copy(), c, float("nan"))  # fmt: skip
+                            scaler.mean_.copy(), scaler.scale_.copy(), c)  # fmt: skip
 
 
 def raw_plane(classifier: LatentClassifier) -> Hyperplane:

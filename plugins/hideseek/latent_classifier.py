@@ -128,21 +128,26 @@ def latent_classifier(fitted: Any, c: float) -> LatentClassifier:
                             C=float(c))  # fmt: skip
 
 
+def stored_classifier(store: ModelStore, key: ModelKey) -> tuple[LatentClassifier, Path] | None:
+    """The classifier ``store`` holds under ``key``, with its file; ``None`` when it holds none."""
+    stored = store.find(key.kind, key.dataset_fingerprint, key.config)
+    return None if stored is None else (LatentClassifier.load(stored, key), stored)
+
+
 def bundled_classifier(
     dae_identity: str, dae_origin: TrainedOn, store: ModelStore
 ) -> tuple[LatentClassifier, Path]:
     """The classifier fitted with the DAE ``dae_identity`` on the DAE's own training data
     (``dae_origin``), with its file: what a transfer run uses."""
-    key = classifier_key(dae_identity, dae_origin.fingerprint)
-    stored = store.find(key.kind, key.dataset_fingerprint, key.config)
-    if stored is None:
+    found = stored_classifier(store, classifier_key(dae_identity, dae_origin.fingerprint))
+    if found is None:
         raise FileNotFoundError(
             f"no latent classifier stored for DAE {dae_identity} (trained on "
             f"{dae_origin.dataset}) in {' or '.join(map(str, store.folders))}; run Hide-and-Seek "
             f"once on {dae_origin.dataset} to fit it there, or pass -p refit_classifier=true to "
             "fit one on this dataset's labelled training split"
         )
-    return LatentClassifier.load(stored, key), stored
+    return found
 
 
 def bundled_direction(
@@ -150,9 +155,7 @@ def bundled_direction(
 ) -> tuple[LatentClassifier, Path] | None:
     """The ``phenotype`` direction fitted with the DAE on its own training data, with its file;
     ``None`` when none was (too few vertebrae of that hint there)."""
-    key = classifier_key(dae_identity, dae_origin.fingerprint, phenotype)
-    stored = store.find(key.kind, key.dataset_fingerprint, key.config)
-    return None if stored is None else (LatentClassifier.load(stored, key), stored)
+    return stored_classifier(store, classifier_key(dae_identity, dae_origin.fingerprint, phenotype))
 
 
 def classifier_for(
@@ -171,9 +174,9 @@ def classifier_for(
     hint is ``None``. A ``refit`` for a DAE trained elsewhere needs at least :data:`MAX_FOLDS`
     labelled training vertebrae of each class."""
     key = classifier_key(dae_identity, training.fingerprint, phenotype)
-    stored = store.find(key.kind, key.dataset_fingerprint, key.config)
-    if stored is not None:
-        return LatentClassifier.load(stored, key), stored
+    found = stored_classifier(store, key)
+    if found is not None:
+        return found
     labelled = direction_set(training, phenotype)
     if not len(labelled):
         raise ValueError(
